@@ -1,0 +1,311 @@
+"""Search-space YAML -> typed, validated config. No torch or Ray import here.
+
+Everything a user can get wrong in a YAML is caught in this module, before Ray starts, with an
+error that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEDULES = ("constant_with_warmup", "linear", "cosine")
+METHODS = ("full", "lora")
+PRECISIONS = ("fp32", "bf16")
+EMBEDDED_MODELS = ("tiny-gptj", "tiny-llama")
+EMBEDDED_DATA = "embedded"
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
+# Settings that change what a trial is (model, data, batch geometry) stay fixed per search.
+SEARCHABLE = ("learning_rate", "lr_schedule", "warmup_steps", "weight_decay", "epochs", "grad_clip",
+              "lora_r", "lora_alpha", "lora_dropout")
+
+
+class SpecError(ValueError):
+    """A search-space file that cannot be run; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial's workers need: the fixed settings plus the sampled ones."""
+
+    model: str = "tiny-gptj"
+    """Built-in tiny model (tiny-gptj, tiny-llama), built from a config in-process."""
+    method: str = "full"
+    """full fine-tuning or lora (PEFT)."""
+    data: str = EMBEDDED_DATA
+    """Instruction data; `embedded` generates GPT4All-style rows in-process."""
+    data_rows: int = 2400
+    """Rows the embedded generator makes."""
+    data_seed: int = 0
+    """Seed of the embedded data set (same seed, byte-identical rows)."""
+    val_fraction: float = 0.05
+    """Share of rows held out for validation (GPT4All: 5%)."""
+    max_length: int = 128
+    """Tokens per example; prompts are capped at half of it."""
+    per_device_batch: int = 8
+    global_batch: int = 16
+    """per_device_batch x workers x gradient accumulation."""
+    zero_stage: int = 2
+    precision: str = "fp32"
+    learning_rate: float = 1e-3
+    lr_schedule: str = "linear"
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    epochs: int = 3
+    grad_clip: float = 1.0
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    seed: int = 0
+    """Seed of model initialisation and data order."""
+    log_every_steps: int = 10
+    grace_epochs: int = 1
+    """Epochs before a rise in validation loss counts as divergence."""
+    min_delta: float = 0.0
+    """Relative rise over the best loss that counts (0.01 = 1%)."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    workers_per_trial: int = 2
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 0.0
+    driver_cpus: float = 0.5
+    """CPUs of the Tune trial that drives one TorchTrainer."""
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    num_trials: int = 6
+    max_concurrent: int = 1
+    seed: int = 0
+    startup_trials: int = 3
+    """Random trials before TPE models the results (Optuna's default of 10 would make a
+    small budget pure random search)."""
+
+
+@dataclass(frozen=True)
+class Distribution:
+    kind: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    name: str
+    path: Path
+    fixed: TrialConfig
+    search: dict[str, Distribution]
+    resources: Resources
+    tune: TuneSettings
+    enqueue: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def trial_config(self, sampled: dict[str, Any]) -> TrialConfig:
+        return dataclasses.replace(self.fixed, **sampled)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads `1e-4` as a string (YAML 1.1); a learning rate must be a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+# The resolver above also matches plain integers; keep them ints.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?\d+$"), list("-+0123456789"))
+for _first in "-+0123456789":
+    _Loader.yaml_implicit_resolvers[_first].sort(key=lambda r: r[0] != "tag:yaml.org,2002:int")
+
+
+def _type_name(t: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(t, str(t))
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    names = {f.name: f.type for f in fields(cls)}
+    return {k: {"int": int, "float": float, "str": str, "bool": bool}[v] for k, v in names.items()}  # type: ignore[index]
+
+
+class _Checker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, msg: str) -> SpecError:
+        return SpecError(f"{self.path}: {key}: {msg}")
+
+    def no_unknown(self, section: str, given: dict[str, Any], known: list[str]) -> None:
+        for key in given:
+            if key not in known:
+                near = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise self.fail(f"{section}{key}", f"unknown key{hint}; expected one of {', '.join(known)}")
+
+    def typed(self, key: str, value: Any, want: type) -> Any:
+        ok = isinstance(value, want) and not isinstance(value, bool) if want is not bool else isinstance(value, bool)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise self.fail(key, f"expected {_type_name(want)}, got {value!r} ({type(value).__name__})")
+        return value
+
+    def section(self, raw: dict[str, Any], name: str, cls: type) -> dict[str, Any]:
+        given = raw.get(name, {}) or {}
+        if not isinstance(given, dict):
+            raise self.fail(name, f"expected a mapping, got {type(given).__name__}")
+        types = _field_types(cls)
+        self.no_unknown(f"{name}.", given, list(types))
+        return {k: self.typed(f"{name}.{k}", v, types[k]) for k, v in given.items()}
+
+
+# Per-value rules shared by fixed values, distribution bounds, choices and enqueued points.
+def _value_problem(key: str, value: Any) -> str | None:
+    positive = {"learning_rate", "max_length", "per_device_batch", "global_batch", "epochs", "data_rows",
+                "lora_r", "lora_alpha", "log_every_steps"}
+    if key in positive and not value > 0:
+        return f"must be > 0, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be finite, got {value!r}"
+    rules: dict[str, tuple[bool, str]] = {
+        "lr_schedule": (value in SCHEDULES, f"expected one of {', '.join(SCHEDULES)}"),
+        "method": (value in METHODS, f"expected one of {', '.join(METHODS)}"),
+        "precision": (value in PRECISIONS, f"expected one of {', '.join(PRECISIONS)} (fp16 needs a GPU)"),
+        "model": (value in EMBEDDED_MODELS, f"expected one of {', '.join(EMBEDDED_MODELS)}"),
+        "data": (value == EMBEDDED_DATA, f"expected {EMBEDDED_DATA!r}"),
+        "zero_stage": (value in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
+        "val_fraction": (0 < value < 1, "expected a fraction between 0 and 1"),
+        "weight_decay": (value >= 0, "must be >= 0"),
+        "warmup_steps": (value >= 0, "must be >= 0"),
+        "grace_epochs": (value >= 1, "must be >= 1"),
+        "min_delta": (value >= 0, "must be >= 0"),
+        "lora_dropout": (0 <= value < 1, "expected a fraction in [0, 1)"),
+        "grad_clip": (value >= 0, "must be >= 0 (0 turns clipping off)"),
+    }
+    ok, msg = rules.get(key, (True, ""))
+    return None if ok else f"{msg}, got {value!r}"
+
+
+def _distribution(check: _Checker, key: str, raw: Any, want: type) -> Distribution:
+    where = f"search.{key}"
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise check.fail(where, f"expected one of {{{', '.join(d + ': ...' for d in DISTRIBUTIONS)}}}, got {raw!r}")
+    kind, args = next(iter(raw.items()))
+    if kind not in DISTRIBUTIONS:
+        check.no_unknown(f"{where}.", {kind: args}, list(DISTRIBUTIONS))
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise check.fail(where, f"choice: expected a non-empty list, got {args!r}")
+        values = tuple(check.typed(f"{where}.choice", v, want) for v in args)
+    else:
+        if want is str:
+            raise check.fail(where, f"{kind}: a string setting can only be searched with choice")
+        if not isinstance(args, list) or len(args) != 2:
+            raise check.fail(where, f"{kind}: expected [low, high], got {args!r}")
+        bound_type = int if kind == "int" else float
+        values = tuple(check.typed(f"{where}.{kind}", v, bound_type) for v in args)
+        if kind == "int" and want is not int:
+            raise check.fail(where, f"int: {key} is {_type_name(want)}, use uniform or loguniform")
+        if kind != "int" and want is int:
+            raise check.fail(where, f"{kind}: {key} is an integer, use int or choice")
+        if not values[0] < values[1]:
+            raise check.fail(where, f"{kind}: expected low < high, got {list(values)}")
+        if kind == "loguniform" and values[0] <= 0:
+            raise check.fail(where, f"loguniform: low must be > 0, got {values[0]!r}")
+    for v in values:
+        problem = _value_problem(key, v)
+        if problem:
+            raise check.fail(where, problem)
+    return Distribution(kind, values)
+
+
+TOP_LEVEL = ["name", "fixed", "search", "resources", "tune", "enqueue"]
+
+
+def load_spec(path: str | Path) -> SearchSpec:
+    """Read and validate a search-space YAML; raise SpecError naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such search-space file")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (safe loader subclass)
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    return parse_spec(raw, path)
+
+
+def parse_spec(raw: Any, path: Path) -> SearchSpec:
+    check = _Checker(path)
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    check.no_unknown("", raw, TOP_LEVEL)
+    name = check.typed("name", raw.get("name", path.stem), str)
+
+    trial_types = _field_types(TrialConfig)
+    fixed = check.section(raw, "fixed", TrialConfig)
+    for key, value in fixed.items():
+        problem = _value_problem(key, value)
+        if problem:
+            raise check.fail(f"fixed.{key}", problem)
+
+    raw_search = raw.get("search") or {}
+    if not isinstance(raw_search, dict):
+        raise check.fail("search", f"expected a mapping, got {type(raw_search).__name__}")
+    check.no_unknown("search.", raw_search, list(SEARCHABLE))
+    search = {k: _distribution(check, k, v, trial_types[k]) for k, v in raw_search.items()}
+    both = sorted(set(search) & set(fixed))
+    if both:
+        raise check.fail(f"search.{both[0]}", "is also set in fixed; set it in one place")
+
+    resources = Resources(**check.section(raw, "resources", Resources))
+    tune = TuneSettings(**check.section(raw, "tune", TuneSettings))
+    for key in ("workers_per_trial", "cpus_per_worker", "driver_cpus"):
+        if not getattr(resources, key) > 0:
+            raise check.fail(f"resources.{key}", f"must be > 0, got {getattr(resources, key)!r}")
+    if resources.gpus_per_worker < 0:
+        raise check.fail("resources.gpus_per_worker", "must be >= 0")
+    for key in ("num_trials", "max_concurrent"):
+        if not getattr(tune, key) > 0:
+            raise check.fail(f"tune.{key}", f"must be > 0, got {getattr(tune, key)!r}")
+    if tune.startup_trials < 1:
+        raise check.fail("tune.startup_trials", "must be >= 1")
+
+    base = TrialConfig(**fixed)
+    made = base.per_device_batch * resources.workers_per_trial
+    if base.global_batch % made:
+        raise check.fail(
+            "fixed.global_batch",
+            f"{base.global_batch} is not a multiple of per_device_batch x workers_per_trial "
+            f"= {base.per_device_batch} x {resources.workers_per_trial} = {made}",
+        )
+    enqueue = _enqueued_points(check, raw.get("enqueue") or [], search)
+    return SearchSpec(name, path, base, search, resources, tune, tuple(enqueue))
+
+
+def _enqueued_points(check: _Checker, raw: Any, search: dict[str, Distribution]) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise check.fail("enqueue", f"expected a list of points, got {type(raw).__name__}")
+    types = _field_types(TrialConfig)
+    points = []
+    for i, point in enumerate(raw):
+        where = f"enqueue[{i}]"
+        if not isinstance(point, dict):
+            raise check.fail(where, f"expected a mapping of searched keys, got {point!r}")
+        check.no_unknown(f"{where}.", point, list(search))
+        missing = sorted(set(search) - set(point))
+        if missing:
+            raise check.fail(where, f"missing searched key(s) {', '.join(missing)}")
+        typed = {k: check.typed(f"{where}.{k}", v, types[k]) for k, v in point.items()}
+        for k, v in typed.items():
+            problem = _value_problem(k, v)
+            if problem:
+                raise check.fail(f"{where}.{k}", problem)
+        points.append(typed)
+    return points

@@ -1,0 +1,73 @@
+"""Rows -> cleaned, de-duplicated, split. Every dropped row is counted by reason."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from gpt4all_ray.data.synthetic import Row
+
+SHOWN_ROW_NUMBERS = 5
+
+
+@dataclass
+class DataReport:
+    rows_in: int = 0
+    dropped: dict[str, list[int]] = field(default_factory=dict)
+    """Reason -> 0-based row numbers of the rows dropped for it."""
+    train_rows: int = 0
+    val_rows: int = 0
+
+    @property
+    def rows_kept(self) -> int:
+        return self.rows_in - sum(len(v) for v in self.dropped.values())
+
+    def drop(self, reason: str, row_number: int) -> None:
+        self.dropped.setdefault(reason, []).append(row_number)
+
+    def summary(self) -> str:
+        parts = [f"{self.rows_in} rows in, {self.rows_kept} kept"]
+        for reason, numbers in sorted(self.dropped.items()):
+            shown = ", ".join(map(str, numbers[:SHOWN_ROW_NUMBERS]))
+            more = ", ..." if len(numbers) > SHOWN_ROW_NUMBERS else ""
+            parts.append(f"{len(numbers)} dropped as {reason} (rows {shown}{more})")
+        parts.append(f"{self.train_rows} train / {self.val_rows} validation")
+        return "; ".join(parts)
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def clean_and_dedup(rows: list[Row], report: DataReport) -> list[Row]:
+    """Drop rows with an empty or non-string prompt/response, then exact duplicates."""
+    report.rows_in = len(rows)
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for i, row in enumerate(rows):
+        prompt, response = row.get("prompt"), row.get("response")
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            report.drop("wrong_type", i)
+            continue
+        if not prompt.strip() or not response.strip():
+            report.drop("empty", i)
+            continue
+        key = (_normalised(prompt), _normalised(response))
+        if key in seen:
+            report.drop("duplicate", i)
+            continue
+        seen.add(key)
+        kept.append(row)
+    return kept
+
+
+def split(rows: list[Row], val_fraction: float, seed: int, report: DataReport) -> tuple[list[Row], list[Row]]:
+    """Seeded shuffle, then the first `val_fraction` is validation. Runs before sharding, so
+    the split is the same whatever the number of workers."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(rows) * val_fraction))
+    val = [rows[i] for i in sorted(order[:n_val])]
+    train = [rows[i] for i in sorted(order[n_val:])]
+    report.train_rows, report.val_rows = len(train), len(val)
+    return train, val
