@@ -12,6 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -174,23 +175,25 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f"must be > 0, got {value!r}"
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be finite, got {value!r}"
-    rules: dict[str, tuple[bool, str]] = {
-        "lr_schedule": (value in SCHEDULES, f"expected one of {', '.join(SCHEDULES)}"),
-        "method": (value in METHODS, f"expected one of {', '.join(METHODS)}"),
-        "precision": (value in PRECISIONS, f"expected one of {', '.join(PRECISIONS)} (fp16 needs a GPU)"),
-        "model": (value in EMBEDDED_MODELS, f"expected one of {', '.join(EMBEDDED_MODELS)}"),
-        "data": (value == EMBEDDED_DATA, f"expected {EMBEDDED_DATA!r}"),
-        "zero_stage": (value in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
-        "val_fraction": (0 < value < 1, "expected a fraction between 0 and 1"),
-        "weight_decay": (value >= 0, "must be >= 0"),
-        "warmup_steps": (value >= 0, "must be >= 0"),
-        "grace_epochs": (value >= 1, "must be >= 1"),
-        "min_delta": (value >= 0, "must be >= 0"),
-        "lora_dropout": (0 <= value < 1, "expected a fraction in [0, 1)"),
-        "grad_clip": (value >= 0, "must be >= 0 (0 turns clipping off)"),
+    rules: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "lr_schedule": (lambda v: v in SCHEDULES, f"expected one of {', '.join(SCHEDULES)}"),
+        "method": (lambda v: v in METHODS, f"expected one of {', '.join(METHODS)}"),
+        "precision": (lambda v: v in PRECISIONS, f"expected one of {', '.join(PRECISIONS)} (fp16 needs a GPU)"),
+        "model": (lambda v: v in EMBEDDED_MODELS, f"expected one of {', '.join(EMBEDDED_MODELS)}"),
+        "data": (lambda v: v == EMBEDDED_DATA, f"expected {EMBEDDED_DATA!r}"),
+        "zero_stage": (lambda v: v in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
+        "val_fraction": (lambda v: 0 < v < 1, "expected a fraction between 0 and 1"),
+        "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+        "warmup_steps": (lambda v: v >= 0, "must be >= 0"),
+        "grace_epochs": (lambda v: v >= 1, "must be >= 1"),
+        "min_delta": (lambda v: v >= 0, "must be >= 0"),
+        "lora_dropout": (lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"),
+        "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
     }
-    ok, msg = rules.get(key, (True, ""))
-    return None if ok else f"{msg}, got {value!r}"
+    rule = rules.get(key)
+    if rule is None or rule[0](value):
+        return None
+    return f"{rule[1]}, got {value!r}"
 
 
 def _distribution(check: _Checker, key: str, raw: Any, want: type) -> Distribution:

@@ -7,6 +7,8 @@ the bare-loop baseline) and in fast tests.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -41,6 +43,7 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -88,7 +91,8 @@ def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threa
     from gpt4all_ray.schedule import lr_multiplier
 
     torch.set_num_threads(threads)
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints op-build lines on every start
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     rank, world = _rank_and_world()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
@@ -106,9 +110,10 @@ def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threa
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     ds_config = deepspeed_config(cfg, world)
-    engine, ds_optimizer, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
     check_hyperparameters(ds_optimizer, cfg, multiplier(0))
 
     writer = None

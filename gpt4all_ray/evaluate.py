@@ -1,0 +1,66 @@
+"""Recompute a saved checkpoint's validation loss from its files alone.
+
+`python -m gpt4all_ray.evaluate results/<experiment>/best` rebuilds the trial's validation split
+from trial_config.json, tokenizes it with the checkpoint's own tokenizer, and prints the
+token-weighted loss: it must equal the best_val_loss the search recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from gpt4all_ray.config import TrialConfig
+
+
+def load_checkpoint(folder: Path) -> tuple[Any, Any, TrialConfig]:
+    """(model, tokenizer, trial config); a PEFT adapter is loaded onto its rebuilt tiny base."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = TrialConfig(**json.loads((folder / "trial_config.json").read_text()))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        from gpt4all_ray.model import build_model
+
+        base = build_model(dataclasses.replace(cfg, method="full"), tokenizer)
+        model = PeftModel.from_pretrained(base, folder)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    return model.eval(), tokenizer, cfg
+
+
+def validation_loss(folder: Path, batch_size: int = 16) -> float:
+    import torch
+
+    from gpt4all_ray.data import load_split
+    from gpt4all_ray.data.collate import pad_to_longest
+    from gpt4all_ray.data.encode import encode_rows
+    from gpt4all_ray.loss import loss_sum_and_count
+
+    model, tokenizer, cfg = load_checkpoint(folder)
+    examples, _ = encode_rows(load_split(cfg).val, tokenizer, cfg.max_length)
+    total = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = pad_to_longest(examples[i : i + batch_size], tokenizer.pad_token_id)
+            total += torch.stack(loss_sum_and_count(model, batch))
+    return (total[0] / total[1]).item()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", type=Path)
+    args = p.parse_args(argv)
+    loss = validation_loss(args.checkpoint)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "val_loss": loss, "val_ppl": math.exp(loss)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Experiment outcome -> results/<experiment>/: leaderboard (CSV + Markdown), best.json and the
+best checkpoint in Hugging Face format under best/."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ERROR = "error"
+NO_RESULT = "no_result"
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict[str, Any]
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    epochs_run: int = 0
+    stop_reason: str = NO_RESULT
+    wall_s: float = 0.0
+    checkpoint_path: str | None = None
+    val_losses: list[float] = field(default_factory=list)
+    searcher_value: float | None = None
+    """What Optuna holds for this trial (it must be the best epoch's loss, not the last)."""
+
+
+def record_from_history(trial_id: str, params: dict[str, Any], history: list[dict[str, Any]],
+                        error: bool) -> TrialRecord:
+    """One trial's reported epochs (in order) -> its leaderboard row."""
+    record = TrialRecord(trial_id, params)
+    epochs = [h for h in history if "val_loss" in h]
+    if epochs:
+        record.val_losses = [float(h["val_loss"]) for h in epochs]
+        last = epochs[-1]
+        record.best_val_loss = float(last["best_val_loss"])
+        record.best_epoch = int(last["best_epoch"])
+        record.epochs_run = int(last["epoch"])
+        record.stop_reason = last.get("stop_reason") or "stopped"
+        record.wall_s = float(last.get("time_total_s", 0.0))
+        paths = [h["checkpoint_path"] for h in epochs if h.get("checkpoint_path") and h["epoch"] == record.best_epoch]
+        record.checkpoint_path = paths[-1] if paths else None
+    if error:
+        record.stop_reason = ERROR
+    return record
+
+
+def _row(r: TrialRecord, param_names: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"trial_id": r.trial_id}
+    row.update({p: r.params.get(p) for p in param_names})
+    row.update(best_val_loss=r.best_val_loss, best_epoch=r.best_epoch, epochs_run=r.epochs_run,
+               stop_reason=r.stop_reason, wall_s=round(r.wall_s, 1), searcher_value=r.searcher_value,
+               val_losses=" ".join(f"{v:.4f}" for v in r.val_losses))
+    return row
+
+
+def ranked(records: list[TrialRecord]) -> list[TrialRecord]:
+    return sorted(records, key=lambda r: (not math.isfinite(r.best_val_loss), r.best_val_loss, r.trial_id))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e-2 and v != 0 else f"{v:.4f}".rstrip("0").rstrip(".")
+    return "" if v is None else str(v)
+
+
+def write_report(exp_dir: Path, records: list[TrialRecord], param_names: list[str],
+                 trial_configs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Write the leaderboard and, when some trial has a checkpoint, best.json and best/."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    rows = [_row(r, param_names) for r in ranked(records)]
+    columns = list(rows[0]) if rows else ["trial_id"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    (exp_dir / "leaderboard.csv").write_text(buf.getvalue())
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
+    (exp_dir / "leaderboard.md").write_text("\n".join(md) + "\n")
+
+    best = next((r for r in ranked(records) if r.checkpoint_path and math.isfinite(r.best_val_loss)), None)
+    if best is None:
+        return None
+    best_dir = exp_dir / "best"
+    if best_dir.exists():
+        shutil.rmtree(best_dir)
+    shutil.copytree(best.checkpoint_path, best_dir)  # type: ignore[arg-type]
+    summary = {
+        "trial_id": best.trial_id,
+        "params": best.params,
+        "config": trial_configs.get(best.trial_id),
+        "best_val_loss": best.best_val_loss,
+        "best_epoch": best.best_epoch,
+        "epochs_run": best.epochs_run,
+        "stop_reason": best.stop_reason,
+        "checkpoint_path": str(best_dir.resolve()),
+        "trial_checkpoint_path": best.checkpoint_path,
+    }
+    (exp_dir / "best.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,237 @@
+"""`python -m gpt4all_ray.tune`: run a hyperparameter search described by a search-space YAML.
+
+Validates the YAML before anything heavy is imported or started, attaches to a Ray cluster
+(RAY_ADDRESS, as under `ray job submit`, or a running `ray start`) or starts a local one, runs
+Ray Tune + Optuna over Ray Train DeepSpeed trials, and writes results/<experiment>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from gpt4all_ray.config import Resources, SearchSpec, SpecError, load_spec
+
+DEFAULT_SPACE = "search_spaces/tiny_cpu.yaml"
+METRIC = "best_val_loss"  # running best: Ray's OptunaSearch tells Optuna the LAST reported value
+
+
+def default_space_path() -> Path:
+    here = Path(DEFAULT_SPACE)
+    return here if here.is_file() else Path(__file__).resolve().parent.parent / DEFAULT_SPACE
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.tune", description=__doc__.splitlines()[0])
+    p.add_argument("--space", type=Path, default=None, help=f"search-space YAML (default {DEFAULT_SPACE})")
+    p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
+    p.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<experiment>/ goes")
+    p.add_argument("--num-trials", type=int, help="override tune.num_trials of the space")
+    return p.parse_args(argv)
+
+
+def _clock(t0: float) -> str:
+    s = int(time.time() - t0)
+    return f"{s // 60:02d}:{s % 60:02d}"
+
+
+def _short(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_root: str) -> None:
+    """One Tune trial: a Ray Train TorchTrainer whose workers run the DeepSpeed loop."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from gpt4all_ray.worker import ray_train_loop
+
+    trial_id = tune.get_context().get_trial_id()
+    res = spec.resources
+    per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})
+    trainer = TorchTrainer(
+        ray_train_loop,
+        train_loop_config={
+            "trial": dataclasses.asdict(spec.trial_config(config)),
+            "tb_dir": f"{tb_root}/{trial_id}",
+            "threads": max(1, int(res.cpus_per_worker)),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=trial_id,
+            storage_path=storage,
+            callbacks=[TuneReportCallback()],
+            # The worker reports a checkpoint only when validation loss improves: the one kept is the best.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+            ),
+            # Ray Train's per-report INFO lines repeat what the progress lines already say.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    trainer.fit()
+
+
+def _progress_callback(spec: SearchSpec, t0: float) -> Any:
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per trial start, epoch and end, as they happen."""
+
+        def __init__(self) -> None:
+            self.history: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            self.params: dict[str, dict[str, Any]] = {}
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.params[trial.trial_id] = {k: trial.config[k] for k in spec.search}
+            print(f"[{_clock(t0)}] trial {trial.trial_id} started: {_short(self.params[trial.trial_id])}", flush=True)
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            if "val_loss" not in result:
+                return
+            self.history[trial.trial_id].append({k: v for k, v in result.items() if k != "config"})
+            epochs = spec.trial_config(self.params.get(trial.trial_id, {})).epochs
+            line = (f"[{_clock(t0)}] trial {trial.trial_id} epoch {result['epoch']}/{epochs}: "
+                    f"val_loss {result['val_loss']:.4f} (best {result['best_val_loss']:.4f} at epoch "
+                    f"{result['best_epoch']}), train_loss {result['train_loss']:.4f}, {result['epoch_s']:.1f} s")
+            reason = result.get("stop_reason")
+            if reason == "diverged":
+                line += " -> stopped: validation loss rose above its best; best checkpoint kept"
+            elif reason == "non_finite":
+                line += " -> stopped: loss is NaN/inf"
+            print(line, flush=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"[{_clock(t0)}] trial {trial.trial_id} FAILED: {trial.error_file or 'see Ray logs'}", flush=True)
+
+    return Progress()
+
+
+def connect_ray(resources: Resources) -> None:
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        where = f"attached to the Ray cluster at {os.environ['RAY_ADDRESS']}"
+    else:
+        try:
+            ray.init(address="auto")
+            where = "attached to the running Ray cluster"
+        except ConnectionError:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
+            where = f"started a local Ray instance with {os.cpu_count()} CPUs"
+    cpus = ray.cluster_resources().get("CPU", 0)
+    need = resources.driver_cpus + resources.workers_per_trial * resources.cpus_per_worker
+    print(f"Ray: {where} ({cpus:g} CPUs now; one trial needs {need:g})", flush=True)
+    if need > cpus and not os.environ.get("RAY_ADDRESS"):
+        # Ray Train would wait forever for workers it cannot place.
+        raise SpecError(f"one trial needs {need:g} CPUs (driver_cpus + workers_per_trial x cpus_per_worker) "
+                        f"but this Ray cluster has {cpus:g}; lower resources in the search space")
+
+
+def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
+    # The legacy Tune console output honours verbose=0; the new one prints a status box anyway.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import optuna
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from gpt4all_ray.results import record_from_history, write_report
+    from gpt4all_ray.spaces import param_space, warm_starts
+
+    t0 = time.time()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    connect_ray(spec.resources)
+    storage = exp_dir.resolve() / "ray"
+    optuna_search = OptunaSearch(
+        metric=METRIC, mode="min", points_to_evaluate=warm_starts(spec) or None,
+        sampler=optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=spec.tune.startup_trials),
+    )
+    progress = _progress_callback(spec, t0)
+    trainable = tune.with_parameters(trial_driver, spec=spec, storage=str(storage / "train"),
+                                     tb_root=str(exp_dir.resolve() / "tensorboard"))
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"CPU": spec.resources.driver_cpus}),
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(optuna_search, max_concurrent=spec.tune.max_concurrent),
+            num_samples=spec.tune.num_trials, metric=METRIC, mode="min",
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=str(storage), callbacks=[progress], verbose=0),
+    )
+    print(f"[{_clock(t0)}] searching {spec.tune.num_trials} trials of {spec.name}: "
+          f"{spec.resources.workers_per_trial} DeepSpeed workers each, up to {spec.tune.max_concurrent} at once",
+          flush=True)
+    grid = tuner.fit()
+
+    searcher_values = _optuna_values(optuna_search)
+    records, configs = [], {}
+    for result in grid:
+        trial_id = result.metrics.get("trial_id") or Path(result.path).name
+        params = {k: result.config[k] for k in spec.search}
+        record = record_from_history(trial_id, params, progress.history.get(trial_id, []), result.error is not None)
+        record.searcher_value = searcher_values.get(trial_id)
+        records.append(record)
+        configs[trial_id] = dataclasses.asdict(spec.trial_config(params))
+    best = write_report(exp_dir, records, list(spec.search), configs)
+    print(f"[{_clock(t0)}] search finished: {len(records)} of {spec.tune.num_trials} trials reported", flush=True)
+    return best
+
+
+def _optuna_values(search: Any) -> dict[str, float | None]:
+    study = search._ot_study  # Ray keeps the study private; read-only use here
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+    out: dict[str, float | None] = {}
+    for trial_id, ot_trial in search._ot_trials.items():
+        t = frozen.get(ot_trial.number)
+        out[trial_id] = t.value if t is not None else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = load_spec(args.space or default_space_path())
+        if args.num_trials is not None:
+            if args.num_trials < 1:
+                raise SpecError(f"--num-trials: must be > 0, got {args.num_trials}")
+            spec = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, num_trials=args.num_trials))
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_dir = (args.results_dir / name).resolve()
+    print(f"Experiment {name}: results in {exp_dir}", flush=True)
+    try:
+        best = run(spec, exp_dir)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((exp_dir / "leaderboard.md").read_text(), end="")
+    if best is None:
+        print("No trial produced a checkpoint.", file=sys.stderr)
+        return 1
+    loss = best["best_val_loss"]
+    print(f"\nBest trial {best['trial_id']}: val_loss {loss:.4f} (perplexity {math.exp(loss):.2f}) "
+          f"at epoch {best['best_epoch']} of {best['epochs_run']} run; {_short(best['params'])}")
+    print(f"Leaderboard:      {exp_dir / 'leaderboard.md'} (and .csv)")
+    print(f"Best config:      {exp_dir / 'best.json'}")
+    print(f"Best checkpoint:  {exp_dir / 'best'} (Hugging Face format)")
+    print(f"TensorBoard:      tensorboard --logdir {exp_dir / 'tensorboard'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

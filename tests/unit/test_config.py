@@ -1,0 +1,105 @@
+"""Search-space YAML validation: every bad input is refused with the file and key named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpt4all_ray.config import SpecError, load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = REPO / "search_spaces" / "tiny_cpu.yaml"
+
+
+def write(tmp_path: Path, change: dict) -> Path:
+    raw = yaml.safe_load(DEFAULT.read_text())
+    for dotted, value in change.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+_DELETE = object()
+
+
+def test_default_space_loads_with_every_required_hyperparameter() -> None:
+    spec = load_spec(DEFAULT)
+    assert set(spec.search) >= {"learning_rate", "lr_schedule", "warmup_steps", "weight_decay", "epochs"}
+    assert spec.search["learning_rate"].kind == "loguniform"
+    assert set(spec.search["lr_schedule"].args) == {"constant_with_warmup", "linear", "cosine"}
+    assert spec.resources.workers_per_trial >= 2
+    assert spec.fixed.global_batch % (spec.fixed.per_device_batch * spec.resources.workers_per_trial) == 0
+
+
+def test_exponent_floats_are_floats(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(DEFAULT.read_text().replace("[3.0e-4, 3.0e-2]", "[1e-4, 3e-2]"))
+    assert load_spec(path).search["learning_rate"].args == (1e-4, 3e-2)
+
+
+BAD = [
+    ({"bogus": 1}, "bogus: unknown key"),
+    ({"fixed.learning_rat": 0.1}, "fixed.learning_rat: unknown key (did you mean 'learning_rate'?)"),
+    ({"search.momentum": {"uniform": [0.1, 0.2]}}, "search.momentum: unknown key"),
+    ({"resources.gpus": 1}, "resources.gpus: unknown key"),
+    ({"fixed.max_length": "long"}, "fixed.max_length: expected an integer, got 'long'"),
+    ({"fixed.zero_stage": 2.5}, "fixed.zero_stage: expected an integer"),
+    ({"search.learning_rate": {"loguniform": ["a", 0.1]}}, "search.learning_rate.loguniform: expected a number"),
+    ({"search.lr_schedule": {"choice": []}}, "search.lr_schedule: choice: expected a non-empty list"),
+    ({"search.lr_schedule": {"choice": ["linear", "exponential"]}}, "search.lr_schedule: expected one of"),
+    ({"search.learning_rate": {"loguniform": [0.0, 0.1]}}, "search.learning_rate: loguniform: low must be > 0"),
+    ({"search.learning_rate": {"uniform": [-0.1, 0.1]}}, "search.learning_rate: must be > 0, got -0.1"),
+    ({"search.learning_rate": {"loguniform": [0.1, 0.01]}}, "expected low < high"),
+    ({"search.learning_rate": _DELETE, "fixed.learning_rate": 0.0}, "fixed.learning_rate: must be > 0, got 0.0"),
+    ({"search.epochs": {"uniform": [1.0, 3.0]}}, "search.epochs: uniform: epochs is an integer"),
+    ({"fixed.global_batch": 20}, "fixed.global_batch: 20 is not a multiple of per_device_batch x workers_per_trial"),
+    ({"fixed.learning_rate": 0.1}, "search.learning_rate: is also set in fixed"),
+    ({"fixed.precision": "fp16"}, "fixed.precision: expected one of fp32, bf16 (fp16 needs a GPU)"),
+    ({"tune.num_trials": 0}, "tune.num_trials: must be > 0"),
+    ({"resources.cpus_per_worker": 0}, "resources.cpus_per_worker: must be > 0"),
+    ({"enqueue": [{"learning_rate": 0.1}]}, "enqueue[0]: missing searched key(s)"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_bad_space_is_refused_naming_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    path = write(tmp_path, change)
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(SpecError, match="expected a mapping at the top level"):
+        load_spec(path)
+    with pytest.raises(SpecError, match="no such search-space file"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(("change", "message"), [BAD[1], BAD[7], BAD[12], BAD[14]])
+def test_cli_refuses_bad_space_before_ray_starts(tmp_path: Path, change: dict, message: str) -> None:
+    path = write(tmp_path, change)
+    code = (
+        "import sys; from gpt4all_ray.tune import main; rc = main(['--space', sys.argv[1]]); "
+        "print('ray imported' if 'ray' in sys.modules else 'ray never imported'); sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert proc.stderr.startswith("error: ")
+    assert "ray never imported" in proc.stdout
