@@ -10,9 +10,9 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -24,8 +24,17 @@ EMBEDDED_MODELS = ("tiny-gptj", "tiny-llama")
 EMBEDDED_DATA = "embedded"
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 # Settings that change what a trial is (model, data, batch geometry) stay fixed per search.
-SEARCHABLE = ("learning_rate", "lr_schedule", "warmup_steps", "weight_decay", "epochs", "grad_clip",
-              "lora_r", "lora_alpha", "lora_dropout")
+SEARCHABLE = (
+    "learning_rate",
+    "lr_schedule",
+    "warmup_steps",
+    "weight_decay",
+    "epochs",
+    "grad_clip",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+)
 
 
 class SpecError(ValueError):
@@ -169,8 +178,17 @@ class _Checker:
 
 # Per-value rules shared by fixed values, distribution bounds, choices and enqueued points.
 def _value_problem(key: str, value: Any) -> str | None:
-    positive = {"learning_rate", "max_length", "per_device_batch", "global_batch", "epochs", "data_rows",
-                "lora_r", "lora_alpha", "log_every_steps"}
+    positive = {
+        "learning_rate",
+        "max_length",
+        "per_device_batch",
+        "global_batch",
+        "epochs",
+        "data_rows",
+        "lora_r",
+        "lora_alpha",
+        "log_every_steps",
+    }
     if key in positive and not value > 0:
         return f"must be > 0, got {value!r}"
     if isinstance(value, float) and not math.isfinite(value):

@@ -16,12 +16,31 @@ def tiny_config(name: str, vocab_size: int) -> Any:
 
     if name == "tiny-gptj":
         # Same class and module names as EleutherAI/gpt-j-6b, ~4 orders of magnitude smaller.
-        return GPTJConfig(vocab_size=vocab_size, n_positions=TINY_POSITIONS, n_embd=64, n_layer=2, n_head=4,
-                          rotary_dim=16, n_inner=256, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+        return GPTJConfig(
+            vocab_size=vocab_size,
+            n_positions=TINY_POSITIONS,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            rotary_dim=16,
+            n_inner=256,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=1,
+        )
     if name == "tiny-llama":
-        return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=TINY_POSITIONS, hidden_size=64,
-                           intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=4, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            max_position_embeddings=TINY_POSITIONS,
+            hidden_size=64,
+            intermediate_size=176,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=1,
+        )
     raise ValueError(f"unknown built-in model {name!r}")
 
 
@@ -48,6 +67,11 @@ def build_model(cfg: TrialConfig, tokenizer: Any) -> Any:
 def wrap_lora(model: Any, cfg: TrialConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=LORA_TARGETS[model.config.model_type])
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=LORA_TARGETS[model.config.model_type],
+    )
     return get_peft_model(model, lora)

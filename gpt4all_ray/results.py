@@ -31,8 +31,9 @@ class TrialRecord:
     """What Optuna holds for this trial (it must be the best epoch's loss, not the last)."""
 
 
-def record_from_history(trial_id: str, params: dict[str, Any], history: list[dict[str, Any]],
-                        error: bool) -> TrialRecord:
+def record_from_history(
+    trial_id: str, params: dict[str, Any], history: list[dict[str, Any]], error: bool
+) -> TrialRecord:
     """One trial's reported epochs (in order) -> its leaderboard row."""
     record = TrialRecord(trial_id, params)
     epochs = [h for h in history if "val_loss" in h]
@@ -54,9 +55,15 @@ def record_from_history(trial_id: str, params: dict[str, Any], history: list[dic
 def _row(r: TrialRecord, param_names: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"trial_id": r.trial_id}
     row.update({p: r.params.get(p) for p in param_names})
-    row.update(best_val_loss=r.best_val_loss, best_epoch=r.best_epoch, epochs_run=r.epochs_run,
-               stop_reason=r.stop_reason, wall_s=round(r.wall_s, 1), searcher_value=r.searcher_value,
-               val_losses=" ".join(f"{v:.4f}" for v in r.val_losses))
+    row.update(
+        best_val_loss=r.best_val_loss,
+        best_epoch=r.best_epoch,
+        epochs_run=r.epochs_run,
+        stop_reason=r.stop_reason,
+        wall_s=round(r.wall_s, 1),
+        searcher_value=r.searcher_value,
+        val_losses=" ".join(repr(v) for v in r.val_losses),
+    )
     return row
 
 
@@ -64,14 +71,17 @@ def ranked(records: list[TrialRecord]) -> list[TrialRecord]:
     return sorted(records, key=lambda r: (not math.isfinite(r.best_val_loss), r.best_val_loss, r.trial_id))
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, column: str = "") -> str:
+    if column == "val_losses":
+        return " ".join(f"{float(x):.4f}" for x in v.split())
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e-2 and v != 0 else f"{v:.4f}".rstrip("0").rstrip(".")
     return "" if v is None else str(v)
 
 
-def write_report(exp_dir: Path, records: list[TrialRecord], param_names: list[str],
-                 trial_configs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def write_report(
+    exp_dir: Path, records: list[TrialRecord], param_names: list[str], trial_configs: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
     """Write the leaderboard and, when some trial has a checkpoint, best.json and best/."""
     exp_dir.mkdir(parents=True, exist_ok=True)
     rows = [_row(r, param_names) for r in ranked(records)]
@@ -82,7 +92,7 @@ def write_report(exp_dir: Path, records: list[TrialRecord], param_names: list[st
     writer.writerows(rows)
     (exp_dir / "leaderboard.csv").write_text(buf.getvalue())
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    md += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
+    md += ["| " + " | ".join(_fmt(row[c], c) for c in columns) + " |" for row in rows]
     (exp_dir / "leaderboard.md").write_text("\n".join(md) + "\n")
 
     best = next((r for r in ranked(records) if r.checkpoint_path and math.isfinite(r.best_val_loss)), None)

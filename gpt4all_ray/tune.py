@@ -102,9 +102,11 @@ def _progress_callback(spec: SearchSpec, t0: float) -> Any:
                 return
             self.history[trial.trial_id].append({k: v for k, v in result.items() if k != "config"})
             epochs = spec.trial_config(self.params.get(trial.trial_id, {})).epochs
-            line = (f"[{_clock(t0)}] trial {trial.trial_id} epoch {result['epoch']}/{epochs}: "
-                    f"val_loss {result['val_loss']:.4f} (best {result['best_val_loss']:.4f} at epoch "
-                    f"{result['best_epoch']}), train_loss {result['train_loss']:.4f}, {result['epoch_s']:.1f} s")
+            line = (
+                f"[{_clock(t0)}] trial {trial.trial_id} epoch {result['epoch']}/{epochs}: "
+                f"val_loss {result['val_loss']:.4f} (best {result['best_val_loss']:.4f} at epoch "
+                f"{result['best_epoch']}), train_loss {result['train_loss']:.4f}, {result['epoch_s']:.1f} s"
+            )
             reason = result.get("stop_reason")
             if reason == "diverged":
                 line += " -> stopped: validation loss rose above its best; best checkpoint kept"
@@ -136,8 +138,10 @@ def connect_ray(resources: Resources) -> None:
     print(f"Ray: {where} ({cpus:g} CPUs now; one trial needs {need:g})", flush=True)
     if need > cpus and not os.environ.get("RAY_ADDRESS"):
         # Ray Train would wait forever for workers it cannot place.
-        raise SpecError(f"one trial needs {need:g} CPUs (driver_cpus + workers_per_trial x cpus_per_worker) "
-                        f"but this Ray cluster has {cpus:g}; lower resources in the search space")
+        raise SpecError(
+            f"one trial needs {need:g} CPUs (driver_cpus + workers_per_trial x cpus_per_worker) "
+            f"but this Ray cluster has {cpus:g}; lower resources in the search space"
+        )
 
 
 def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
@@ -156,24 +160,31 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
     connect_ray(spec.resources)
     storage = exp_dir.resolve() / "ray"
     optuna_search = OptunaSearch(
-        metric=METRIC, mode="min", points_to_evaluate=warm_starts(spec) or None,
+        metric=METRIC,
+        mode="min",
+        points_to_evaluate=warm_starts(spec) or None,
         sampler=optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=spec.tune.startup_trials),
     )
     progress = _progress_callback(spec, t0)
-    trainable = tune.with_parameters(trial_driver, spec=spec, storage=str(storage / "train"),
-                                     tb_root=str(exp_dir.resolve() / "tensorboard"))
+    trainable = tune.with_parameters(
+        trial_driver, spec=spec, storage=str(storage / "train"), tb_root=str(exp_dir.resolve() / "tensorboard")
+    )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"CPU": spec.resources.driver_cpus}),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(optuna_search, max_concurrent=spec.tune.max_concurrent),
-            num_samples=spec.tune.num_trials, metric=METRIC, mode="min",
+            num_samples=spec.tune.num_trials,
+            metric=METRIC,
+            mode="min",
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str(storage), callbacks=[progress], verbose=0),
     )
-    print(f"[{_clock(t0)}] searching {spec.tune.num_trials} trials of {spec.name}: "
-          f"{spec.resources.workers_per_trial} DeepSpeed workers each, up to {spec.tune.max_concurrent} at once",
-          flush=True)
+    print(
+        f"[{_clock(t0)}] searching {spec.tune.num_trials} trials of {spec.name}: "
+        f"{spec.resources.workers_per_trial} DeepSpeed workers each, up to {spec.tune.max_concurrent} at once",
+        flush=True,
+    )
     grid = tuner.fit()
 
     searcher_values = _optuna_values(optuna_search)
@@ -224,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         print("No trial produced a checkpoint.", file=sys.stderr)
         return 1
     loss = best["best_val_loss"]
-    print(f"\nBest trial {best['trial_id']}: val_loss {loss:.4f} (perplexity {math.exp(loss):.2f}) "
-          f"at epoch {best['best_epoch']} of {best['epochs_run']} run; {_short(best['params'])}")
+    print(
+        f"\nBest trial {best['trial_id']}: val_loss {loss:.4f} (perplexity {math.exp(loss):.2f}) "
+        f"at epoch {best['best_epoch']} of {best['epochs_run']} run; {_short(best['params'])}"
+    )
     print(f"Leaderboard:      {exp_dir / 'leaderboard.md'} (and .csv)")
     print(f"Best config:      {exp_dir / 'best.json'}")
     print(f"Best checkpoint:  {exp_dir / 'best'} (Hugging Face format)")

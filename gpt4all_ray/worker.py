@@ -169,7 +169,7 @@ def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threa
                     writer.add_scalar("train/loss", window_loss / max(window_tokens, 1), global_step)
                     writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
                     grad_norm = engine.get_global_grad_norm()
-                    if grad_norm is not None:
+                    if grad_norm is not None and math.isfinite(grad_norm):
                         writer.add_scalar("train/grad_norm", float(grad_norm), global_step)
                     writer.add_scalar("train/label_tokens_per_s_rank0", window_tokens / max(elapsed, 1e-9), global_step)
                 epoch_loss += window_loss
@@ -213,8 +213,15 @@ def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threa
         writer.close()
 
 
-def save_checkpoint(engine: Any, tokenizer: Any, cfg: TrialConfig, ds_config: dict[str, Any],
-                    metrics: dict[str, Any], folder: str, rank: int) -> None:
+def save_checkpoint(
+    engine: Any,
+    tokenizer: Any,
+    cfg: TrialConfig,
+    ds_config: dict[str, Any],
+    metrics: dict[str, Any],
+    folder: str,
+    rank: int,
+) -> None:
     """Hugging Face format (full model or PEFT adapter) plus the tokenizer used in training."""
     state = engine._zero3_consolidated_16bit_state_dict() if cfg.zero_stage == 3 else None  # all ranks
     if rank != 0:

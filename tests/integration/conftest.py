@@ -1,0 +1,61 @@
+"""Real Ray, real DeepSpeed, real Optuna on the tiny model. Each search runs as a user runs it:
+`python -m gpt4all_ray.tune` in a subprocess, or `ray job submit` to a `ray start --head` node."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL_SPACE = "tests/integration/small_space.yaml"
+SEARCH_TIMEOUT_S = 900  # Ray Train waits forever for workers it cannot place: always bound it
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_AUTH_MODE"] = "token"  # the same mode for ray start, job submit and the driver
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def ray_bin() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+@dataclass
+class Experiment:
+    dir: Path
+    output: str
+
+
+@pytest.fixture(scope="session")
+def local_search(tmp_path_factory: pytest.TempPathFactory) -> Experiment:
+    """The small search, on a local Ray instance that the command starts itself."""
+    results = tmp_path_factory.mktemp("results")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpt4all_ray.tune",
+            "--space",
+            SMALL_SPACE,
+            "--results-dir",
+            str(results),
+            "--name",
+            "it",
+        ],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=SEARCH_TIMEOUT_S,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    return Experiment(results / "it", output)

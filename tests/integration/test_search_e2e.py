@@ -1,0 +1,101 @@
+"""One real search, end to end: leaderboard, best checkpoint, divergence, Optuna's values, TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpt4all_ray.evaluate import validation_loss
+from tests.integration.conftest import REPO, SMALL_SPACE, Experiment
+
+pytestmark = pytest.mark.integration
+
+SPACE = yaml.safe_load((REPO / SMALL_SPACE).read_text())
+PLANTED_LR = SPACE["enqueue"][0]["learning_rate"]
+
+
+def leaderboard(exp: Experiment) -> list[dict[str, str]]:
+    with (exp.dir / "leaderboard.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_local_ray_started_and_progress_printed_as_it_ran(local_search: Experiment) -> None:
+    out = local_search.output
+    assert "started a local Ray instance" in out
+    assert out.count("epoch 1/") == SPACE["tune"]["num_trials"]
+    assert "-> stopped: validation loss rose above its best" in out
+    assert f"tensorboard --logdir {local_search.dir / 'tensorboard'}" in out
+
+
+def test_every_requested_trial_is_in_the_leaderboard(local_search: Experiment) -> None:
+    rows = leaderboard(local_search)
+    assert len(rows) == SPACE["tune"]["num_trials"]
+    assert len({r["trial_id"] for r in rows}) == len(rows)
+    assert all(r["stop_reason"] in ("completed", "diverged") for r in rows)
+    md = (local_search.dir / "leaderboard.md").read_text()
+    assert all(r["trial_id"] in md for r in rows)
+    for column in (
+        "learning_rate",
+        "lr_schedule",
+        "warmup_steps",
+        "weight_decay",
+        "epochs",
+        "best_val_loss",
+        "best_epoch",
+        "epochs_run",
+        "stop_reason",
+        "wall_s",
+    ):
+        assert column in rows[0]
+
+
+def test_best_checkpoint_reloads_and_gives_the_recorded_loss(local_search: Experiment) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    best = json.loads((local_search.dir / "best.json").read_text())
+    folder = Path(best["checkpoint_path"])
+    assert folder == local_search.dir / "best"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert type(model).__name__ == "GPTJForCausalLM"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert (folder / "model.safetensors").is_file()
+    assert best["best_val_loss"] == min(float(r["best_val_loss"]) for r in leaderboard(local_search))
+    assert validation_loss(folder) == pytest.approx(best["best_val_loss"], rel=1e-4)
+
+
+def test_planted_diverging_trial_is_stopped_and_scored_by_its_best_epoch(local_search: Experiment) -> None:
+    planted = [r for r in leaderboard(local_search) if math.isclose(float(r["learning_rate"]), PLANTED_LR)]
+    assert len(planted) == 1
+    row = planted[0]
+    losses = [float(v) for v in row["val_losses"].split()]
+    best = float(row["best_val_loss"])
+    assert row["stop_reason"] == "diverged"
+    assert int(row["epochs_run"]) == len(losses) < int(row["epochs"])  # stopped early
+    assert losses[-1] > best == min(losses)  # stopped at a rise above its best...
+    assert not any(losses[i] > min(losses[:i]) for i in range(1, len(losses) - 1))  # ...its first one
+    assert int(row["best_epoch"]) == losses.index(best) + 1
+    assert float(row["searcher_value"]) == pytest.approx(best, rel=1e-9)  # Optuna holds the best, not the last
+
+    trial_dir = local_search.dir / "ray" / "train" / row["trial_id"]
+    kept = sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())
+    assert len(kept) == 1
+    assert json.loads((kept[0] / "metrics.json").read_text())["epoch"] == int(row["best_epoch"])
+    assert validation_loss(kept[0]) == pytest.approx(best, rel=1e-4)
+
+
+def test_tensorboard_holds_each_trials_train_and_validation_loss(local_search: Experiment) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for row in leaderboard(local_search):
+        events = EventAccumulator(str(local_search.dir / "tensorboard" / row["trial_id"]))
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {"train/loss", "train/lr", "val/loss"} <= tags
+        val = [e.value for e in events.Scalars("val/loss")]
+        assert val == pytest.approx([float(v) for v in row["val_losses"].split()], rel=1e-6)

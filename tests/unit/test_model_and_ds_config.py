@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.data import build_tokenizer, load_split
+from gpt4all_ray.ds_config import deepspeed_config
+from gpt4all_ray.model import build_model, padded_vocab
+
+
+@pytest.fixture(scope="module")
+def tokenizer():  # noqa: ANN201
+    return build_tokenizer(load_split(TrialConfig(data_rows=300)))
+
+
+def test_tiny_gptj_matches_gpt_j_6b_names(tokenizer) -> None:  # noqa: ANN001
+    model = build_model(TrialConfig(model="tiny-gptj"), tokenizer)
+    assert type(model).__name__ == "GPTJForCausalLM"
+    names = {n for n, _ in model.named_modules()}
+    assert "transformer.h.0.attn.q_proj" in names and "transformer.h.0.attn.v_proj" in names
+    assert model.config.n_positions >= 2 * TrialConfig().max_length
+    assert model.get_input_embeddings().num_embeddings % 64 == 0
+    assert model.config.pad_token_id != model.config.eos_token_id
+
+
+def test_tiny_llama_and_seeded_init(tokenizer) -> None:  # noqa: ANN001
+    a = build_model(TrialConfig(model="tiny-llama"), tokenizer)
+    b = build_model(TrialConfig(model="tiny-llama"), tokenizer)
+    assert type(a).__name__ == "LlamaForCausalLM"
+    assert all((p == q).all() for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("model_name", ["tiny-gptj", "tiny-llama"])
+def test_lora_trains_only_adapters_on_q_and_v(tokenizer, model_name: str) -> None:  # noqa: ANN001
+    model = build_model(TrialConfig(model=model_name, method="lora"), tokenizer)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in trainable} == {"q_proj", "v_proj"}
+
+
+def test_padded_vocab() -> None:
+    assert padded_vocab(1024) == 1024 and padded_vocab(1025) == 1088 and padded_vocab(1) == 64
+
+
+def test_deepspeed_config_is_explicit() -> None:
+    cfg = TrialConfig(per_device_batch=4, global_batch=32, zero_stage=3, precision="bf16", grad_clip=1.0)
+    ds = deepspeed_config(cfg, world_size=2)
+    assert ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == 32 and ds["train_micro_batch_size_per_gpu"] == 4
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is True
+    assert "auto" not in repr(ds)
+
+
+def test_deepspeed_config_refuses_a_batch_the_workers_cannot_make() -> None:
+    with pytest.raises(ValueError, match="not a multiple"):
+        deepspeed_config(dataclasses.replace(TrialConfig(), global_batch=20, per_device_batch=8), world_size=2)
