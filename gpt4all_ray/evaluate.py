@@ -29,7 +29,7 @@ def load_checkpoint(folder: Path) -> tuple[Any, Any, TrialConfig]:
         from gpt4all_ray.model import build_model
 
         base = build_model(dataclasses.replace(cfg, method="full"), tokenizer)
-        model = PeftModel.from_pretrained(base, folder)
+        model: Any = PeftModel.from_pretrained(base, folder)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder)
     return model.eval(), tokenizer, cfg

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -68,10 +69,11 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
         ),
-        run_config=ray.train.RunConfig(
+        # Train V2 is what runs (Ray 2.60's default); Ray's type hints still describe V1's RunConfig.
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]
             name=trial_id,
             storage_path=storage,
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
             # The worker reports a checkpoint only when validation loss improves: the one kept is the best.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
@@ -92,6 +94,7 @@ def _progress_callback(spec: SearchSpec, t0: float) -> Any:
         def __init__(self) -> None:
             self.history: dict[str, list[dict[str, Any]]] = defaultdict(list)
             self.params: dict[str, dict[str, Any]] = {}
+            self.errors: set[str] = set()
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.params[trial.trial_id] = {k: trial.config[k] for k in spec.search}
@@ -115,6 +118,7 @@ def _progress_callback(spec: SearchSpec, t0: float) -> Any:
             print(line, flush=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.errors.add(trial.trial_id)
             print(f"[{_clock(t0)}] trial {trial.trial_id} FAILED: {trial.error_file or 'see Ray logs'}", flush=True)
 
     return Progress()
@@ -157,6 +161,7 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
 
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     connect_ray(spec.resources)
     storage = exp_dir.resolve() / "ray"
     optuna_search = OptunaSearch(
@@ -189,13 +194,14 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
 
     searcher_values = _optuna_values(optuna_search)
     records, configs = [], {}
-    for result in grid:
-        trial_id = result.metrics.get("trial_id") or Path(result.path).name
-        params = {k: result.config[k] for k in spec.search}
-        record = record_from_history(trial_id, params, progress.history.get(trial_id, []), result.error is not None)
+    for trial_id, params in progress.params.items():  # every trial Tune started, in start order
+        history = progress.history.get(trial_id, [])
+        record = record_from_history(trial_id, params, history, trial_id in progress.errors)
         record.searcher_value = searcher_values.get(trial_id)
         records.append(record)
         configs[trial_id] = dataclasses.asdict(spec.trial_config(params))
+    if len(records) != len(grid):
+        print(f"warning: Tune holds {len(grid)} trials but {len(records)} were seen starting", file=sys.stderr)
     best = write_report(exp_dir, records, list(spec.search), configs)
     print(f"[{_clock(t0)}] search finished: {len(records)} of {spec.tune.num_trials} trials reported", flush=True)
     return best

@@ -47,23 +47,27 @@ def _quiet_libraries() -> None:
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    # Decay matrices only: biases and norm scales (1-D) are not regularised.
+    # Decay matrices only: biases and norm scales (1-D) are not regularised. LoRA has no 1-D
+    # trainables, and an empty group trips ZeRO, so empty groups are left out.
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    groups = [
+        {"name": "decay", "params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"name": "no_decay", "params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
+    return [g for g in groups if g["params"]]
 
 
 def check_hyperparameters(optimizer: Any, cfg: TrialConfig, first_multiplier: float) -> None:
     want_lr = cfg.learning_rate * first_multiplier
-    for i, group in enumerate(optimizer.param_groups):
+    for group in optimizer.param_groups:
         if not math.isclose(group["lr"], want_lr, rel_tol=1e-6):
-            raise HyperparameterMismatch(f"param group {i}: lr {group['lr']} != sampled {want_lr}")
-    decays = sorted({g["weight_decay"] for g in optimizer.param_groups if g["params"]})
-    expected = sorted({cfg.weight_decay, 0.0} if len(decays) > 1 else {decays[0]})
-    if cfg.weight_decay not in decays or decays != expected:
-        raise HyperparameterMismatch(f"weight decays in the optimizer {decays}, sampled {cfg.weight_decay}")
+            raise HyperparameterMismatch(f"param group {group.get('name')}: lr {group['lr']} != sampled {want_lr}")
+        want_decay = cfg.weight_decay if group.get("name") == "decay" else 0.0
+        if group["weight_decay"] != want_decay:
+            raise HyperparameterMismatch(
+                f"param group {group.get('name')}: weight decay {group['weight_decay']} in the optimizer, "
+                f"{want_decay} wanted (sampled {cfg.weight_decay})"
+            )
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -78,7 +82,6 @@ def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threa
 
         os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
     _quiet_libraries()
-    import deepspeed
     import torch
     import torch.distributed as dist
 
@@ -91,7 +94,10 @@ def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threa
     from gpt4all_ray.schedule import lr_multiplier
 
     torch.set_num_threads(threads)
-    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints op-build lines on every start
+    # DeepSpeed prints op-build lines on import (when torch.distributed is up, as under Ray) and init.
+    with contextlib.redirect_stdout(io.StringIO()):
+        import deepspeed
+
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     rank, world = _rank_and_world()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -177,6 +183,8 @@ def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threa
                 window_loss = window_tokens = 0.0
                 window_start = time.perf_counter()
 
+        train_totals = torch.tensor([epoch_loss, epoch_tokens], dtype=torch.float64, device=device)
+        dist.all_reduce(train_totals)  # token-weighted over all workers, like the validation loss
         val_loss = evaluate()
         history.append(val_loss)
         decision = policy.decide(history)
@@ -188,7 +196,7 @@ def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threa
             "step": global_step,
             "val_loss": val_loss,
             "val_ppl": math.exp(val_loss) if val_loss < 50 else math.inf,
-            "train_loss": epoch_loss / max(epoch_tokens, 1),
+            "train_loss": (train_totals[0] / train_totals[1].clamp(min=1)).item(),
             "best_val_loss": decision.best,
             "best_epoch": decision.best_at,
             "lr": scheduler.get_last_lr()[0],
@@ -245,4 +253,11 @@ class RayTrainReporter:
 
 def ray_train_loop(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    # Ray 2.60 logs every report at INFO under a logger named by file path, which Train's
+    # LoggingConfig(log_level=...) does not reach; our progress lines already say the same.
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
     train(TrialConfig(**config["trial"]), RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1))

@@ -1,0 +1,76 @@
+"""Leaderboard rows, best.json and the best checkpoint copy, from per-epoch histories."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from gpt4all_ray.results import ERROR, record_from_history, write_report
+
+
+def epochs(losses: list[float], reasons: list[str], ckpt_dir: Path | None = None) -> list[dict]:
+    history, best, best_at = [], math.inf, 0
+    for i, (loss, reason) in enumerate(zip(losses, reasons, strict=True), start=1):
+        improved = loss < best
+        if improved:
+            best, best_at = loss, i
+        row = {
+            "epoch": i,
+            "val_loss": loss,
+            "best_val_loss": best,
+            "best_epoch": best_at,
+            "stop_reason": reason,
+            "time_total_s": 10.0 * i,
+        }
+        if improved and ckpt_dir is not None:
+            folder = ckpt_dir / f"checkpoint_{i}"
+            folder.mkdir(parents=True)
+            (folder / "model.safetensors").write_text(f"epoch {i}")
+            row["checkpoint_path"] = str(folder)
+        history.append(row)
+    return history
+
+
+def test_diverged_trial_keeps_its_best_epoch(tmp_path: Path) -> None:
+    record = record_from_history(
+        "a", {"learning_rate": 0.1}, epochs([3.0, 2.5, 2.7], ["", "", "diverged"], tmp_path), error=False
+    )
+    assert (record.best_val_loss, record.best_epoch, record.epochs_run) == (2.5, 2, 3)
+    assert record.stop_reason == "diverged"
+    assert record.checkpoint_path == str(tmp_path / "checkpoint_2")
+    assert record.wall_s == 30.0
+    assert record.val_losses == [3.0, 2.5, 2.7]
+
+
+def test_errored_trial_without_results_is_still_a_row() -> None:
+    record = record_from_history("b", {"learning_rate": 0.2}, [], error=True)
+    assert record.stop_reason == ERROR and record.epochs_run == 0 and math.isinf(record.best_val_loss)
+
+
+def test_report_ranks_by_best_loss_and_copies_the_best_checkpoint(tmp_path: Path) -> None:
+    good = record_from_history(
+        "good", {"learning_rate": 0.01}, epochs([3.0, 2.0], ["", "completed"], tmp_path / "g"), error=False
+    )
+    bad = record_from_history(
+        "bad", {"learning_rate": 0.1}, epochs([3.0, 3.5], ["", "diverged"], tmp_path / "b"), error=False
+    )
+    failed = record_from_history("failed", {"learning_rate": 1.0}, [], error=True)
+    good.searcher_value = 2.0
+    best = write_report(tmp_path / "exp", [bad, failed, good], ["learning_rate"], {"good": {"epochs": 2}})
+    assert best is not None
+    assert best["trial_id"] == "good" and best["best_val_loss"] == 2.0 and best["best_epoch"] == 2
+    assert (tmp_path / "exp" / "best" / "model.safetensors").read_text() == "epoch 2"
+    assert json.loads((tmp_path / "exp" / "best.json").read_text())["config"] == {"epochs": 2}
+    with (tmp_path / "exp" / "leaderboard.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["trial_id"] for r in rows] == ["good", "bad", "failed"]
+    assert rows[0]["val_losses"] == "3.0 2.0" and rows[2]["stop_reason"] == "error"
+    assert "| good | 0.01 |" in (tmp_path / "exp" / "leaderboard.md").read_text()
+
+
+def test_no_checkpoint_means_no_best(tmp_path: Path) -> None:
+    failed = record_from_history("failed", {}, [], error=True)
+    assert write_report(tmp_path, [failed], [], {}) is None
+    assert not (tmp_path / "best.json").exists()
