@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,6 +23,12 @@ def subprocess_env() -> dict[str, str]:
     env["RAY_AUTH_MODE"] = "token"  # the same mode for ray start, job submit and the driver
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def ray_bin() -> str:

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import csv
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, SMALL_SPACE, ray_bin, subprocess_env
+from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, SMALL_SPACE, free_port, ray_bin, subprocess_env
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

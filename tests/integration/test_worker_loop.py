@@ -7,14 +7,14 @@ reloaded checkpoint must give the validation loss the loop reported.
 from __future__ import annotations
 
 import json
-import socket
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +37,6 @@ train(cfg, FolderReporter(), tb_dir=os.path.join(out, "tb"))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_loop(tmp_path: Path, **overrides: object) -> list[dict]:
     cfg = {
         "data_rows": 400,
@@ -63,7 +57,7 @@ def run_loop(tmp_path: Path, **overrides: object) -> list[dict]:
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path), json.dumps(cfg)],
         cwd=REPO,
-        env={**__import__("os").environ, **env},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=600,
