@@ -135,6 +135,8 @@ def connect_ray(resources: Resources) -> None:
             ray.init(address="auto")
             where = "attached to the running Ray cluster"
         except ConnectionError:
+            # Nothing preempts a local machine; the watcher only adds a core-worker error line.
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
             where = f"started a local Ray instance with {os.cpu_count()} CPUs"
     cpus = ray.cluster_resources().get("CPU", 0)
@@ -145,6 +147,17 @@ def connect_ray(resources: Resources) -> None:
         raise SpecError(
             f"one trial needs {need:g} CPUs (driver_cpus + workers_per_trial x cpus_per_worker) "
             f"but this Ray cluster has {cpus:g}; lower resources in the search space"
+        )
+
+
+def _warn_if_deepspeed_op_unbuilt(resources: Resources) -> None:
+    # Otherwise the first trial is a minute of silence on a new machine.
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    if resources.gpus_per_worker == 0 and not any(root.glob("*/deepspeed_shm_comm")):
+        print(
+            "note: DeepSpeed compiles its CPU shared-memory op on its first start on this machine "
+            "(about a minute; cached afterwards)",
+            flush=True,
         )
 
 
@@ -163,6 +176,7 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     connect_ray(spec.resources)
+    _warn_if_deepspeed_op_unbuilt(spec.resources)
     storage = exp_dir.resolve() / "ray"
     optuna_search = OptunaSearch(
         metric=METRIC,

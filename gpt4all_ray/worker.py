@@ -10,16 +10,29 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
+
 from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.data import build_tokenizer, load_split
+from gpt4all_ray.data.collate import pad_to_longest
+from gpt4all_ray.data.encode import IGNORE, encode_rows
 from gpt4all_ray.divergence import COMPLETED, DivergencePolicy
+from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
+from gpt4all_ray.loss import loss_sum_and_count
+from gpt4all_ray.model import build_model
+from gpt4all_ray.schedule import lr_multiplier
 
 
 class Reporter(Protocol):
@@ -32,7 +45,6 @@ class HyperparameterMismatch(RuntimeError):
 
 
 def _quiet_libraries() -> None:
-    import logging
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,6 +56,18 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """DeepSpeed prints op-build lines on import (when torch.distributed is up) and on init. Under
+    Ray Train, print() is patched to log at INFO, so stdout redirection alone does not hide them."""
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -71,149 +95,150 @@ def check_hyperparameters(optimizer: Any, cfg: TrialConfig, first_multiplier: fl
 
 
 def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threads: int = 1) -> None:
-    if "DS_ACCELERATOR" not in os.environ:
-        import torch
+class TrialRun:
+    """One worker's share of a trial: data, model and DeepSpeed engine, built once."""
 
-        os.environ["DS_ACCELERATOR"] = "cuda" if torch.cuda.is_available() else "cpu"
-    _quiet_libraries()
-    import torch
-    import torch.distributed as dist
+    def __init__(self, cfg: TrialConfig, threads: int = 1) -> None:
+        # DeepSpeed picks its accelerator at import: CPU here, CUDA on a GPU node.
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        _quiet_libraries()
+        torch.set_num_threads(threads)
+        with _silenced():
+            import deepspeed
 
-    from gpt4all_ray.data import build_tokenizer, load_split
-    from gpt4all_ray.data.collate import pad_to_longest
-    from gpt4all_ray.data.encode import encode_rows
-    from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
-    from gpt4all_ray.loss import loss_sum_and_count
-    from gpt4all_ray.model import build_model
-    from gpt4all_ray.schedule import lr_multiplier
+            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        self.cfg = cfg
+        self.rank, self.world = _rank_and_world()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
 
-    torch.set_num_threads(threads)
-    # DeepSpeed prints op-build lines on import (when torch.distributed is up, as under Ray) and init.
-    with contextlib.redirect_stdout(io.StringIO()):
-        import deepspeed
+        self.data = load_split(cfg)
+        self.tokenizer = build_tokenizer(self.data)
+        self.train_examples, self.encode_report = encode_rows(self.data.train, self.tokenizer, cfg.max_length)
+        self.val_examples, _ = encode_rows(self.data.val, self.tokenizer, cfg.max_length)
+        self.steps_per_epoch = len(self.train_examples) // cfg.global_batch
+        if self.steps_per_epoch == 0:
+            rows = len(self.train_examples)
+            raise ValueError(f"{rows} training rows make no step of global_batch {cfg.global_batch}")
+        self.accumulation = gradient_accumulation(cfg, self.world)
 
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = _rank_and_world()
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        model = build_model(cfg, self.tokenizer)
+        multiplier = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, self.steps_per_epoch * cfg.epochs)
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        self.ds_config = deepspeed_config(cfg, self.world)
+        with _silenced():
+            self.engine, ds_optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=self.ds_config
+            )
+        check_hyperparameters(ds_optimizer, cfg, multiplier(0))
+        self.global_step = 0
 
-    data = load_split(cfg)
-    tokenizer = build_tokenizer(data)
-    train_examples, encode_report = encode_rows(data.train, tokenizer, cfg.max_length)
-    val_examples, _ = encode_rows(data.val, tokenizer, cfg.max_length)
+    def batch(self, examples: list[Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) for k, v in pad_to_longest(examples, self.tokenizer.pad_token_id).items()}
 
-    model = build_model(cfg, tokenizer)
-    accumulation = gradient_accumulation(cfg, world)
-    steps_per_epoch = len(train_examples) // cfg.global_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_examples)} training rows make no step of global_batch {cfg.global_batch}")
-    multiplier = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, steps_per_epoch * cfg.epochs)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
-    ds_config = deepspeed_config(cfg, world)
-    with contextlib.redirect_stdout(io.StringIO()):
-        engine, ds_optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-        )
-    check_hyperparameters(ds_optimizer, cfg, multiplier(0))
+    def all_reduced_mean(self, loss_sum: float, count: float) -> float:
+        """Token-weighted mean over all workers."""
+        totals = torch.tensor([loss_sum, count], dtype=torch.float64, device=self.device)
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        return (totals[0] / totals[1].clamp(min=1)).item()
 
-    writer = None
-    if rank == 0 and tb_dir:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(tb_dir)
-
-    def batch_of(examples: list[Any]) -> dict[str, torch.Tensor]:
-        return {k: v.to(device) for k, v in pad_to_longest(examples, tokenizer.pad_token_id).items()}
-
-    def evaluate() -> float:
-        # Every rank runs the same number of forwards (ZeRO-3 gathers weights in each one);
-        # a rank with nothing left re-runs its first example with zero weight.
-        engine.eval()
-        shard = val_examples[rank::world]
-        n_batches = math.ceil(math.ceil(len(val_examples) / world) / cfg.per_device_batch)
-        totals = torch.zeros(2, dtype=torch.float64, device=device)
-        with torch.no_grad():
-            for i in range(n_batches):
-                chunk = shard[i * cfg.per_device_batch : (i + 1) * cfg.per_device_batch]
-                loss_sum, count = loss_sum_and_count(engine, batch_of(chunk or shard[:1]))
-                if chunk:
-                    totals += torch.stack([loss_sum, count])
-        dist.all_reduce(totals)
-        engine.train()
-        return (totals[0] / totals[1]).item()
-
-    policy = DivergencePolicy(grace_epochs=cfg.grace_epochs, min_delta=cfg.min_delta)
-    history: list[float] = []
-    global_step = 0
-    for epoch in range(1, cfg.epochs + 1):
-        started = time.perf_counter()
-        order = torch.randperm(len(train_examples), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        epoch_loss = epoch_tokens = 0.0
-        window_loss = window_tokens = 0.0
+    def train_epoch(self, epoch: int, writer: Any) -> float:
+        """One pass over the training rows; returns the all-reduced token-weighted train loss."""
+        cfg = self.cfg
+        # The same permutation on every rank; each takes every world-th row of each global batch.
+        shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(self.train_examples), generator=shuffle)
+        epoch_loss = epoch_tokens = window_loss = window_tokens = 0.0
         window_start = time.perf_counter()
-        for step in range(steps_per_epoch):
-            chunk = order[step * cfg.global_batch : (step + 1) * cfg.global_batch][rank::world].tolist()
-            for micro in range(accumulation):
-                picked = chunk[micro * cfg.per_device_batch : (micro + 1) * cfg.per_device_batch]
-                batch = batch_of([train_examples[i] for i in picked])
-                loss = engine(**batch).loss
-                engine.backward(loss)
-                engine.step()
-                tokens = float((batch["labels"][:, 1:] != -100).sum())
+        for step in range(self.steps_per_epoch):
+            mine = order[step * cfg.global_batch : (step + 1) * cfg.global_batch][self.rank :: self.world].tolist()
+            for micro in range(self.accumulation):
+                picked = mine[micro * cfg.per_device_batch : (micro + 1) * cfg.per_device_batch]
+                batch = self.batch([self.train_examples[i] for i in picked])
+                loss = self.engine(**batch).loss
+                self.engine.backward(loss)
+                self.engine.step()
+                tokens = float((batch["labels"][:, 1:] != IGNORE).sum())
                 window_loss += loss.item() * tokens
                 window_tokens += tokens
-            global_step += 1
-            if global_step % cfg.log_every_steps == 0 or step == steps_per_epoch - 1:
-                elapsed = time.perf_counter() - window_start
+            self.global_step += 1
+            if self.global_step % cfg.log_every_steps == 0 or step == self.steps_per_epoch - 1:
                 if writer:
-                    writer.add_scalar("train/loss", window_loss / max(window_tokens, 1), global_step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
-                    grad_norm = engine.get_global_grad_norm()
-                    if grad_norm is not None and math.isfinite(grad_norm):
-                        writer.add_scalar("train/grad_norm", float(grad_norm), global_step)
-                    writer.add_scalar("train/label_tokens_per_s_rank0", window_tokens / max(elapsed, 1e-9), global_step)
-                epoch_loss += window_loss
-                epoch_tokens += window_tokens
+                    self._log_window(writer, window_loss, window_tokens, time.perf_counter() - window_start)
+                epoch_loss, epoch_tokens = epoch_loss + window_loss, epoch_tokens + window_tokens
                 window_loss = window_tokens = 0.0
                 window_start = time.perf_counter()
+        return self.all_reduced_mean(epoch_loss, epoch_tokens)
 
-        train_totals = torch.tensor([epoch_loss, epoch_tokens], dtype=torch.float64, device=device)
-        dist.all_reduce(train_totals)  # token-weighted over all workers, like the validation loss
-        val_loss = evaluate()
+    def _log_window(self, writer: Any, loss: float, tokens: float, seconds: float) -> None:
+        writer.add_scalar("train/loss", loss / max(tokens, 1), self.global_step)
+        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None and math.isfinite(grad_norm):
+            writer.add_scalar("train/grad_norm", float(grad_norm), self.global_step)
+        writer.add_scalar("train/label_tokens_per_s_rank0", tokens / max(seconds, 1e-9), self.global_step)
+
+    def evaluate(self) -> float:
+        """Token-weighted validation loss over all workers' shards."""
+        # Every rank runs the same number of forwards (ZeRO-3 gathers weights in each one);
+        # a rank with nothing left re-runs its first example and does not count it.
+        b = self.cfg.per_device_batch
+        shard = self.val_examples[self.rank :: self.world]
+        n_batches = math.ceil(math.ceil(len(self.val_examples) / self.world) / b)
+        loss_sum = count = 0.0
+        self.engine.eval()
+        with torch.no_grad():
+            for i in range(n_batches):
+                chunk = shard[i * b : (i + 1) * b]
+                batch_sum, batch_count = loss_sum_and_count(self.engine, self.batch(chunk or shard[:1]))
+                if chunk:
+                    loss_sum, count = loss_sum + batch_sum.item(), count + batch_count.item()
+        self.engine.train()
+        return self.all_reduced_mean(loss_sum, count)
+
+
+def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threads: int = 1) -> None:
+    """Train for cfg.epochs, evaluating each epoch; stop on all ranks at once when the divergence
+    policy says so. A checkpoint is saved and reported only when the validation loss improved."""
+    run = TrialRun(cfg, threads)
+    writer = None
+    if run.rank == 0 and tb_dir:
+        writer = SummaryWriter(tb_dir)
+    policy = DivergencePolicy(grace_epochs=cfg.grace_epochs, min_delta=cfg.min_delta)
+    history: list[float] = []
+    for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
+        train_loss = run.train_epoch(epoch, writer)
+        val_loss = run.evaluate()
         history.append(val_loss)
-        decision = policy.decide(history)
-        improved = decision.best_at == epoch
-        last = epoch == cfg.epochs
-        stop_reason = decision.reason or (COMPLETED if last else "")
+        decision = policy.decide(history)  # the same all-reduced losses on every rank: the same decision
         metrics = {
             "epoch": epoch,
-            "step": global_step,
+            "step": run.global_step,
             "val_loss": val_loss,
             "val_ppl": math.exp(val_loss) if val_loss < 50 else math.inf,
-            "train_loss": (train_totals[0] / train_totals[1].clamp(min=1)).item(),
+            "train_loss": train_loss,
             "best_val_loss": decision.best,
             "best_epoch": decision.best_at,
-            "lr": scheduler.get_last_lr()[0],
+            "lr": run.scheduler.get_last_lr()[0],
             "epoch_s": time.perf_counter() - started,
-            "stop_reason": stop_reason,
-            "truncated_rows": encode_report.truncated,
-            "duplicate_rows": len(data.report.dropped.get("duplicate", [])),
+            "stop_reason": decision.reason or (COMPLETED if epoch == cfg.epochs else ""),
+            "truncated_rows": run.encode_report.truncated,
+            "duplicate_rows": len(run.data.report.dropped.get("duplicate", [])),
         }
         if writer:
-            writer.add_scalar("val/loss", val_loss, global_step)
+            writer.add_scalar("val/loss", val_loss, run.global_step)
             writer.add_scalar("val/loss_by_epoch", val_loss, epoch)
             writer.flush()
         with tempfile.TemporaryDirectory(prefix="gpt4all_ray_ckpt_") as tmp:
             checkpoint = None
-            if improved:
-                save_checkpoint(engine, tokenizer, cfg, ds_config, metrics, tmp, rank)
-                checkpoint = tmp if rank == 0 else None
+            if decision.best_at == epoch:
+                save_checkpoint(run.engine, run.tokenizer, cfg, run.ds_config, metrics, tmp, run.rank)
+                checkpoint = tmp if run.rank == 0 else None
             reporter.report(metrics, checkpoint)
         if decision.stop:
             break
@@ -253,8 +278,6 @@ class RayTrainReporter:
 
 def ray_train_loop(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker."""
-    import logging
-
     from ray.train.v2._internal.execution import context
 
     # Ray 2.60 logs every report at INFO under a logger named by file path, which Train's
