@@ -245,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     exp_dir = (args.results_dir / name).resolve()
     print(f"Experiment {name}: results in {exp_dir}", flush=True)
+    if not args.results_dir.is_absolute() and "runtime_resources" in Path.cwd().parts:
+        print(
+            "note: this runs in Ray's copy of the job's working directory; pass --results-dir with an "
+            "absolute path to keep the results where you can find them",
+            flush=True,
+        )
     try:
         best = run(spec, exp_dir)
     except SpecError as err:
