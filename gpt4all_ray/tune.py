@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.config import Resources, SearchSpec, SpecError, load_spec
+from gpt4all_ray.data import load_split
 
 DEFAULT_SPACE = "search_spaces/tiny_cpu.yaml"
 METRIC = "best_val_loss"  # running best: Ray's OptunaSearch tells Optuna the LAST reported value
@@ -29,9 +30,35 @@ def default_space_path() -> Path:
     return here if here.is_file() else Path(__file__).resolve().parent.parent / DEFAULT_SPACE
 
 
+def resolve_space(given: Path | None) -> Path:
+    """A path, or the name of a file in search_spaces/ (`--space tiny_cpu`)."""
+    if given is None:
+        return default_space_path()
+    if given.suffix or given.exists():
+        return given
+    return default_space_path().parent / f"{given}.yaml"
+
+
+def check_data(spec: SearchSpec) -> str:
+    """Build the rows and split the workers will build (pure Python, fast) and refuse data that
+    makes no optimizer step, before Ray starts."""
+    data = load_split(spec.fixed)
+    if data.report.train_rows < spec.fixed.global_batch:
+        raise SpecError(
+            f"{spec.path}: fixed.data_rows: {data.report.train_rows} training rows after cleaning and the "
+            f"validation split make no step of global_batch {spec.fixed.global_batch}"
+        )
+    return data.report.summary()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m gpt4all_ray.tune", description=__doc__.splitlines()[0])
-    p.add_argument("--space", type=Path, default=None, help=f"search-space YAML (default {DEFAULT_SPACE})")
+    p.add_argument(
+        "--space",
+        type=Path,
+        default=None,
+        help=f"search-space YAML, or a name in search_spaces/ (default {DEFAULT_SPACE})",
+    )
     p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
     p.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<experiment>/ goes")
     p.add_argument("--num-trials", type=int, help="override tune.num_trials of the space")
@@ -234,11 +261,12 @@ def _optuna_values(search: Any) -> dict[str, float | None]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        spec = load_spec(args.space or default_space_path())
+        spec = load_spec(resolve_space(args.space))
         if args.num_trials is not None:
             if args.num_trials < 1:
                 raise SpecError(f"--num-trials: must be > 0, got {args.num_trials}")
             spec = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, num_trials=args.num_trials))
+        print(f"Data: {check_data(spec)}", flush=True)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -91,15 +91,29 @@ def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
         load_spec(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize(("change", "message"), [BAD[1], BAD[7], BAD[12], BAD[14]])
+TOO_FEW_ROWS = ({"fixed.data_rows": 12}, "fixed.data_rows: 11 training rows after cleaning and the validation split")
+
+
+@pytest.mark.parametrize(("change", "message"), [BAD[1], BAD[7], BAD[12], BAD[14], TOO_FEW_ROWS])
 def test_cli_refuses_bad_space_before_ray_starts(tmp_path: Path, change: dict, message: str) -> None:
     path = write(tmp_path, change)
     code = (
-        "import sys; from gpt4all_ray.tune import main; rc = main(['--space', sys.argv[1]]); "
+        "import sys; from gpt4all_ray.tune import main; rc = main(['--space', sys.argv[1], '--results-dir', sys.argv[2]]); "
         "print('ray imported' if 'ray' in sys.modules else 'ray never imported'); sys.exit(rc)"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    # A regression here would start a real search: keep it bounded and out of the repo's results/.
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(tmp_path / "results")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert message in proc.stderr
     assert proc.stderr.startswith("error: ")
     assert "ray never imported" in proc.stdout
+
+
+def test_space_by_name_and_data_summary_before_ray() -> None:
+    from gpt4all_ray.tune import check_data, resolve_space
+
+    assert resolve_space(Path("tiny_cpu")).resolve() == DEFAULT
+    summary = check_data(load_spec(DEFAULT))
+    assert summary.startswith("2400 rows in,") and "dropped as duplicate" in summary and "validation" in summary
