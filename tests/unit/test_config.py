@@ -98,7 +98,8 @@ TOO_FEW_ROWS = ({"fixed.data_rows": 12}, "fixed.data_rows: 11 training rows afte
 def test_cli_refuses_bad_space_before_ray_starts(tmp_path: Path, change: dict, message: str) -> None:
     path = write(tmp_path, change)
     code = (
-        "import sys; from gpt4all_ray.tune import main; rc = main(['--space', sys.argv[1], '--results-dir', sys.argv[2]]); "
+        "import sys; from gpt4all_ray.tune import main; "
+        "rc = main(['--space', sys.argv[1], '--results-dir', sys.argv[2]]); "
         "print('ray imported' if 'ray' in sys.modules else 'ray never imported'); sys.exit(rc)"
     )
     # A regression here would start a real search: keep it bounded and out of the repo's results/.
