@@ -14,12 +14,12 @@ import math
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.config import Resources, SearchSpec, SpecError, load_spec
+from gpt4all_ray.config import SearchSpec, SpecError, load_spec
 from gpt4all_ray.data import load_split
+from gpt4all_ray.progress import clock, short
 
 DEFAULT_SPACE = "search_spaces/tiny_cpu.yaml"
 METRIC = "best_val_loss"  # running best: Ray's OptunaSearch tells Optuna the LAST reported value
@@ -65,129 +65,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _clock(t0: float) -> str:
-    s = int(time.time() - t0)
-    return f"{s // 60:02d}:{s % 60:02d}"
-
-
-def _short(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
-def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_root: str) -> None:
-    """One Tune trial: a Ray Train TorchTrainer whose workers run the DeepSpeed loop."""
-    import ray.train
-    from ray import tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from gpt4all_ray.worker import ray_train_loop
-
-    trial_id = tune.get_context().get_trial_id()
-    res = spec.resources
-    per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})
-    trainer = TorchTrainer(
-        ray_train_loop,
-        train_loop_config={
-            "trial": dataclasses.asdict(spec.trial_config(config)),
-            "tb_dir": f"{tb_root}/{trial_id}",
-            "threads": max(1, int(res.cpus_per_worker)),
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
-        ),
-        # Train V2 is what runs (Ray 2.60's default); Ray's type hints still describe V1's RunConfig.
-        run_config=ray.train.RunConfig(  # type: ignore[call-arg]
-            name=trial_id,
-            storage_path=storage,
-            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
-            # The worker reports a checkpoint only when validation loss improves: the one kept is the best.
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
-            ),
-            # Ray Train's per-report INFO lines repeat what the progress lines already say.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-    )
-    trainer.fit()
-
-
-def _progress_callback(spec: SearchSpec, t0: float) -> Any:
-    from ray.tune import Callback
-
-    class Progress(Callback):
-        """One line per trial start, epoch and end, as they happen."""
-
-        def __init__(self) -> None:
-            self.history: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            self.params: dict[str, dict[str, Any]] = {}
-            self.errors: set[str] = set()
-
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.params[trial.trial_id] = {k: trial.config[k] for k in spec.search}
-            print(f"[{_clock(t0)}] trial {trial.trial_id} started: {_short(self.params[trial.trial_id])}", flush=True)
-
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            if "val_loss" not in result:
-                return
-            self.history[trial.trial_id].append({k: v for k, v in result.items() if k != "config"})
-            epochs = spec.trial_config(self.params.get(trial.trial_id, {})).epochs
-            line = (
-                f"[{_clock(t0)}] trial {trial.trial_id} epoch {result['epoch']}/{epochs}: "
-                f"val_loss {result['val_loss']:.4f} (best {result['best_val_loss']:.4f} at epoch "
-                f"{result['best_epoch']}), train_loss {result['train_loss']:.4f}, {result['epoch_s']:.1f} s"
-            )
-            reason = result.get("stop_reason")
-            if reason == "diverged":
-                line += " -> stopped: validation loss rose above its best; best checkpoint kept"
-            elif reason == "non_finite":
-                line += " -> stopped: loss is NaN/inf"
-            print(line, flush=True)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.errors.add(trial.trial_id)
-            print(f"[{_clock(t0)}] trial {trial.trial_id} FAILED: {trial.error_file or 'see Ray logs'}", flush=True)
-
-    return Progress()
-
-
-def connect_ray(resources: Resources) -> None:
-    import ray
-
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        where = f"attached to the Ray cluster at {os.environ['RAY_ADDRESS']}"
-    else:
-        try:
-            ray.init(address="auto")
-            where = "attached to the running Ray cluster"
-        except ConnectionError:
-            # Nothing preempts a local machine; the watcher only adds a core-worker error line.
-            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
-            where = f"started a local Ray instance with {os.cpu_count()} CPUs"
-    cpus = ray.cluster_resources().get("CPU", 0)
-    need = resources.driver_cpus + resources.workers_per_trial * resources.cpus_per_worker
-    print(f"Ray: {where} ({cpus:g} CPUs now; one trial needs {need:g})", flush=True)
-    if need > cpus and not os.environ.get("RAY_ADDRESS"):
-        # Ray Train would wait forever for workers it cannot place.
-        raise SpecError(
-            f"one trial needs {need:g} CPUs (driver_cpus + workers_per_trial x cpus_per_worker) "
-            f"but this Ray cluster has {cpus:g}; lower resources in the search space"
-        )
-
-
-def _warn_if_deepspeed_op_unbuilt(resources: Resources) -> None:
-    # Otherwise the first trial is a minute of silence on a new machine.
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    if resources.gpus_per_worker == 0 and not any(root.glob("*/deepspeed_shm_comm")):
-        print(
-            "note: DeepSpeed compiles its CPU shared-memory op on its first start on this machine "
-            "(about a minute; cached afterwards)",
-            flush=True,
-        )
-
-
 def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
     # The legacy Tune console output honours verbose=0; the new one prints a status box anyway.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -196,14 +73,17 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from gpt4all_ray.progress import progress_callback
+    from gpt4all_ray.ray_cluster import connect_ray, warn_if_deepspeed_op_unbuilt
     from gpt4all_ray.results import record_from_history, write_report
     from gpt4all_ray.spaces import param_space, warm_starts
+    from gpt4all_ray.trial import trial_driver
 
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     connect_ray(spec.resources)
-    _warn_if_deepspeed_op_unbuilt(spec.resources)
+    warn_if_deepspeed_op_unbuilt(spec.resources)
     storage = exp_dir.resolve() / "ray"
     optuna_search = OptunaSearch(
         metric=METRIC,
@@ -211,7 +91,7 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
         points_to_evaluate=warm_starts(spec) or None,
         sampler=optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=spec.tune.startup_trials),
     )
-    progress = _progress_callback(spec, t0)
+    progress = progress_callback(spec, t0)
     trainable = tune.with_parameters(
         trial_driver, spec=spec, storage=str(storage / "train"), tb_root=str(exp_dir.resolve() / "tensorboard")
     )
@@ -227,7 +107,7 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
         run_config=tune.RunConfig(name="tune", storage_path=str(storage), callbacks=[progress], verbose=0),
     )
     print(
-        f"[{_clock(t0)}] searching {spec.tune.num_trials} trials of {spec.name}: "
+        f"[{clock(t0)}] searching {spec.tune.num_trials} trials of {spec.name}: "
         f"{spec.resources.workers_per_trial} DeepSpeed workers each, up to {spec.tune.max_concurrent} at once",
         flush=True,
     )
@@ -244,7 +124,7 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
     if len(records) != len(grid):
         print(f"warning: Tune holds {len(grid)} trials but {len(records)} were seen starting", file=sys.stderr)
     best = write_report(exp_dir, records, list(spec.search), configs)
-    print(f"[{_clock(t0)}] search finished: {len(records)} of {spec.tune.num_trials} trials reported", flush=True)
+    print(f"[{clock(t0)}] search finished: {len(records)} of {spec.tune.num_trials} trials reported", flush=True)
     return best
 
 
@@ -291,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     loss = best["best_val_loss"]
     print(
         f"\nBest trial {best['trial_id']}: val_loss {loss:.4f} (perplexity {math.exp(loss):.2f}) "
-        f"at epoch {best['best_epoch']} of {best['epochs_run']} run; {_short(best['params'])}"
+        f"at epoch {best['best_epoch']} of {best['epochs_run']} run; {short(best['params'])}"
     )
     print(f"Leaderboard:      {exp_dir / 'leaderboard.md'} (and .csv)")
     print(f"Best config:      {exp_dir / 'best.json'}")

@@ -1,0 +1,58 @@
+"""What the user sees while a search runs: one line per trial start and per epoch, with each
+stop decision, as it happens. The callback also keeps each trial's reported epochs for the report."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from gpt4all_ray.config import SearchSpec
+
+
+def clock(t0: float) -> str:
+    s = int(time.time() - t0)
+    return f"{s // 60:02d}:{s % 60:02d}"
+
+
+def short(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def progress_callback(spec: SearchSpec, t0: float) -> Any:
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per trial start, epoch and end, as they happen."""
+
+        def __init__(self) -> None:
+            self.history: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            self.params: dict[str, dict[str, Any]] = {}
+            self.errors: set[str] = set()
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.params[trial.trial_id] = {k: trial.config[k] for k in spec.search}
+            print(f"[{clock(t0)}] trial {trial.trial_id} started: {short(self.params[trial.trial_id])}", flush=True)
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            if "val_loss" not in result:
+                return
+            self.history[trial.trial_id].append({k: v for k, v in result.items() if k != "config"})
+            epochs = spec.trial_config(self.params.get(trial.trial_id, {})).epochs
+            line = (
+                f"[{clock(t0)}] trial {trial.trial_id} epoch {result['epoch']}/{epochs}: "
+                f"val_loss {result['val_loss']:.4f} (best {result['best_val_loss']:.4f} at epoch "
+                f"{result['best_epoch']}), train_loss {result['train_loss']:.4f}, {result['epoch_s']:.1f} s"
+            )
+            reason = result.get("stop_reason")
+            if reason == "diverged":
+                line += " -> stopped: validation loss rose above its best; best checkpoint kept"
+            elif reason == "non_finite":
+                line += " -> stopped: loss is NaN/inf"
+            print(line, flush=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.errors.add(trial.trial_id)
+            print(f"[{clock(t0)}] trial {trial.trial_id} FAILED: {trial.error_file or 'see Ray logs'}", flush=True)
+
+    return Progress()

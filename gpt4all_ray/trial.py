@@ -1,0 +1,46 @@
+"""One Tune trial: a Ray Train TorchTrainer whose workers run the DeepSpeed loop."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ray.train
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from gpt4all_ray.config import SearchSpec
+from gpt4all_ray.worker import ray_train_loop
+
+
+def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_root: str) -> None:
+    """The Tune trainable. Train V2 runs the workers; TuneReportCallback forwards rank 0's
+    reports (and each checkpoint's path) to Tune."""
+    trial_id = tune.get_context().get_trial_id()
+    res = spec.resources
+    per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})
+    trainer = TorchTrainer(
+        ray_train_loop,
+        train_loop_config={
+            "trial": dataclasses.asdict(spec.trial_config(config)),
+            "tb_dir": f"{tb_root}/{trial_id}",
+            "threads": max(1, int(res.cpus_per_worker)),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
+        ),
+        # Train V2 is what runs (Ray 2.60's default); Ray's type hints still describe V1's RunConfig.
+        run_config=ray.train.RunConfig(  # type: ignore[call-arg]
+            name=trial_id,
+            storage_path=storage,
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
+            # The worker reports a checkpoint only when validation loss improves: the one kept is the best.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+            ),
+            # Ray Train's per-report INFO lines repeat what the progress lines already say.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    trainer.fit()
