@@ -160,9 +160,10 @@ class _Checker:
                 raise self.fail(f"{section}{key}", f"unknown key{hint}; expected one of {', '.join(known)}")
 
     def typed(self, key: str, value: Any, want: type) -> Any:
-        ok = isinstance(value, want) and not isinstance(value, bool) if want is not bool else isinstance(value, bool)
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
+        is_bool = isinstance(value, bool)  # bool is an int subclass in Python, not in a YAML file
+        if want is float and isinstance(value, int) and not is_bool:
             return float(value)
+        ok = is_bool if want is bool else isinstance(value, want) and not is_bool
         if not ok:
             raise self.fail(key, f"expected {_type_name(want)}, got {value!r} ({type(value).__name__})")
         return value
@@ -177,38 +178,40 @@ class _Checker:
 
 
 # Per-value rules shared by fixed values, distribution bounds, choices and enqueued points.
+_POSITIVE = {
+    "learning_rate",
+    "max_length",
+    "per_device_batch",
+    "global_batch",
+    "epochs",
+    "data_rows",
+    "lora_r",
+    "lora_alpha",
+    "log_every_steps",
+}
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr_schedule": (lambda v: v in SCHEDULES, f"expected one of {', '.join(SCHEDULES)}"),
+    "method": (lambda v: v in METHODS, f"expected one of {', '.join(METHODS)}"),
+    "precision": (lambda v: v in PRECISIONS, f"expected one of {', '.join(PRECISIONS)} (fp16 needs a GPU)"),
+    "model": (lambda v: v in EMBEDDED_MODELS, f"expected one of {', '.join(EMBEDDED_MODELS)}"),
+    "data": (lambda v: v == EMBEDDED_DATA, f"expected {EMBEDDED_DATA!r}"),
+    "zero_stage": (lambda v: v in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
+    "val_fraction": (lambda v: 0 < v < 1, "expected a fraction between 0 and 1"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "warmup_steps": (lambda v: v >= 0, "must be >= 0"),
+    "grace_epochs": (lambda v: v >= 1, "must be >= 1"),
+    "min_delta": (lambda v: v >= 0, "must be >= 0"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"),
+    "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
+}
+
+
 def _value_problem(key: str, value: Any) -> str | None:
-    positive = {
-        "learning_rate",
-        "max_length",
-        "per_device_batch",
-        "global_batch",
-        "epochs",
-        "data_rows",
-        "lora_r",
-        "lora_alpha",
-        "log_every_steps",
-    }
-    if key in positive and not value > 0:
+    if key in _POSITIVE and not value > 0:
         return f"must be > 0, got {value!r}"
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be finite, got {value!r}"
-    rules: dict[str, tuple[Callable[[Any], bool], str]] = {
-        "lr_schedule": (lambda v: v in SCHEDULES, f"expected one of {', '.join(SCHEDULES)}"),
-        "method": (lambda v: v in METHODS, f"expected one of {', '.join(METHODS)}"),
-        "precision": (lambda v: v in PRECISIONS, f"expected one of {', '.join(PRECISIONS)} (fp16 needs a GPU)"),
-        "model": (lambda v: v in EMBEDDED_MODELS, f"expected one of {', '.join(EMBEDDED_MODELS)}"),
-        "data": (lambda v: v == EMBEDDED_DATA, f"expected {EMBEDDED_DATA!r}"),
-        "zero_stage": (lambda v: v in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
-        "val_fraction": (lambda v: 0 < v < 1, "expected a fraction between 0 and 1"),
-        "weight_decay": (lambda v: v >= 0, "must be >= 0"),
-        "warmup_steps": (lambda v: v >= 0, "must be >= 0"),
-        "grace_epochs": (lambda v: v >= 1, "must be >= 1"),
-        "min_delta": (lambda v: v >= 0, "must be >= 0"),
-        "lora_dropout": (lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"),
-        "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
-    }
-    rule = rules.get(key)
+    rule = _RULES.get(key)
     if rule is None or rule[0](value):
         return None
     return f"{rule[1]}, got {value!r}"
