@@ -35,6 +35,17 @@ def ray_bin() -> str:
     return str(Path(sys.executable).parent / "ray")
 
 
+def run_search(command: list[str]) -> str:
+    """Run a search command (bounded in time) from the repo; fail with its output's tail."""
+    command = [*command, "--space", SMALL_SPACE]
+    proc = subprocess.run(
+        command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=SEARCH_TIMEOUT_S
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    return output
+
+
 @dataclass
 class Experiment:
     dir: Path
@@ -45,24 +56,5 @@ class Experiment:
 def local_search(tmp_path_factory: pytest.TempPathFactory) -> Experiment:
     """The small search, on a local Ray instance that the command starts itself."""
     results = tmp_path_factory.mktemp("results")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gpt4all_ray.tune",
-            "--space",
-            SMALL_SPACE,
-            "--results-dir",
-            str(results),
-            "--name",
-            "it",
-        ],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=SEARCH_TIMEOUT_S,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-5000:]
+    output = run_search([sys.executable, "-m", "gpt4all_ray.tune", "--results-dir", str(results), "--name", "it"])
     return Experiment(results / "it", output)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, SMALL_SPACE, free_port, ray_bin, subprocess_env
+from tests.integration.conftest import free_port, ray_bin, run_search, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def head_node() -> Iterator[str]:
 
 
 def test_job_submission_to_a_local_head_node(head_node: str, tmp_path: Path) -> None:
-    proc = subprocess.run(
+    out = run_search(
         [
             ray_bin(),
             "job",
@@ -58,23 +58,14 @@ def test_job_submission_to_a_local_head_node(head_node: str, tmp_path: Path) -> 
             "python",
             "-m",
             "gpt4all_ray.tune",
-            "--space",
-            SMALL_SPACE,
             "--num-trials",
             "1",
             "--results-dir",
             str(tmp_path),
             "--name",
             "job",
-        ],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=SEARCH_TIMEOUT_S,
+        ]
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-5000:]
     assert "succeeded" in out
     assert "attached to the Ray cluster" in out
     with (tmp_path / "job" / "leaderboard.csv").open() as f:
