@@ -37,6 +37,10 @@ SEARCHABLE = (
 )
 
 
+def source_set(csv_names: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in csv_names.split(",") if n.strip())
+
+
 class SpecError(ValueError):
     """A search-space file that cannot be run; the message names the file and key."""
 
@@ -50,7 +54,17 @@ class TrialConfig:
     method: str = "full"
     """full fine-tuning or lora (PEFT)."""
     data: str = EMBEDDED_DATA
-    """Instruction data; `embedded` generates GPT4All-style rows in-process."""
+    """Instruction data: `embedded` generates GPT4All-style rows in-process; otherwise a JSONL,
+    JSON, CSV or Parquet file, or a folder of them (visible to every worker)."""
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    source_column: str = "source"
+    input_column: str = ""
+    """Joined to the prompt with a newline when non-empty (Alpaca/GPTeacher `input`)."""
+    include_sources: str = ""
+    """Comma-separated sources to keep (empty: all)."""
+    exclude_sources: str = ""
+    """Comma-separated sources to drop (GPT4All dropped P3)."""
     data_rows: int = 2400
     """Rows the embedded generator makes."""
     data_seed: int = 0
@@ -194,7 +208,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "method": (lambda v: v in METHODS, f"expected one of {', '.join(METHODS)}"),
     "precision": (lambda v: v in PRECISIONS, f"expected one of {', '.join(PRECISIONS)} (fp16 needs a GPU)"),
     "model": (lambda v: v in EMBEDDED_MODELS, f"expected one of {', '.join(EMBEDDED_MODELS)}"),
-    "data": (lambda v: v == EMBEDDED_DATA, f"expected {EMBEDDED_DATA!r}"),
+    "data": (lambda v: v == EMBEDDED_DATA or Path(v).exists(), f"expected {EMBEDDED_DATA!r} or an existing path"),
     "zero_stage": (lambda v: v in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
     "val_fraction": (lambda v: 0 < v < 1, "expected a fraction between 0 and 1"),
     "weight_decay": (lambda v: v >= 0, "must be >= 0"),

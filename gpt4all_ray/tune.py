@@ -19,6 +19,7 @@ from typing import Any
 
 from gpt4all_ray.config import SearchSpec, SpecError, load_spec
 from gpt4all_ray.data import load_split
+from gpt4all_ray.data.sources import DataError
 from gpt4all_ray.progress import clock, short
 
 DEFAULT_SPACE = "search_spaces/tiny_cpu.yaml"
@@ -42,7 +43,10 @@ def resolve_space(given: Path | None) -> Path:
 def check_data(spec: SearchSpec) -> str:
     """Build the rows and split the workers will build (pure Python, fast) and refuse data that
     makes no optimizer step, before Ray starts."""
-    data = load_split(spec.fixed)
+    try:
+        data = load_split(spec.fixed)
+    except DataError as err:
+        raise SpecError(f"{spec.path}: fixed.data: {err}") from None
     if data.report.train_rows < spec.fixed.global_batch:
         raise SpecError(
             f"{spec.path}: fixed.data_rows: {data.report.train_rows} training rows after cleaning and the "

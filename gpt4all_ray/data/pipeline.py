@@ -39,12 +39,19 @@ def _normalised(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def clean_and_dedup(rows: list[Row], report: DataReport) -> list[Row]:
-    """Drop rows with an empty or non-string prompt/response, then exact duplicates."""
+def clean_and_dedup(
+    rows: list[Row], report: DataReport, include: frozenset[str] = frozenset(), exclude: frozenset[str] = frozenset()
+) -> list[Row]:
+    """Drop rows whose source is filtered out (GPT4All dropped the homogeneous P3 subset), rows
+    with an empty or non-string prompt/response, then exact duplicates. `include` empty = all."""
     report.rows_in = len(rows)
     seen: set[tuple[str, str]] = set()
     kept = []
     for i, row in enumerate(rows):
+        source = row.get("source", "")
+        if (include and source not in include) or source in exclude:
+            report.drop("source_filtered", i)
+            continue
         prompt, response = row.get("prompt"), row.get("response")
         if not isinstance(prompt, str) or not isinstance(response, str):
             report.drop("wrong_type", i)

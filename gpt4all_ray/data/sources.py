@@ -1,0 +1,115 @@
+"""Instruction rows from files: JSONL, JSON (a list of objects), CSV, Parquet, or a folder of them.
+
+Columns are mapped to GPT4All's fields (prompt, response, source); an optional input column is
+joined to the prompt with a newline, as GPT4All and Alpaca do. Anything that cannot be read as
+that schema is an error naming the file, the line or row, and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt4all_ray.data.synthetic import Row
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+class DataError(ValueError):
+    """Input that cannot be read as the configured schema."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    prompt: str = "prompt"
+    response: str = "response"
+    source: str = "source"
+    """Missing in a file: the file's name stands in as the source."""
+    input: str = ""
+    """Optional column joined to the prompt (Alpaca's and GPTeacher's `input`); "" for none."""
+
+
+def data_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
+        return files
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or folder")
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    return [path]
+
+
+def _text(path: Path) -> str:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: empty file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: invalid UTF-8 at byte {err.start}") from None
+
+
+def records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, record) for every row of one file; `where` is "file:line" or "file row N"."""
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue  # a blank line is not a row
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); expected one object per line") from None
+            yield f"{path}:{number}", record
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(_text(path))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        for number, record in enumerate(data, start=1):
+            yield f"{path} row {number}", record
+    elif path.suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(_text(path), newline=""))  # keeps newlines inside quoted fields
+        for record in reader:
+            yield f"{path}:{reader.line_num}", record
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # noqa: BLE001 (pyarrow raises several types for unreadable files)
+            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        for number, record in enumerate(table.to_pylist(), start=1):
+            yield f"{path} row {number}", record
+
+
+def load_rows(path: str | Path, columns: Columns = Columns()) -> list[Row]:
+    """All rows of a file or folder as GPT4All rows. Type problems inside a field (a number where
+    text belongs) are left for cleaning, which counts them; a missing column is an error."""
+    rows: list[Row] = []
+    for file in data_files(Path(path)):
+        for where, record in records(file):
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected an object with columns, got {type(record).__name__}")
+            needed = [c for c in (columns.prompt, columns.response, columns.input) if c]
+            missing = [c for c in needed if c not in record]
+            if missing:
+                raise DataError(
+                    f"{where}: missing column(s) {', '.join(map(repr, missing))}; has {', '.join(map(repr, record))}"
+                )
+            prompt, extra = record[columns.prompt], record.get(columns.input) if columns.input else None
+            if isinstance(prompt, str) and isinstance(extra, str) and extra.strip():
+                prompt = f"{prompt}\n{extra}"
+            source = record.get(columns.source) or file.stem
+            rows.append({"prompt": prompt, "response": record[columns.response], "source": str(source)})
+    return rows
