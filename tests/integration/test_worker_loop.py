@@ -93,3 +93,22 @@ def test_loop_trains_saves_and_reloads(
         assert isinstance(model_obj, PeftModel)
     assert json.loads((folder / "ds_config.json").read_text())["zero_optimization"]["stage"] == zero_stage
     assert validation_loss(folder) == pytest.approx(metrics[0]["val_loss"], rel=1e-4)
+
+
+def test_loop_trains_on_a_data_file_with_mapped_columns(tmp_path: Path) -> None:
+    from gpt4all_ray.data.synthetic import generate_rows
+
+    rows = [{"instruction": r["prompt"], "output": r["response"], "task": r["source"]} for r in generate_rows(400, 3)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = run_loop(
+        tmp_path,
+        data=str(data),
+        prompt_column="instruction",
+        response_column="output",
+        source_column="task",
+        exclude_sources="creative",
+    )
+    assert metrics[0]["stop_reason"] == "completed" and metrics[0]["val_loss"] > 0
+    saved = json.loads((tmp_path / "checkpoint" / "trial_config.json").read_text())
+    assert saved["data"] == str(data) and saved["exclude_sources"] == "creative"
