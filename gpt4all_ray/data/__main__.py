@@ -1,0 +1,126 @@
+"""`python -m gpt4all_ray.data`: what the data pipeline does to a data set, before any training.
+
+Rows read, dropped per reason, per-source counts, the split, truncated rows and EOS, tokens, and
+the padding each collation would waste. `--json` prints the same as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections import Counter
+from typing import Any
+
+from gpt4all_ray.config import EMBEDDED_DATA, TrialConfig
+from gpt4all_ray.data import build_tokenizer, load_split
+from gpt4all_ray.data.encode import IGNORE, Example, encode_rows
+from gpt4all_ray.data.sources import DataError
+
+
+def padding_fraction(examples: list[Example], batch: int, max_length: int | None) -> float:
+    """Share of token slots that are padding, batching in order; max_length=None pads to the
+    longest row of each batch, else every row to max_length (GPT4All's collation)."""
+    lengths = [len(e.input_ids) for e in examples]
+    slots = 0
+    for i in range(0, len(lengths), batch):
+        chunk = lengths[i : i + batch]
+        slots += len(chunk) * (max_length or max(chunk))
+    return 1 - sum(lengths) / slots if slots else 0.0
+
+
+def describe(cfg: TrialConfig, batch: int) -> dict[str, Any]:
+    data = load_split(cfg)
+    tokenizer = build_tokenizer(data)
+    train, encoded = encode_rows(data.train, tokenizer, cfg.max_length)
+    val, _ = encode_rows(data.val, tokenizer, cfg.max_length)
+    report = data.report
+    return {
+        "data": cfg.data,
+        "rows_in": report.rows_in,
+        "rows_kept": report.rows_kept,
+        "dropped": {reason: len(rows) for reason, rows in sorted(report.dropped.items())},
+        "dropped_first_rows": {reason: rows[:5] for reason, rows in sorted(report.dropped.items())},
+        "sources": dict(sorted(Counter(r["source"] for r in data.train + data.val).items())),
+        "train_rows": report.train_rows,
+        "val_rows": report.val_rows,
+        "max_length": cfg.max_length,
+        "train_truncated_rows": encoded.truncated,
+        "train_rows_with_eos": encoded.with_eos,
+        "train_prompts_capped": encoded.prompts_capped,
+        "train_tokens": sum(len(e.input_ids) for e in train),
+        "train_label_tokens": sum(sum(label != IGNORE for label in e.labels) for e in train),
+        "val_tokens": sum(len(e.input_ids) for e in val),
+        "padding_fraction": {
+            "pad_to_longest": round(padding_fraction(train, batch, None), 4),
+            "pad_to_max_length": round(padding_fraction(train, batch, cfg.max_length), 4),
+        },
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def show_examples(cfg: TrialConfig, n: int) -> str:
+    """The first n training rows as the model sees them: «...» is masked out of the loss."""
+    data = load_split(cfg)
+    tokenizer = build_tokenizer(data)
+    examples, _ = encode_rows(data.train[:n], tokenizer, cfg.max_length)
+    out = []
+    for e in examples:
+        masked = [t for t, label in zip(e.input_ids, e.labels, strict=True) if label == IGNORE]
+        learned = [t for t, label in zip(e.input_ids, e.labels, strict=True) if label != IGNORE]
+        eos = " <EOS>" if learned and learned[-1] == tokenizer.eos_token_id else " <truncated, no EOS>"
+        text = tokenizer.decode(learned[:-1] if eos == " <EOS>" else learned)
+        out.append(f"«{tokenizer.decode(masked)}»{text}{eos}")
+    return "\n---\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.data", description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=EMBEDDED_DATA, help="embedded, or a JSONL/JSON/CSV/Parquet file or folder")
+    p.add_argument("--rows", type=int, default=TrialConfig.data_rows, help="rows of the embedded data set")
+    p.add_argument("--seed", type=int, default=0, help="data seed (embedded rows and the split)")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--response-column", default="response")
+    p.add_argument("--source-column", default="source")
+    p.add_argument("--input-column", default="", help="joined to the prompt with a newline")
+    p.add_argument("--include-sources", default="", help="comma-separated")
+    p.add_argument("--exclude-sources", default="", help="comma-separated")
+    p.add_argument("--max-length", type=int, default=TrialConfig.max_length)
+    p.add_argument("--val-fraction", type=float, default=TrialConfig.val_fraction)
+    p.add_argument("--batch", type=int, default=TrialConfig.per_device_batch, help="rows per batch for padding")
+    p.add_argument("--show", type=int, default=0, help="print this many encoded examples")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    args = p.parse_args(argv)
+    cfg = dataclasses.replace(
+        TrialConfig(),
+        data=args.data,
+        data_rows=args.rows,
+        data_seed=args.seed,
+        prompt_column=args.prompt_column,
+        response_column=args.response_column,
+        source_column=args.source_column,
+        input_column=args.input_column,
+        include_sources=args.include_sources,
+        exclude_sources=args.exclude_sources,
+        max_length=args.max_length,
+        val_fraction=args.val_fraction,
+    )
+    try:
+        summary = describe(cfg, args.batch)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>22}: {value}")
+    if args.show:
+        print(show_examples(cfg, args.show))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
