@@ -20,6 +20,7 @@ import yaml
 SCHEDULES = ("constant_with_warmup", "linear", "cosine")
 METHODS = ("full", "lora")
 PRECISIONS = ("fp32", "bf16")
+LENGTH_POLICIES = ("truncate", "drop", "raise")
 EMBEDDED_MODELS = ("tiny-gptj", "tiny-llama")
 EMBEDDED_DATA = "embedded"
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
@@ -73,6 +74,8 @@ class TrialConfig:
     """Share of rows held out for validation (GPT4All: 5%)."""
     max_length: int = 128
     """Tokens per example; prompts are capped at half of it."""
+    length_policy: str = "truncate"
+    """A row that still does not fit: truncate (and no EOS), drop (counted) or raise."""
     per_device_batch: int = 8
     global_batch: int = 16
     """per_device_batch x workers x gradient accumulation."""
@@ -210,6 +213,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": (lambda v: v in EMBEDDED_MODELS, f"expected one of {', '.join(EMBEDDED_MODELS)}"),
     "data": (lambda v: v == EMBEDDED_DATA or Path(v).exists(), f"expected {EMBEDDED_DATA!r} or an existing path"),
     "zero_stage": (lambda v: v in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
+    "length_policy": (lambda v: v in LENGTH_POLICIES, f"expected one of {', '.join(LENGTH_POLICIES)}"),
     "val_fraction": (lambda v: 0 < v < 1, "expected a fraction between 0 and 1"),
     "weight_decay": (lambda v: v >= 0, "must be >= 0"),
     "warmup_steps": (lambda v: v >= 0, "must be >= 0"),

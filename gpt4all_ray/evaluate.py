@@ -44,7 +44,7 @@ def validation_loss(folder: Path, batch_size: int = 16) -> float:
     from gpt4all_ray.loss import loss_sum_and_count
 
     model, tokenizer, cfg = load_checkpoint(folder)
-    examples, _ = encode_rows(load_split(cfg).val, tokenizer, cfg.max_length)
+    examples, _ = encode_rows(load_split(cfg).val, tokenizer, cfg.max_length, cfg.length_policy)
     total = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):

@@ -52,6 +52,16 @@ def check_data(spec: SearchSpec) -> str:
             f"{spec.path}: fixed.data_rows: {data.report.train_rows} training rows after cleaning and the "
             f"validation split make no step of global_batch {spec.fixed.global_batch}"
         )
+    if spec.fixed.length_policy == "raise":  # otherwise only the workers would find the row
+        from gpt4all_ray.data import build_tokenizer
+        from gpt4all_ray.data.encode import TooLong, encode_rows
+
+        tokenizer = build_tokenizer(data)
+        for part, rows in (("train", data.train), ("validation", data.val)):
+            try:
+                encode_rows(rows, tokenizer, spec.fixed.max_length, "raise")
+            except TooLong as err:
+                raise SpecError(f"{spec.path}: fixed.length_policy: {part} {err}") from None
     return data.report.summary()
 
 

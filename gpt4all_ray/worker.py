@@ -116,8 +116,9 @@ class TrialRun:
 
         self.data = load_split(cfg)
         self.tokenizer = build_tokenizer(self.data)
-        self.train_examples, self.encode_report = encode_rows(self.data.train, self.tokenizer, cfg.max_length)
-        self.val_examples, _ = encode_rows(self.data.val, self.tokenizer, cfg.max_length)
+        encode = (self.tokenizer, cfg.max_length, cfg.length_policy)
+        self.train_examples, self.encode_report = encode_rows(self.data.train, *encode)
+        self.val_examples, _ = encode_rows(self.data.val, *encode)
         self.steps_per_epoch = len(self.train_examples) // cfg.global_batch
         if self.steps_per_epoch == 0:
             rows = len(self.train_examples)
@@ -228,6 +229,7 @@ def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threa
             "epoch_s": time.perf_counter() - started,
             "stop_reason": decision.reason or (COMPLETED if epoch == cfg.epochs else ""),
             "truncated_rows": run.encode_report.truncated,
+            "dropped_too_long_rows": len(run.encode_report.dropped_too_long),
             "duplicate_rows": len(run.data.report.dropped.get("duplicate", [])),
         }
         if writer:

@@ -13,9 +13,9 @@ import sys
 from collections import Counter
 from typing import Any
 
-from gpt4all_ray.config import EMBEDDED_DATA, TrialConfig
+from gpt4all_ray.config import EMBEDDED_DATA, LENGTH_POLICIES, TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
-from gpt4all_ray.data.encode import IGNORE, Example, encode_rows
+from gpt4all_ray.data.encode import IGNORE, Example, TooLong, encode_rows
 from gpt4all_ray.data.sources import DataError
 
 
@@ -33,8 +33,8 @@ def padding_fraction(examples: list[Example], batch: int, max_length: int | None
 def describe(cfg: TrialConfig, batch: int) -> dict[str, Any]:
     data = load_split(cfg)
     tokenizer = build_tokenizer(data)
-    train, encoded = encode_rows(data.train, tokenizer, cfg.max_length)
-    val, _ = encode_rows(data.val, tokenizer, cfg.max_length)
+    train, encoded = encode_rows(data.train, tokenizer, cfg.max_length, cfg.length_policy)
+    val, _ = encode_rows(data.val, tokenizer, cfg.max_length, cfg.length_policy)
     report = data.report
     return {
         "data": cfg.data,
@@ -49,6 +49,8 @@ def describe(cfg: TrialConfig, batch: int) -> dict[str, Any]:
         "train_truncated_rows": encoded.truncated,
         "train_rows_with_eos": encoded.with_eos,
         "train_prompts_capped": encoded.prompts_capped,
+        "length_policy": cfg.length_policy,
+        "train_dropped_too_long": len(encoded.dropped_too_long),
         "train_tokens": sum(len(e.input_ids) for e in train),
         "train_label_tokens": sum(sum(label != IGNORE for label in e.labels) for e in train),
         "val_tokens": sum(len(e.input_ids) for e in val),
@@ -65,7 +67,7 @@ def show_examples(cfg: TrialConfig, n: int) -> str:
     """The first n training rows as the model sees them: «...» is masked out of the loss."""
     data = load_split(cfg)
     tokenizer = build_tokenizer(data)
-    examples, _ = encode_rows(data.train[:n], tokenizer, cfg.max_length)
+    examples, _ = encode_rows(data.train[:n], tokenizer, cfg.max_length, cfg.length_policy)
     out = []
     for e in examples:
         masked = [t for t, label in zip(e.input_ids, e.labels, strict=True) if label == IGNORE]
@@ -88,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--include-sources", default="", help="comma-separated")
     p.add_argument("--exclude-sources", default="", help="comma-separated")
     p.add_argument("--max-length", type=int, default=TrialConfig.max_length)
+    p.add_argument(
+        "--length-policy",
+        default="truncate",
+        choices=LENGTH_POLICIES,
+        help="rows that do not fit max_length: truncate (no EOS), drop or raise",
+    )
     p.add_argument("--val-fraction", type=float, default=TrialConfig.val_fraction)
     p.add_argument("--batch", type=int, default=TrialConfig.per_device_batch, help="rows per batch for padding")
     p.add_argument("--show", type=int, default=0, help="print this many encoded examples")
@@ -105,11 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         include_sources=args.include_sources,
         exclude_sources=args.exclude_sources,
         max_length=args.max_length,
+        length_policy=args.length_policy,
         val_fraction=args.val_fraction,
     )
     try:
         summary = describe(cfg, args.batch)
-    except DataError as err:
+    except (DataError, TooLong) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

@@ -19,6 +19,7 @@ class EncodeReport:
     truncated: int = 0
     prompts_capped: int = 0
     truncated_rows: list[int] = field(default_factory=list)
+    dropped_too_long: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,17 @@ def prompt_text(prompt: str) -> str:
     return PROMPT_HEAD + prompt + RESPONSE_HEAD
 
 
-def encode_rows(rows: list[Row], tokenizer: Any, max_length: int) -> tuple[list[Example], EncodeReport]:
+class TooLong(ValueError):
+    """A row that does not fit max_length under length_policy=raise."""
+
+
+def encode_rows(
+    rows: list[Row], tokenizer: Any, max_length: int, length_policy: str = "truncate"
+) -> tuple[list[Example], EncodeReport]:
     """EOS is appended and labelled only when prompt + response fit untruncated (GPT4All appended it
     to truncated rows too, teaching the model to stop mid-answer). Prompts are capped at half of
-    max_length, as GPT4All did, so every row keeps room for its response."""
+    max_length, as GPT4All did, so every row keeps room for its response. A row that still does not
+    fit is truncated (no EOS), dropped (counted) or an error, by `length_policy`."""
     report = EncodeReport(rows=len(rows))
     head = tokenizer(PROMPT_HEAD, add_special_tokens=False)["input_ids"]
     tail = tokenizer(RESPONSE_HEAD, add_special_tokens=False)["input_ids"]
@@ -54,6 +62,14 @@ def encode_rows(rows: list[Row], tokenizer: Any, max_length: int) -> tuple[list[
             ids = prompt + response + [eos]
             labels = [IGNORE] * len(prompt) + response + [eos]
             report.with_eos += 1
+        elif length_policy == "drop":
+            report.dropped_too_long.append(i)
+            continue
+        elif length_policy == "raise":
+            raise TooLong(
+                f"row {i} (source {row.get('source')!r}): prompt {len(prompt)} + response {len(response)} + EOS "
+                f"tokens do not fit max_length {max_length} (length_policy: raise)"
+            )
         else:
             ids = (prompt + response)[:max_length]
             labels = ([IGNORE] * len(prompt) + response)[:max_length]
