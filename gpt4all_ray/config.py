@@ -21,6 +21,7 @@ SCHEDULES = ("constant_with_warmup", "linear", "cosine")
 METHODS = ("full", "lora")
 PRECISIONS = ("fp32", "bf16")
 LENGTH_POLICIES = ("truncate", "drop", "raise")
+COLLATIONS = ("longest", "max_length")
 EMBEDDED_MODELS = ("tiny-gptj", "tiny-llama")
 EMBEDDED_DATA = "embedded"
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
@@ -76,6 +77,8 @@ class TrialConfig:
     """Tokens per example; prompts are capped at half of it."""
     length_policy: str = "truncate"
     """A row that still does not fit: truncate (and no EOS), drop (counted) or raise."""
+    collate: str = "longest"
+    """Pad each batch to its longest row, or every row to max_length (GPT4All's)."""
     per_device_batch: int = 8
     global_batch: int = 16
     """per_device_batch x workers x gradient accumulation."""
@@ -214,6 +217,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data": (lambda v: v == EMBEDDED_DATA or Path(v).exists(), f"expected {EMBEDDED_DATA!r} or an existing path"),
     "zero_stage": (lambda v: v in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
     "length_policy": (lambda v: v in LENGTH_POLICIES, f"expected one of {', '.join(LENGTH_POLICIES)}"),
+    "collate": (lambda v: v in COLLATIONS, f"expected one of {', '.join(COLLATIONS)}"),
     "val_fraction": (lambda v: 0 < v < 1, "expected a fraction between 0 and 1"),
     "weight_decay": (lambda v: v >= 0, "must be >= 0"),
     "warmup_steps": (lambda v: v >= 0, "must be >= 0"),

@@ -138,7 +138,9 @@ class TrialRun:
         self.global_step = 0
 
     def batch(self, examples: list[Any]) -> dict[str, Any]:
-        return {k: v.to(self.device) for k, v in pad_to_longest(examples, self.tokenizer.pad_token_id).items()}
+        length = self.cfg.max_length if self.cfg.collate == "max_length" else None
+        padded = pad_to_longest(examples, self.tokenizer.pad_token_id, length)
+        return {k: v.to(self.device) for k, v in padded.items()}
 
     def all_reduced_mean(self, loss_sum: float, count: float) -> float:
         """Token-weighted mean over all workers."""

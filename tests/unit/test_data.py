@@ -125,3 +125,18 @@ def test_split_is_seeded_disjoint_and_complete(data) -> None:  # noqa: ANN001
     report = DataReport()
     other_train, _ = split(data.train + data.val, 0.05, seed=99, report=report)
     assert other_train != data.train
+
+
+def test_padding_to_max_length_gives_the_same_loss(data, tokenizer) -> None:  # noqa: ANN001
+    import torch
+
+    from gpt4all_ray.loss import loss_sum_and_count
+    from gpt4all_ray.model import build_model
+
+    model = build_model(CFG, tokenizer).eval()
+    examples, _ = encode_rows(data.val[:8], tokenizer, CFG.max_length)
+    with torch.no_grad():
+        short = loss_sum_and_count(model, pad_to_longest(examples, tokenizer.pad_token_id))
+        full = loss_sum_and_count(model, pad_to_longest(examples, tokenizer.pad_token_id, CFG.max_length))
+    assert full[1] == short[1] > 0
+    assert float(full[0]) == pytest.approx(float(short[0]), rel=1e-5)
