@@ -57,7 +57,8 @@ class TrialConfig:
     """full fine-tuning or lora (PEFT)."""
     data: str = EMBEDDED_DATA
     """Instruction data: `embedded` generates GPT4All-style rows in-process; otherwise a JSONL,
-    JSON, CSV or Parquet file, or a folder of them (visible to every worker)."""
+    JSON, CSV or Parquet file, or a folder of them (visible to every worker), or
+    `hf:<name>` for the train split of a Hugging Face data set (needs the Hub)."""
     prompt_column: str = "prompt"
     response_column: str = "response"
     source_column: str = "source"
@@ -214,7 +215,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "method": (lambda v: v in METHODS, f"expected one of {', '.join(METHODS)}"),
     "precision": (lambda v: v in PRECISIONS, f"expected one of {', '.join(PRECISIONS)} (fp16 needs a GPU)"),
     "model": (lambda v: v in EMBEDDED_MODELS, f"expected one of {', '.join(EMBEDDED_MODELS)}"),
-    "data": (lambda v: v == EMBEDDED_DATA or Path(v).exists(), f"expected {EMBEDDED_DATA!r} or an existing path"),
+    "data": (
+        lambda v: v == EMBEDDED_DATA or v.startswith("hf:") or Path(v).exists(),
+        f"expected {EMBEDDED_DATA!r}, an existing path, or hf:<Hugging Face dataset name>",
+    ),
     "zero_stage": (lambda v: v in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
     "length_policy": (lambda v: v in LENGTH_POLICIES, f"expected one of {', '.join(LENGTH_POLICIES)}"),
     "collate": (lambda v: v in COLLATIONS, f"expected one of {', '.join(COLLATIONS)}"),

@@ -93,12 +93,36 @@ def records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{path} row {number}", record
 
 
+HUB_PREFIX = "hf:"
+
+
+def hub_records(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of the `train` split of a Hugging Face `datasets` name (`hf:tatsu-lab/alpaca`)."""
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split="train")
+    except Exception as err:  # noqa: BLE001 (offline, unknown name, no train split: all say the same to a user)
+        raise DataError(
+            f"{HUB_PREFIX}{name}: could not load this Hugging Face dataset ({type(err).__name__}: {err}); "
+            "without access to the Hub, download it elsewhere and pass a local file or folder"
+        ) from None
+    for number, record in enumerate(dataset, start=1):
+        yield f"{HUB_PREFIX}{name} row {number}", record
+
+
 def load_rows(path: str | Path, columns: Columns = Columns()) -> list[Row]:
-    """All rows of a file or folder as GPT4All rows. Type problems inside a field (a number where
-    text belongs) are left for cleaning, which counts them; a missing column is an error."""
+    """All rows of a file, a folder or a Hub data set as GPT4All rows. Type problems inside a field
+    (a number where text belongs) are left for cleaning, which counts them; a missing column is
+    an error."""
     rows: list[Row] = []
-    for file in data_files(Path(path)):
-        for where, record in records(file):
+    name = str(path)
+    if name.startswith(HUB_PREFIX):
+        sources = [(name.removeprefix(HUB_PREFIX).replace("/", "_"), hub_records(name.removeprefix(HUB_PREFIX)))]
+    else:
+        sources = [(file.stem, records(file)) for file in data_files(Path(path))]
+    for stem, file_records in sources:
+        for where, record in file_records:
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected an object with columns, got {type(record).__name__}")
             needed = [c for c in (columns.prompt, columns.response, columns.input) if c]
@@ -110,6 +134,6 @@ def load_rows(path: str | Path, columns: Columns = Columns()) -> list[Row]:
             prompt, extra = record[columns.prompt], record.get(columns.input) if columns.input else None
             if isinstance(prompt, str) and isinstance(extra, str) and extra.strip():
                 prompt = f"{prompt}\n{extra}"
-            source = record.get(columns.source) or file.stem
+            source = record.get(columns.source) or stem
             rows.append({"prompt": prompt, "response": record[columns.response], "source": str(source)})
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,24 @@ def test_real_gpteacher_rows() -> None:
     assert report.train_rows + report.val_rows == report.rows_kept
     keys = lambda rs: {(r["prompt"], r["response"]) for r in rs}  # noqa: E731
     assert not keys(data.train) & keys(data.val)
+
+
+def test_hub_name_offline_is_a_clear_error() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt4all_ray.data", "--data", "hf:tatsu-lab/alpaca"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert "error: hf:tatsu-lab/alpaca: could not load this Hugging Face dataset" in proc.stderr
+    assert "download it elsewhere and pass a local file or folder" in proc.stderr
+
+
+def test_hub_loader_reads_rows_through_datasets(tmp_path: Path) -> None:
+    # `datasets.load_dataset` also takes a local folder: the same code path as a Hub name, offline.
+    write(tmp_path / "train.jsonl", ROWS)
+    rows = load_rows(f"hf:{tmp_path}")
+    assert rows == ROWS
