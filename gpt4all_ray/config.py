@@ -64,6 +64,8 @@ class TrialConfig:
     source_column: str = "source"
     input_column: str = ""
     """Joined to the prompt with a newline when non-empty (Alpaca/GPTeacher `input`)."""
+    explode_column: str = ""
+    """A list-of-objects column whose items become rows (self-instruct's `instances`)."""
     include_sources: str = ""
     """Comma-separated sources to keep (empty: all)."""
     exclude_sources: str = ""

@@ -24,7 +24,9 @@ def load_split(cfg: TrialConfig) -> SplitData:
     if cfg.data == EMBEDDED_DATA:
         raw = generate_rows(cfg.data_rows, cfg.data_seed)
     else:
-        columns = Columns(cfg.prompt_column, cfg.response_column, cfg.source_column, cfg.input_column)
+        columns = Columns(
+            cfg.prompt_column, cfg.response_column, cfg.source_column, cfg.input_column, cfg.explode_column
+        )
         raw = load_rows(cfg.data, columns)
     rows = clean_and_dedup(raw, report, source_set(cfg.include_sources), source_set(cfg.exclude_sources))
     train, val = split(rows, cfg.val_fraction, cfg.data_seed, report)

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--response-column", default="response")
     p.add_argument("--source-column", default="source")
     p.add_argument("--input-column", default="", help="joined to the prompt with a newline")
+    p.add_argument("--explode-column", default="", help="list-of-objects column whose items become rows")
     p.add_argument("--include-sources", default="", help="comma-separated")
     p.add_argument("--exclude-sources", default="", help="comma-separated")
     p.add_argument("--max-length", type=int, default=TrialConfig.max_length)
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         response_column=args.response_column,
         source_column=args.source_column,
         input_column=args.input_column,
+        explode_column=args.explode_column,
         include_sources=args.include_sources,
         exclude_sources=args.exclude_sources,
         max_length=args.max_length,

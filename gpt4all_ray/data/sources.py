@@ -32,6 +32,9 @@ class Columns:
     """Missing in a file: the file's name stands in as the source."""
     input: str = ""
     """Optional column joined to the prompt (Alpaca's and GPTeacher's `input`); "" for none."""
+    explode: str = ""
+    """A column holding a list of objects, each of which becomes a row with the parent's other
+    fields (self-instruct's `instances`); "" for none."""
 
 
 def data_files(path: Path) -> list[Path]:
@@ -111,6 +114,18 @@ def hub_records(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{HUB_PREFIX}{name} row {number}", record
 
 
+def _exploded(file_records: Iterator[tuple[str, dict[str, Any]]], column: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for where, record in file_records:
+        if not column:
+            yield where, record
+            continue
+        items = record.get(column) if isinstance(record, dict) else None
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise DataError(f"{where}: column {column!r} must hold a list of objects to explode")
+        for k, item in enumerate(items, start=1):
+            yield f"{where} {column}[{k}]", {**record, **item}
+
+
 def load_rows(path: str | Path, columns: Columns = Columns()) -> list[Row]:
     """All rows of a file, a folder or a Hub data set as GPT4All rows. Type problems inside a field
     (a number where text belongs) are left for cleaning, which counts them; a missing column is
@@ -122,7 +137,7 @@ def load_rows(path: str | Path, columns: Columns = Columns()) -> list[Row]:
     else:
         sources = [(file.stem, records(file)) for file in data_files(Path(path))]
     for stem, file_records in sources:
-        for where, record in file_records:
+        for where, record in _exploded(file_records, columns.explode):
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected an object with columns, got {type(record).__name__}")
             needed = [c for c in (columns.prompt, columns.response, columns.input) if c]

@@ -170,3 +170,34 @@ def test_hub_loader_reads_rows_through_datasets(tmp_path: Path) -> None:
     write(tmp_path / "train.jsonl", ROWS)
     rows = load_rows(f"hf:{tmp_path}")
     assert rows == ROWS
+
+
+SELF_INSTRUCT = SHARED / "self-instruct-user-oriented-instructions.jsonl"
+
+
+def test_explode_a_list_column(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(
+        json.dumps(
+            {"instruction": "Fix it.", "instances": [{"input": "a", "output": "A"}, {"input": "", "output": "B"}]}
+        )
+        + "\n"
+    )
+    columns = Columns(prompt="instruction", response="output", input="input", explode="instances")
+    assert [(r["prompt"], r["response"]) for r in load_rows(path, columns)] == [("Fix it.\na", "A"), ("Fix it.", "B")]
+    path.write_text(json.dumps({"instruction": "Fix it.", "instances": "oops"}) + "\n")
+    with pytest.raises(DataError, match=r"tasks.jsonl:1: column 'instances' must hold a list of objects"):
+        load_rows(path, columns)
+
+
+@pytest.mark.skipif(not SELF_INSTRUCT.is_file(), reason=f"real data not present at {SELF_INSTRUCT}")
+def test_real_self_instruct_tasks_explode_into_rows() -> None:
+    tasks = [json.loads(line) for line in SELF_INSTRUCT.read_text().splitlines() if line.strip()]
+    columns = Columns(
+        prompt="instruction", response="output", input="input", source="motivation_app", explode="instances"
+    )
+    rows = load_rows(SELF_INSTRUCT, columns)
+    assert len(tasks) == 252
+    assert len(rows) == sum(len(t["instances"]) for t in tasks)
+    assert rows[0]["source"] == tasks[0]["motivation_app"]
+    assert rows[0]["response"] == tasks[0]["instances"][0]["output"]
