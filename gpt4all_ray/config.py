@@ -21,7 +21,7 @@ SCHEDULES = ("constant_with_warmup", "linear", "cosine")
 METHODS = ("full", "lora")
 PRECISIONS = ("fp32", "bf16")
 LENGTH_POLICIES = ("truncate", "drop", "raise")
-COLLATIONS = ("longest", "max_length")
+COLLATIONS = ("longest", "max_length", "pack")
 EMBEDDED_MODELS = ("tiny-gptj", "tiny-llama")
 EMBEDDED_DATA = "embedded"
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
@@ -81,7 +81,8 @@ class TrialConfig:
     length_policy: str = "truncate"
     """A row that still does not fit: truncate (and no EOS), drop (counted) or raise."""
     collate: str = "longest"
-    """Pad each batch to its longest row, or every row to max_length (GPT4All's)."""
+    """Pad each batch to its longest row, every row to max_length (GPT4All's), or pack a batch's
+    examples into rows of max_length with per-example positions and attention."""
     per_device_batch: int = 8
     global_batch: int = 16
     """per_device_batch x workers x gradient accumulation."""

@@ -12,7 +12,7 @@ from gpt4all_ray.data.encode import IGNORE
 
 
 def loss_sum_and_count(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     targets = batch["labels"][:, 1:]
     loss = F.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.size(-1)),

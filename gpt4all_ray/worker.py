@@ -26,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
-from gpt4all_ray.data.collate import pad_to_longest
+from gpt4all_ray.data.collate import pack, pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, encode_rows
 from gpt4all_ray.divergence import COMPLETED, DivergencePolicy
 from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
@@ -138,9 +138,12 @@ class TrialRun:
         self.global_step = 0
 
     def batch(self, examples: list[Any]) -> dict[str, Any]:
-        length = self.cfg.max_length if self.cfg.collate == "max_length" else None
-        padded = pad_to_longest(examples, self.tokenizer.pad_token_id, length)
-        return {k: v.to(self.device) for k, v in padded.items()}
+        pad_id, cfg = self.tokenizer.pad_token_id, self.cfg
+        if cfg.collate == "pack":
+            tensors = pack(examples, pad_id, cfg.max_length)
+        else:
+            tensors = pad_to_longest(examples, pad_id, cfg.max_length if cfg.collate == "max_length" else None)
+        return {k: v.to(self.device) for k, v in tensors.items()}
 
     def all_reduced_mean(self, loss_sum: float, count: float) -> float:
         """Token-weighted mean over all workers."""

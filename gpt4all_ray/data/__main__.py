@@ -15,18 +15,24 @@ from typing import Any
 
 from gpt4all_ray.config import EMBEDDED_DATA, LENGTH_POLICIES, TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
+from gpt4all_ray.data.collate import packed_rows
 from gpt4all_ray.data.encode import IGNORE, Example, TooLong, encode_rows
 from gpt4all_ray.data.sources import DataError
 
 
-def padding_fraction(examples: list[Example], batch: int, max_length: int | None) -> float:
+def padding_fraction(examples: list[Example], batch: int, max_length: int | None, packed: bool = False) -> float:
     """Share of token slots that are padding, batching in order; max_length=None pads to the
-    longest row of each batch, else every row to max_length (GPT4All's collation)."""
+    longest row of each batch, else every row to max_length (GPT4All's collation); packed fills
+    rows of max_length with whole examples first (as the `pack` collation does)."""
     lengths = [len(e.input_ids) for e in examples]
     slots = 0
     for i in range(0, len(lengths), batch):
         chunk = lengths[i : i + batch]
-        slots += len(chunk) * (max_length or max(chunk))
+        if packed and max_length:
+            rows = packed_rows(chunk, max_length)
+            slots += len(rows) * max(sum(chunk[j] for j in row) for row in rows)
+        else:
+            slots += len(chunk) * (max_length or max(chunk))
     return 1 - sum(lengths) / slots if slots else 0.0
 
 
@@ -57,6 +63,7 @@ def describe(cfg: TrialConfig, batch: int) -> dict[str, Any]:
         "padding_fraction": {
             "pad_to_longest": round(padding_fraction(train, batch, None), 4),
             "pad_to_max_length": round(padding_fraction(train, batch, cfg.max_length), 4),
+            "pack": round(padding_fraction(train, batch, cfg.max_length, packed=True), 4),
         },
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,

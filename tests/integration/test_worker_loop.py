@@ -112,3 +112,12 @@ def test_loop_trains_on_a_data_file_with_mapped_columns(tmp_path: Path) -> None:
     assert metrics[0]["stop_reason"] == "completed" and metrics[0]["val_loss"] > 0
     saved = json.loads((tmp_path / "checkpoint" / "trial_config.json").read_text())
     assert saved["data"] == str(data) and saved["exclude_sources"] == "creative"
+
+
+def test_loop_trains_packed_and_its_loss_matches_unpacked_evaluation(tmp_path: Path) -> None:
+    from gpt4all_ray.evaluate import validation_loss
+
+    metrics = run_loop(tmp_path, collate="pack", model="tiny-llama", zero_stage=2)
+    assert metrics[0]["stop_reason"] == "completed"
+    # The loop evaluated packed; evaluate.py pads each row alone: the same loss.
+    assert validation_loss(tmp_path / "checkpoint") == pytest.approx(metrics[0]["val_loss"], rel=1e-4)
