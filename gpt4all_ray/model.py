@@ -49,6 +49,25 @@ def padded_vocab(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
 
+def ensure_pad_token(tokenizer: Any) -> bool:
+    """Give the tokenizer a pad token distinct from EOS (LLaMA's has none; setting pad = eos is
+    the bug that kept GPT4All's first model from stopping). True when one was added."""
+    from gpt4all_ray.data.tokenizer import PAD
+
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    tokenizer.add_special_tokens({"pad_token": PAD})
+    return True
+
+
+def fit_embeddings(model: Any, tokenizer: Any, multiple: int = 64) -> None:
+    """Grow the embeddings to cover the tokenizer, rounded up to `multiple`; new rows are drawn
+    around the mean of the existing ones (transformers' mean_resizing), not at random scale."""
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=multiple, mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
 def build_model(cfg: TrialConfig, tokenizer: Any) -> Any:
     """The trial's trainable model: the tiny base (seeded init), wrapped in LoRA when asked."""
     import torch
@@ -59,6 +78,7 @@ def build_model(cfg: TrialConfig, tokenizer: Any) -> Any:
     config.eos_token_id = config.bos_token_id = tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
     model = AutoModelForCausalLM.from_config(config)
+    fit_embeddings(model, tokenizer)  # a no-op for the tiny models, sized from the tokenizer above
     if cfg.method == "lora":
         model = wrap_lora(model, cfg)
     return model

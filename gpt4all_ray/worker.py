@@ -31,7 +31,7 @@ from gpt4all_ray.data.encode import IGNORE, encode_rows
 from gpt4all_ray.divergence import COMPLETED, DivergencePolicy
 from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
 from gpt4all_ray.loss import loss_sum_and_count
-from gpt4all_ray.model import build_model
+from gpt4all_ray.model import build_model, ensure_pad_token
 from gpt4all_ray.schedule import lr_multiplier
 
 
@@ -116,6 +116,7 @@ class TrialRun:
 
         self.data = load_split(cfg)
         self.tokenizer = build_tokenizer(self.data)
+        ensure_pad_token(self.tokenizer)
         encode = (self.tokenizer, cfg.max_length, cfg.length_policy)
         self.train_examples, self.encode_report = encode_rows(self.data.train, *encode)
         self.val_examples, _ = encode_rows(self.data.val, *encode)

@@ -56,3 +56,37 @@ def test_deepspeed_config_is_explicit() -> None:
 def test_deepspeed_config_refuses_a_batch_the_workers_cannot_make() -> None:
     with pytest.raises(ValueError, match="not a multiple"):
         deepspeed_config(dataclasses.replace(TrialConfig(), global_batch=20, per_device_batch=8), world_size=2)
+
+
+def test_pad_token_added_and_embeddings_grown_to_a_multiple_of_64() -> None:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from gpt4all_ray.model import ensure_pad_token, fit_embeddings, tiny_config
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.train_from_iterator(
+        ["hello world"] * 5,
+        trainers.BpeTrainer(
+            vocab_size=320, special_tokens=["</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>")  # no pad, like LLaMA's
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("tiny-llama", len(tokenizer)))
+    old = model.get_input_embeddings().weight.detach().clone()
+    assert ensure_pad_token(tokenizer) is True
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id and tokenizer.pad_token_id == old.shape[0]
+    fit_embeddings(model, tokenizer)
+    weight = model.get_input_embeddings().weight.detach()
+    assert weight.shape[0] % 64 == 0 and weight.shape[0] >= len(tokenizer)
+    assert torch.equal(weight[: old.shape[0]], old)  # existing rows untouched
+    new = weight[tokenizer.pad_token_id]
+    assert torch.isfinite(new).all()
+    assert (new - old.mean(0)).norm() < old.norm(dim=1).mean()  # near the mean, not a random outlier
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    assert ensure_pad_token(tokenizer) is False  # idempotent
