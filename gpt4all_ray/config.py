@@ -70,6 +70,8 @@ class TrialConfig:
     """Comma-separated sources to keep (empty: all)."""
     exclude_sources: str = ""
     """Comma-separated sources to drop (GPT4All dropped P3)."""
+    train_only_sources: str = ""
+    """Comma-separated sources never held out for validation."""
     data_rows: int = 2400
     """Rows the embedded generator makes."""
     data_seed: int = 0

@@ -29,7 +29,7 @@ def load_split(cfg: TrialConfig) -> SplitData:
         )
         raw = load_rows(cfg.data, columns)
     rows = clean_and_dedup(raw, report, source_set(cfg.include_sources), source_set(cfg.exclude_sources))
-    train, val = split(rows, cfg.val_fraction, cfg.data_seed, report)
+    train, val = split(rows, cfg.val_fraction, cfg.data_seed, report, source_set(cfg.train_only_sources))
     return SplitData(train, val, report)
 
 

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--explode-column", default="", help="list-of-objects column whose items become rows")
     p.add_argument("--include-sources", default="", help="comma-separated")
     p.add_argument("--exclude-sources", default="", help="comma-separated")
+    p.add_argument("--train-only-sources", default="", help="comma-separated; never held out for validation")
     p.add_argument("--max-length", type=int, default=TrialConfig.max_length)
     p.add_argument(
         "--length-policy",
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         explode_column=args.explode_column,
         include_sources=args.include_sources,
         exclude_sources=args.exclude_sources,
+        train_only_sources=args.train_only_sources,
         max_length=args.max_length,
         length_policy=args.length_policy,
         val_fraction=args.val_fraction,

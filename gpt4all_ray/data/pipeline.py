@@ -68,13 +68,17 @@ def clean_and_dedup(
     return kept
 
 
-def split(rows: list[Row], val_fraction: float, seed: int, report: DataReport) -> tuple[list[Row], list[Row]]:
-    """Seeded shuffle, then the first `val_fraction` is validation. Runs before sharding, so
-    the split is the same whatever the number of workers."""
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(rows) * val_fraction))
-    val = [rows[i] for i in sorted(order[:n_val])]
-    train = [rows[i] for i in sorted(order[n_val:])]
+def split(
+    rows: list[Row], val_fraction: float, seed: int, report: DataReport, train_only: frozenset[str] = frozenset()
+) -> tuple[list[Row], list[Row]]:
+    """Seeded shuffle, then the first `val_fraction` of the eligible rows is validation; rows
+    from `train_only` sources always train. Runs before sharding, so the split is the same
+    whatever the number of workers."""
+    eligible = [i for i, r in enumerate(rows) if r.get("source") not in train_only]
+    random.Random(seed).shuffle(eligible)
+    n_val = max(1, round(len(eligible) * val_fraction)) if eligible else 0
+    held_out = set(eligible[:n_val])
+    val = [r for i, r in enumerate(rows) if i in held_out]
+    train = [r for i, r in enumerate(rows) if i not in held_out]
     report.train_rows, report.val_rows = len(train), len(val)
     return train, val

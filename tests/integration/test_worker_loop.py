@@ -121,3 +121,16 @@ def test_loop_trains_packed_and_its_loss_matches_unpacked_evaluation(tmp_path: P
     assert metrics[0]["stop_reason"] == "completed"
     # The loop evaluated packed; evaluate.py pads each row alone: the same loss.
     assert validation_loss(tmp_path / "checkpoint") == pytest.approx(metrics[0]["val_loss"], rel=1e-4)
+
+
+def test_checkpoint_tokenizer_is_the_training_tokenizer(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from gpt4all_ray.config import TrialConfig
+    from gpt4all_ray.data import build_tokenizer, load_split
+
+    run_loop(tmp_path)
+    saved = AutoTokenizer.from_pretrained(tmp_path / "checkpoint")
+    trained = build_tokenizer(load_split(TrialConfig(data_rows=400, val_fraction=0.1)))
+    assert saved.backend_tokenizer.to_str() == trained.backend_tokenizer.to_str()
+    assert (saved.pad_token_id, saved.eos_token_id) == (trained.pad_token_id, trained.eos_token_id)

@@ -201,3 +201,12 @@ def test_real_self_instruct_tasks_explode_into_rows() -> None:
     assert len(rows) == sum(len(t["instances"]) for t in tasks)
     assert rows[0]["source"] == tasks[0]["motivation_app"]
     assert rows[0]["response"] == tasks[0]["instances"][0]["output"]
+
+
+def test_train_only_sources_never_reach_validation(tmp_path: Path) -> None:
+    rows = [{"prompt": f"q{i}", "response": f"a{i}", "source": "chat" if i % 2 else "keep"} for i in range(100)]
+    path = write(tmp_path / "d.jsonl", rows)
+    data = load_split(TrialConfig(data=str(path), val_fraction=0.2, train_only_sources="keep"))
+    assert {r["source"] for r in data.val} == {"chat"} and len(data.val) == 10  # 20% of the 50 eligible
+    assert sum(r["source"] == "keep" for r in data.train) == 50
+    assert data.report.train_rows + data.report.val_rows == 100
