@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from gpt4all_ray.config import SpecError, load_spec
+from tests.unit.cli import run_tune
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "search_spaces" / "tiny_cpu.yaml"
@@ -97,15 +96,7 @@ TOO_FEW_ROWS = ({"fixed.data_rows": 12}, "fixed.data_rows: 11 training rows afte
 @pytest.mark.parametrize(("change", "message"), [BAD[1], BAD[7], BAD[12], BAD[14], TOO_FEW_ROWS])
 def test_cli_refuses_bad_space_before_ray_starts(tmp_path: Path, change: dict, message: str) -> None:
     path = write(tmp_path, change)
-    code = (
-        "import sys; from gpt4all_ray.tune import main; "
-        "rc = main(['--space', sys.argv[1], '--results-dir', sys.argv[2]]); "
-        "print('ray imported' if 'ray' in sys.modules else 'ray never imported'); sys.exit(rc)"
-    )
-    # A regression here would start a real search: keep it bounded and out of the repo's results/.
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(path), str(tmp_path / "results")], capture_output=True, text=True, timeout=120
-    )
+    proc = run_tune(path, tmp_path / "results")
     assert proc.returncode == 2
     assert message in proc.stderr
     assert proc.stderr.startswith("error: ")

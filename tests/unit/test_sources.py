@@ -15,6 +15,7 @@ import pytest
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import load_split
 from gpt4all_ray.data.sources import Columns, DataError, load_rows
+from tests.unit.cli import run_tune
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 GPTEACHER = SHARED / "gpteacher-codegen-instruct.json"
@@ -122,14 +123,7 @@ def test_cli_refuses_a_malformed_data_file_before_ray(tmp_path: Path) -> None:
     data.write_text('{"prompt": "a", "response": "b"}\n{oops}\n')
     space = tmp_path / "s.yaml"
     space.write_text(f"fixed: {{data: '{data}'}}\nsearch: {{learning_rate: {{loguniform: [1.0e-4, 1.0e-2]}}}}\n")
-    code = (
-        "import sys; from gpt4all_ray.tune import main; "
-        "rc = main(['--space', sys.argv[1], '--results-dir', sys.argv[2]]); "
-        "print('ray imported' if 'ray' in sys.modules else 'ray never imported'); sys.exit(rc)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(space), str(tmp_path / "results")], capture_output=True, text=True, timeout=120
-    )
+    proc = run_tune(space, tmp_path / "results")
     assert proc.returncode == 2
     assert f"{space}: fixed.data: {data}:2: not valid JSON" in proc.stderr
     assert "ray never imported" in proc.stdout
