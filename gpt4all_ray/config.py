@@ -24,6 +24,7 @@ LENGTH_POLICIES = ("truncate", "drop", "raise")
 COLLATIONS = ("longest", "max_length", "pack")
 EMBEDDED_MODELS = ("tiny-gptj", "tiny-llama")
 EMBEDDED_DATA = "embedded"
+HUB_PREFIX = "hf:"  # data: hf:<name> is a Hugging Face `datasets` name
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 # Settings that change what a trial is (model, data, batch geometry) stay fixed per search.
 SEARCHABLE = (
@@ -221,8 +222,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "precision": (lambda v: v in PRECISIONS, f"expected one of {', '.join(PRECISIONS)} (fp16 needs a GPU)"),
     "model": (lambda v: v in EMBEDDED_MODELS, f"expected one of {', '.join(EMBEDDED_MODELS)}"),
     "data": (
-        lambda v: v == EMBEDDED_DATA or v.startswith("hf:") or Path(v).exists(),
-        f"expected {EMBEDDED_DATA!r}, an existing path, or hf:<Hugging Face dataset name>",
+        lambda v: v == EMBEDDED_DATA or v.startswith(HUB_PREFIX) or Path(v).exists(),
+        f"expected {EMBEDDED_DATA!r}, an existing path, or {HUB_PREFIX}<Hugging Face dataset name>",
     ),
     "zero_stage": (lambda v: v in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
     "length_policy": (lambda v: v in LENGTH_POLICIES, f"expected one of {', '.join(LENGTH_POLICIES)}"),

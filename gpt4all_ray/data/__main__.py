@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any
 
 from gpt4all_ray.config import EMBEDDED_DATA, LENGTH_POLICIES, TrialConfig
-from gpt4all_ray.data import build_tokenizer, load_split
+from gpt4all_ray.data import SplitData, build_tokenizer, load_split
 from gpt4all_ray.data.collate import packed_rows
 from gpt4all_ray.data.encode import IGNORE, Example, TooLong, encode_rows
 from gpt4all_ray.data.sources import DataError
@@ -36,9 +36,7 @@ def padding_fraction(examples: list[Example], batch: int, max_length: int | None
     return 1 - sum(lengths) / slots if slots else 0.0
 
 
-def describe(cfg: TrialConfig, batch: int) -> dict[str, Any]:
-    data = load_split(cfg)
-    tokenizer = build_tokenizer(data)
+def describe(cfg: TrialConfig, data: SplitData, tokenizer: Any, batch: int) -> dict[str, Any]:
     train, encoded = encode_rows(data.train, tokenizer, cfg.max_length, cfg.length_policy)
     val, _ = encode_rows(data.val, tokenizer, cfg.max_length, cfg.length_policy)
     report = data.report
@@ -70,10 +68,8 @@ def describe(cfg: TrialConfig, batch: int) -> dict[str, Any]:
     }
 
 
-def show_examples(cfg: TrialConfig, n: int) -> str:
+def show_examples(cfg: TrialConfig, data: SplitData, tokenizer: Any, n: int) -> str:
     """The first n training rows as the model sees them: «...» is masked out of the loss."""
-    data = load_split(cfg)
-    tokenizer = build_tokenizer(data)
     examples, _ = encode_rows(data.train[:n], tokenizer, cfg.max_length, cfg.length_policy)
     out = []
     for e in examples:
@@ -128,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         val_fraction=args.val_fraction,
     )
     try:
-        summary = describe(cfg, args.batch)
+        data = load_split(cfg)
+        tokenizer = build_tokenizer(data)
+        summary = describe(cfg, data, tokenizer, args.batch)
     except (DataError, TooLong) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in summary.items():
             print(f"{key:>22}: {value}")
     if args.show:
-        print(show_examples(cfg, args.show))
+        print(show_examples(cfg, data, tokenizer, args.show))
     return 0
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt4all_ray.config import HUB_PREFIX
 from gpt4all_ray.data.synthetic import Row
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -96,9 +97,6 @@ def records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{path} row {number}", record
 
 
-HUB_PREFIX = "hf:"
-
-
 def hub_records(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """Rows of the `train` split of a Hugging Face `datasets` name (`hf:tatsu-lab/alpaca`)."""
     import datasets
@@ -131,6 +129,7 @@ def load_rows(path: str | Path, columns: Columns = Columns()) -> list[Row]:
     (a number where text belongs) are left for cleaning, which counts them; a missing column is
     an error."""
     rows: list[Row] = []
+    needed = [c for c in (columns.prompt, columns.response, columns.input) if c]
     name = str(path)
     if name.startswith(HUB_PREFIX):
         sources = [(name.removeprefix(HUB_PREFIX).replace("/", "_"), hub_records(name.removeprefix(HUB_PREFIX)))]
@@ -140,7 +139,6 @@ def load_rows(path: str | Path, columns: Columns = Columns()) -> list[Row]:
         for where, record in _exploded(file_records, columns.explode):
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected an object with columns, got {type(record).__name__}")
-            needed = [c for c in (columns.prompt, columns.response, columns.input) if c]
             missing = [c for c in needed if c not in record]
             if missing:
                 raise DataError(
