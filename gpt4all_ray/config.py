@@ -19,10 +19,11 @@ import yaml
 
 SCHEDULES = ("constant_with_warmup", "linear", "cosine")
 METHODS = ("full", "lora")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 LENGTH_POLICIES = ("truncate", "drop", "raise")
 COLLATIONS = ("longest", "max_length", "pack")
 EMBEDDED_MODELS = ("tiny-gptj", "tiny-llama")
+HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "EleutherAI/gpt-j-6b" or "gpt2"
 EMBEDDED_DATA = "embedded"
 HUB_PREFIX = "hf:"  # data: hf:<name> is a Hugging Face `datasets` name
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
@@ -53,9 +54,16 @@ class TrialConfig:
     """Everything one trial's workers need: the fixed settings plus the sampled ones."""
 
     model: str = "tiny-gptj"
-    """Built-in tiny model (tiny-gptj, tiny-llama), built from a config in-process."""
+    """Built-in tiny model (tiny-gptj, tiny-llama, built from a config in-process), or any Hugging
+    Face causal LM by local folder or Hub name (its own tokenizer then)."""
+    trust_remote_code: bool = False
+    """Run a Hub model's own Python code (off unless asked)."""
     method: str = "full"
     """full fine-tuning or lora (PEFT)."""
+    lora_targets: str = ""
+    """Comma-separated module names LoRA adapts (empty: the architecture's entry in model.py)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~1/3 more compute."""
     data: str = EMBEDDED_DATA
     """Instruction data: `embedded` generates GPT4All-style rows in-process; otherwise a JSONL,
     JSON, CSV or Parquet file, or a folder of them (visible to every worker), or
@@ -91,6 +99,11 @@ class TrialConfig:
     """per_device_batch x workers x gradient accumulation."""
     zero_stage: int = 2
     precision: str = "fp32"
+    """fp32, bf16, or fp16 with dynamic loss scaling (GPU only)."""
+    offload_optimizer: bool = False
+    """ZeRO 1-3: optimizer state and step on the CPU."""
+    offload_params: bool = False
+    """ZeRO 3 only: parameters kept on the CPU between uses."""
     learning_rate: float = 1e-3
     lr_schedule: str = "linear"
     warmup_steps: int = 10
@@ -103,6 +116,11 @@ class TrialConfig:
     seed: int = 0
     """Seed of model initialisation and data order."""
     log_every_steps: int = 10
+    eval_every_steps: int = 0
+    """Also evaluate (and checkpoint for resume) every N optimizer steps; 0: at epoch ends only."""
+    peak_tflops: float = 0.0
+    """Peak FLOP/s per device (in TFLOP/s) for model FLOPs utilisation; 0: the known peak of the
+    GPU (A100, H100, H200) at the training precision, none on CPU."""
     grace_epochs: int = 1
     """Epochs before a rise in validation loss counts as divergence."""
     min_delta: float = 0.0
@@ -126,6 +144,8 @@ class TuneSettings:
     startup_trials: int = 3
     """Random trials before TPE models the results (Optuna's default of 10 would make a
     small budget pure random search)."""
+    worker_restarts: int = 2
+    """Times Ray Train restarts a trial's workers after a failure, from its last checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -219,8 +239,11 @@ _POSITIVE = {
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr_schedule": (lambda v: v in SCHEDULES, f"expected one of {', '.join(SCHEDULES)}"),
     "method": (lambda v: v in METHODS, f"expected one of {', '.join(METHODS)}"),
-    "precision": (lambda v: v in PRECISIONS, f"expected one of {', '.join(PRECISIONS)} (fp16 needs a GPU)"),
-    "model": (lambda v: v in EMBEDDED_MODELS, f"expected one of {', '.join(EMBEDDED_MODELS)}"),
+    "precision": (lambda v: v in PRECISIONS, f"expected one of {', '.join(PRECISIONS)}"),
+    "model": (
+        lambda v: v in EMBEDDED_MODELS or Path(v).is_dir() or bool(HUB_MODEL_ID.match(v)),
+        f"expected one of {', '.join(EMBEDDED_MODELS)}, a local model folder, or a Hugging Face model name",
+    ),
     "data": (
         lambda v: v == EMBEDDED_DATA or v.startswith(HUB_PREFIX) or Path(v).exists(),
         f"expected {EMBEDDED_DATA!r}, an existing path, or {HUB_PREFIX}<Hugging Face dataset name>",
@@ -235,6 +258,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_delta": (lambda v: v >= 0, "must be >= 0"),
     "lora_dropout": (lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"),
     "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
+    "eval_every_steps": (lambda v: v >= 0, "must be >= 0 (0: evaluate at epoch ends only)"),
+    "peak_tflops": (lambda v: v >= 0, "must be >= 0 (0: the GPU's known peak)"),
 }
 
 
@@ -327,6 +352,8 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
             raise check.fail(f"resources.{key}", f"must be > 0, got {getattr(resources, key)!r}")
     if resources.gpus_per_worker < 0:
         raise check.fail("resources.gpus_per_worker", "must be >= 0")
+    if tune.worker_restarts < 0:
+        raise check.fail("tune.worker_restarts", "must be >= 0")
     for key in ("num_trials", "max_concurrent"):
         if not getattr(tune, key) > 0:
             raise check.fail(f"tune.{key}", f"must be > 0, got {getattr(tune, key)!r}")
@@ -334,6 +361,7 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
         raise check.fail("tune.startup_trials", "must be >= 1")
 
     base = TrialConfig(**fixed)
+    _check_combinations(check, base, resources)
     made = base.per_device_batch * resources.workers_per_trial
     if base.global_batch % made:
         raise check.fail(
@@ -343,6 +371,18 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
         )
     enqueue = _enqueued_points(check, raw.get("enqueue") or [], search)
     return SearchSpec(name, path, base, search, resources, tune, tuple(enqueue))
+
+
+def _check_combinations(check: _Checker, cfg: TrialConfig, resources: Resources) -> None:
+    """Settings that are each valid but cannot go together."""
+    if cfg.precision == "fp16" and resources.gpus_per_worker == 0:
+        raise check.fail("fixed.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0); use bf16 or fp32 on CPU")
+    if cfg.offload_params and cfg.zero_stage != 3:
+        raise check.fail("fixed.offload_params", f"needs zero_stage 3, got {cfg.zero_stage}")
+    if cfg.offload_optimizer and cfg.zero_stage == 0:
+        raise check.fail("fixed.offload_optimizer", "needs zero_stage 1, 2 or 3")
+    if cfg.lora_targets and cfg.method != "lora":
+        raise check.fail("fixed.lora_targets", f"is only used with method: lora (method is {cfg.method})")
 
 
 def _enqueued_points(check: _Checker, raw: Any, search: dict[str, Distribution]) -> list[dict[str, Any]]:

@@ -1,13 +1,25 @@
-"""Base model and LoRA. The built-in tiny models are built from a config, seeded, no download."""
+"""Base model, tokenizer and LoRA. The built-in tiny models are built from a config, seeded, no
+download; any other name is a Hugging Face causal LM, loaded from a local folder or the Hub."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.config import EMBEDDED_MODELS, TrialConfig
 
-# One code path for both families: only this table differs per architecture.
-LORA_TARGETS = {"gptj": ["q_proj", "v_proj"], "llama": ["q_proj", "v_proj"]}
+# One code path for every family: only this table differs per architecture (config.model_type).
+# GPT4All adapted the attention query and value projections (Alpaca-LoRA's choice) on LLaMA and GPT-J.
+LORA_TARGETS = {
+    "gptj": ["q_proj", "v_proj"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "opt": ["q_proj", "v_proj"],
+    "gpt_neox": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "gpt2": ["c_attn"],
+}
 TINY_POSITIONS = 1024  # prompt (max_length) plus room for generation
 
 
@@ -60,28 +72,78 @@ def ensure_pad_token(tokenizer: Any) -> bool:
     return True
 
 
-def fit_embeddings(model: Any, tokenizer: Any, multiple: int = 64) -> None:
+def fit_embeddings(model: Any, tokenizer: Any, multiple: int = 64) -> bool:
     """Grow the embeddings to cover the tokenizer, rounded up to `multiple`; new rows are drawn
-    around the mean of the existing ones (transformers' mean_resizing), not at random scale."""
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+    around the mean of the existing ones (transformers' mean_resizing), not at random scale.
+    True when they grew."""
+    grew = model.get_input_embeddings().num_embeddings < len(tokenizer)
+    if grew:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=multiple, mean_resizing=True)
     model.config.pad_token_id = tokenizer.pad_token_id
+    return grew
 
 
-def build_model(cfg: TrialConfig, tokenizer: Any) -> Any:
-    """The trial's trainable model: the tiny base (seeded init), wrapped in LoRA when asked."""
+def is_builtin(cfg: TrialConfig) -> bool:
+    return cfg.model in EMBEDDED_MODELS
+
+
+def load_tokenizer(cfg: TrialConfig, data: Any) -> Any:
+    """The model's own tokenizer, with a pad token distinct from EOS; the built-in models train
+    theirs on the training rows."""
+    if is_builtin(cfg):
+        from gpt4all_ray.data import build_tokenizer
+
+        tokenizer = build_tokenizer(data)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def base_model(cfg: TrialConfig, tokenizer: Any, dtype: Any = None) -> tuple[Any, bool]:
+    """The seeded base model with embeddings fitted to the tokenizer, and whether they grew (a
+    LoRA checkpoint must then carry them)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(cfg.seed)
-    config = tiny_config(cfg.model, padded_vocab(len(tokenizer)))
-    config.eos_token_id = config.bos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
-    model = AutoModelForCausalLM.from_config(config)
-    fit_embeddings(model, tokenizer)  # a no-op for the tiny models, sized from the tokenizer above
-    if cfg.method == "lora":
-        model = wrap_lora(model, cfg)
-    return model
+    if is_builtin(cfg):
+        config = tiny_config(cfg.model, padded_vocab(len(tokenizer)))
+        config.eos_token_id = config.bos_token_id = tokenizer.eos_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+        model = AutoModelForCausalLM.from_config(config)
+    else:
+        # fp32 master weights unless told otherwise; under ZeRO-3 they are partitioned as they
+        # load when an HfDeepSpeedConfig is alive (worker.py keeps one).
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.model, dtype=dtype or torch.float32, trust_remote_code=cfg.trust_remote_code
+        )
+    return model, fit_embeddings(model, tokenizer)
+
+
+def trainable(model: Any, cfg: TrialConfig) -> Any:
+    """Gradient checkpointing and the LoRA wrapper, as the trial asks."""
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return wrap_lora(model, cfg) if cfg.method == "lora" else model
+
+
+def build_model(cfg: TrialConfig, tokenizer: Any) -> Any:
+    return trainable(base_model(cfg, tokenizer)[0], cfg)
+
+
+def lora_targets(cfg: TrialConfig, model_type: str) -> list[str]:
+    if cfg.lora_targets:
+        return [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    if model_type not in LORA_TARGETS:
+        raise ValueError(
+            f"lora_targets: no default LoRA target modules for architecture {model_type!r} "
+            f"(known: {', '.join(sorted(LORA_TARGETS))}); set fixed.lora_targets, e.g. q_proj,v_proj"
+        )
+    return LORA_TARGETS[model_type]
 
 
 def wrap_lora(model: Any, cfg: TrialConfig) -> Any:
@@ -92,6 +154,6 @@ def wrap_lora(model: Any, cfg: TrialConfig) -> Any:
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=LORA_TARGETS[model.config.model_type],
+        target_modules=lora_targets(cfg, model.config.model_type),
     )
     return get_peft_model(model, lora)

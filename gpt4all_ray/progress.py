@@ -39,11 +39,16 @@ def progress_callback(spec: SearchSpec, t0: float) -> Any:
                 return
             self.history[trial.trial_id].append({k: v for k, v in result.items() if k != "config"})
             epochs = spec.trial_config(self.params.get(trial.trial_id, {})).epochs
+            where = f"epoch {result['epoch']}/{epochs}"
+            if not result.get("epoch_end", True):
+                where += f" step {result['step']}"
             line = (
-                f"[{clock(t0)}] trial {trial.trial_id} epoch {result['epoch']}/{epochs}: "
+                f"[{clock(t0)}] trial {trial.trial_id} {where}: "
                 f"val_loss {result['val_loss']:.4f} (best {result['best_val_loss']:.4f} at epoch "
                 f"{result['best_epoch']}), train_loss {result['train_loss']:.4f}, {result['epoch_s']:.1f} s"
             )
+            if "mfu" in result:
+                line += f", MFU {result['mfu']:.1%}"
             reason = result.get("stop_reason")
             if reason == "diverged":
                 line += " -> stopped: validation loss rose above its best; best checkpoint kept"

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt4all_ray.checkpoint import RESUME_DIR
+
 ERROR = "error"
 NO_RESULT = "no_result"
 
@@ -22,6 +24,7 @@ class TrialRecord:
     params: dict[str, Any]
     best_val_loss: float = math.inf
     best_epoch: int = 0
+    best_step: int = 0
     epochs_run: int = 0
     stop_reason: str = NO_RESULT
     wall_s: float = 0.0
@@ -34,19 +37,21 @@ class TrialRecord:
 def record_from_history(
     trial_id: str, params: dict[str, Any], history: list[dict[str, Any]], error: bool
 ) -> TrialRecord:
-    """One trial's reported epochs (in order) -> its leaderboard row."""
+    """One trial's reported evaluations (in order) -> its leaderboard row. val_losses holds the
+    epoch ends; the best may come from a step-level evaluation."""
     record = TrialRecord(trial_id, params)
-    epochs = [h for h in history if "val_loss" in h]
-    if epochs:
-        record.val_losses = [float(h["val_loss"]) for h in epochs]
-        last = epochs[-1]
+    evaluations = [h for h in history if "val_loss" in h]
+    if evaluations:
+        record.val_losses = [float(h["val_loss"]) for h in evaluations if h.get("epoch_end", True)]
+        last = evaluations[-1]
         record.best_val_loss = float(last["best_val_loss"])
         record.best_epoch = int(last["best_epoch"])
+        record.best_step = int(last.get("best_step", 0))
         record.epochs_run = int(last["epoch"])
         record.stop_reason = last.get("stop_reason") or "stopped"
         record.wall_s = float(last.get("time_total_s", 0.0))
-        paths = [h["checkpoint_path"] for h in epochs if h.get("checkpoint_path") and h["epoch"] == record.best_epoch]
-        record.checkpoint_path = paths[-1] if paths else None
+        at_best = [h for h in evaluations if h.get("checkpoint_path") and h["val_loss"] == record.best_val_loss]
+        record.checkpoint_path = at_best[-1]["checkpoint_path"] if at_best else None
     if error:
         record.stop_reason = ERROR
     return record
@@ -58,6 +63,7 @@ def _row(r: TrialRecord, param_names: list[str]) -> dict[str, Any]:
     row.update(
         best_val_loss=r.best_val_loss,
         best_epoch=r.best_epoch,
+        best_step=r.best_step,
         epochs_run=r.epochs_run,
         stop_reason=r.stop_reason,
         wall_s=round(r.wall_s, 1),
@@ -101,13 +107,15 @@ def write_report(
     best_dir = exp_dir / "best"
     if best_dir.exists():
         shutil.rmtree(best_dir)
-    shutil.copytree(best.checkpoint_path, best_dir)  # type: ignore[arg-type]
+    # The model, not the resume state (optimizer moments are 2-3x the model's size).
+    shutil.copytree(best.checkpoint_path, best_dir, ignore=shutil.ignore_patterns(RESUME_DIR))  # type: ignore[arg-type]
     summary = {
         "trial_id": best.trial_id,
         "params": best.params,
         "config": trial_configs.get(best.trial_id),
         "best_val_loss": best.best_val_loss,
         "best_epoch": best.best_epoch,
+        "best_step": best.best_step,
         "epochs_run": best.epochs_run,
         "stop_reason": best.stop_reason,
         "checkpoint_path": str(best_dir.resolve()),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -11,19 +13,27 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from gpt4all_ray.config import SearchSpec
+from gpt4all_ray.ds_config import deepspeed_config
 from gpt4all_ray.worker import ray_train_loop
 
 
 def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_root: str) -> None:
     """The Tune trainable. Train V2 runs the workers; TuneReportCallback forwards rank 0's
     reports (and each checkpoint's path) to Tune."""
-    trial_id = tune.get_context().get_trial_id()
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
     res = spec.resources
+    trial = spec.trial_config(config)
+    # What this trial runs, beside its Tune results: the full config and the DeepSpeed config.
+    trial_dir = Path(context.get_trial_dir())
+    (trial_dir / "trial_config.json").write_text(json.dumps(dataclasses.asdict(trial), indent=2))
+    ds_config = deepspeed_config(trial, res.workers_per_trial)
+    (trial_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})
     trainer = TorchTrainer(
         ray_train_loop,
         train_loop_config={
-            "trial": dataclasses.asdict(spec.trial_config(config)),
+            "trial": dataclasses.asdict(trial),
             "tb_dir": f"{tb_root}/{trial_id}",
             "threads": max(1, int(res.cpus_per_worker)),
         },
@@ -35,10 +45,13 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
             name=trial_id,
             storage_path=storage,
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]
-            # The worker reports a checkpoint only when validation loss improves: the one kept is the best.
+            # Every evaluation reports a resumable checkpoint; Ray keeps the best by val_loss (the
+            # one holding the exported model) and, always, the latest (to resume from).
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
             ),
+            # A dead worker: Ray Train restarts the group, which resumes from the last checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=spec.tune.worker_restarts),
             # Ray Train's per-report INFO lines repeat what the progress lines already say.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),

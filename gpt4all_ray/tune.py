@@ -53,16 +53,41 @@ def check_data(spec: SearchSpec) -> str:
             f"validation split make no step of global_batch {spec.fixed.global_batch}"
         )
     if spec.fixed.length_policy == "raise":  # otherwise only the workers would find the row
-        from gpt4all_ray.data import build_tokenizer
         from gpt4all_ray.data.encode import TooLong, encode_rows
+        from gpt4all_ray.model import load_tokenizer
 
-        tokenizer = build_tokenizer(data)
+        tokenizer = load_tokenizer(spec.fixed, data)
         for part, rows in (("train", data.train), ("validation", data.val)):
             try:
                 encode_rows(rows, tokenizer, spec.fixed.max_length, "raise")
             except TooLong as err:
                 raise SpecError(f"{spec.path}: fixed.length_policy: {part} {err}") from None
     return data.report.summary()
+
+
+def check_model(spec: SearchSpec) -> None:
+    """A Hugging Face model must resolve (local folder, cache or Hub) before Ray starts, and LoRA
+    must know which modules to adapt."""
+    from gpt4all_ray.model import is_builtin, lora_targets
+
+    cfg = spec.fixed
+    if is_builtin(cfg):
+        return
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError(
+            f"{spec.path}: fixed.model: {cfg.model!r} is not a built-in model, a local model folder, or a "
+            f"Hugging Face model this machine can load ({first})"
+        ) from None
+    if cfg.method == "lora":
+        try:
+            lora_targets(cfg, config.model_type)
+        except ValueError as err:
+            raise SpecError(f"{spec.path}: fixed.{err}") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -160,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.num_trials < 1:
                 raise SpecError(f"--num-trials: must be > 0, got {args.num_trials}")
             spec = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, num_trials=args.num_trials))
+        check_model(spec)
         print(f"Data: {check_data(spec)}", flush=True)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""The per-worker fine-tuning loop: DeepSpeed engine, LR schedule, per-epoch evaluation,
-divergence decision, checkpoint and report.
+"""The per-worker fine-tuning loop: DeepSpeed engine, LR schedule, evaluation each epoch (and
+every N steps), divergence decision, resumable checkpoint, metrics and report.
 
 Ray comes in only through `Reporter`, so the same loop runs under torchrun (the GPU check and
 the bare-loop baseline) and in fast tests.
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,20 +23,24 @@ import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
+from gpt4all_ray import faults
+from gpt4all_ray.checkpoint import LoopState, load_state, save_model, save_state
 from gpt4all_ray.config import TrialConfig
-from gpt4all_ray.data import build_tokenizer, load_split
+from gpt4all_ray.data import load_split
 from gpt4all_ray.data.collate import pack, pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, encode_rows
-from gpt4all_ray.divergence import COMPLETED, DivergencePolicy
+from gpt4all_ray.divergence import COMPLETED, NON_FINITE, DivergencePolicy
 from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
 from gpt4all_ray.loss import loss_sum_and_count
-from gpt4all_ray.model import build_model, ensure_pad_token
+from gpt4all_ray.model import base_model, is_builtin, load_tokenizer, trainable
 from gpt4all_ray.schedule import lr_multiplier
+from gpt4all_ray.throughput import flop_model, known_peak_tflops
 
 
 class Reporter(Protocol):
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        """Called by every rank once per epoch; rank 0 passes the checkpoint folder."""
+        """Called by every rank at each evaluation with its own checkpoint folder (the ranks'
+        folders together make the checkpoint)."""
 
 
 class HyperparameterMismatch(RuntimeError):
@@ -81,8 +84,12 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def check_hyperparameters(optimizer: Any, cfg: TrialConfig, first_multiplier: float) -> None:
-    want_lr = cfg.learning_rate * first_multiplier
+def check_hyperparameters(
+    optimizer: Any, cfg: TrialConfig, multiplier: Callable[[int], float], scheduler: Any, total_steps: int
+) -> None:
+    """After the engine is built: the learning rate, schedule and weight decay that will act are
+    the sampled ones."""
+    want_lr = cfg.learning_rate * multiplier(0)
     for group in optimizer.param_groups:
         if not math.isclose(group["lr"], want_lr, rel_tol=1e-6):
             raise HyperparameterMismatch(f"param group {group.get('name')}: lr {group['lr']} != sampled {want_lr}")
@@ -92,10 +99,28 @@ def check_hyperparameters(optimizer: Any, cfg: TrialConfig, first_multiplier: fl
                 f"param group {group.get('name')}: weight decay {group['weight_decay']} in the optimizer, "
                 f"{want_decay} wanted (sampled {cfg.weight_decay})"
             )
+    # The schedule the engine will step, probed where schedules differ: warmup, its end, the
+    # middle and the last step.
+    if scheduler is None:
+        raise HyperparameterMismatch(f"no LR scheduler reached the engine; {cfg.lr_schedule} was sampled")
+    expected = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, total_steps)
+    probes = sorted({0, cfg.warmup_steps // 2, cfg.warmup_steps, total_steps // 2, max(0, total_steps - 1)})
+    want = [expected(s) for s in probes]
+    for lam in getattr(scheduler, "lr_lambdas", [None]):
+        got = [lam(s) for s in probes] if lam else []
+        if not got or not all(math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-12) for g, w in zip(got, want, strict=True)):
+            raise HyperparameterMismatch(
+                f"lr schedule: the engine's multipliers at steps {probes} are {got}, "
+                f"{cfg.lr_schedule} with warmup {cfg.warmup_steps} over {total_steps} steps gives {want}"
+            )
 
 
 def _rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+StepHook = Callable[[int, int, list[int], float], None]
+"""(global_step, rank, example indices this rank trained on, this rank's mean loss): for tests."""
 
 
 class TrialRun:
@@ -104,6 +129,8 @@ class TrialRun:
     def __init__(self, cfg: TrialConfig, threads: int = 1) -> None:
         # DeepSpeed picks its accelerator at import: CPU here, CUDA on a GPU node.
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        if cfg.precision == "fp16" and not torch.cuda.is_available():
+            raise ValueError("precision fp16 needs a GPU (loss scaling on CPU is not supported); use bf16 or fp32")
         _quiet_libraries()
         torch.set_num_threads(threads)
         with _silenced():
@@ -115,8 +142,7 @@ class TrialRun:
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
 
         self.data = load_split(cfg)
-        self.tokenizer = build_tokenizer(self.data)
-        ensure_pad_token(self.tokenizer)
+        self.tokenizer = load_tokenizer(cfg, self.data)
         encode = (self.tokenizer, cfg.max_length, cfg.length_policy)
         self.train_examples, self.encode_report = encode_rows(self.data.train, *encode)
         self.val_examples, _ = encode_rows(self.data.val, *encode)
@@ -125,18 +151,36 @@ class TrialRun:
             rows = len(self.train_examples)
             raise ValueError(f"{rows} training rows make no step of global_batch {cfg.global_batch}")
         self.accumulation = gradient_accumulation(cfg, self.world)
-
-        model = build_model(cfg, self.tokenizer)
-        multiplier = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, self.steps_per_epoch * cfg.epochs)
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         self.ds_config = deepspeed_config(cfg, self.world)
+
+        if cfg.zero_stage == 3 and not is_builtin(cfg):
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # While this object lives, from_pretrained loads each weight straight into its ZeRO-3
+            # partition (a 6B model never sits whole on one GPU).
+            self._zero3_loading = HfDeepSpeedConfig(self.ds_config)
+        base, self.embeddings_grew = base_model(cfg, self.tokenizer)
+        model = trainable(base, cfg)
+        self.flops = flop_model(model)
+        self.peak_flops = self._peak_flops()
+        total_steps = self.steps_per_epoch * cfg.epochs
+        multiplier = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, total_steps)
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         with _silenced():
-            self.engine, ds_optimizer, _, _ = deepspeed.initialize(
-                model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=self.ds_config
+            self.engine, ds_optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
             )
-        check_hyperparameters(ds_optimizer, cfg, multiplier(0))
-        self.global_step = 0
+        check_hyperparameters(ds_optimizer, cfg, multiplier, self.scheduler, total_steps)
+        self.resumed_from_step = 0  # the checkpoint's step when this attempt resumed a killed one
+
+    def _peak_flops(self) -> float | None:
+        if self.cfg.peak_tflops:
+            return self.cfg.peak_tflops * 1e12
+        if not torch.cuda.is_available():
+            return None
+        peak = known_peak_tflops(torch.cuda.get_device_name(), self.cfg.precision)
+        return peak * 1e12 if peak else None
 
     def batch(self, examples: list[Any]) -> dict[str, Any]:
         pad_id, cfg = self.tokenizer.pad_token_id, self.cfg
@@ -146,48 +190,66 @@ class TrialRun:
             tensors = pad_to_longest(examples, pad_id, cfg.max_length if cfg.collate == "max_length" else None)
         return {k: v.to(self.device) for k, v in tensors.items()}
 
-    def all_reduced_mean(self, loss_sum: float, count: float) -> float:
-        """Token-weighted mean over all workers."""
-        totals = torch.tensor([loss_sum, count], dtype=torch.float64, device=self.device)
+    def all_reduced(self, *values: float) -> list[float]:
+        """Sums over all workers."""
+        totals = torch.tensor(values, dtype=torch.float64, device=self.device)
         if dist.is_initialized():
             dist.all_reduce(totals)
-        return (totals[0] / totals[1].clamp(min=1)).item()
+        return totals.tolist()
 
-    def train_epoch(self, epoch: int, writer: Any) -> float:
-        """One pass over the training rows; returns the all-reduced token-weighted train loss."""
-        cfg = self.cfg
-        # The same permutation on every rank; each takes every world-th row of each global batch.
-        shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(self.train_examples), generator=shuffle)
-        epoch_loss = epoch_tokens = window_loss = window_tokens = 0.0
-        window_start = time.perf_counter()
-        for step in range(self.steps_per_epoch):
-            mine = order[step * cfg.global_batch : (step + 1) * cfg.global_batch][self.rank :: self.world].tolist()
-            for micro in range(self.accumulation):
-                picked = mine[micro * cfg.per_device_batch : (micro + 1) * cfg.per_device_batch]
-                batch = self.batch([self.train_examples[i] for i in picked])
-                loss = self.engine(**batch).loss
-                self.engine.backward(loss)
-                self.engine.step()
-                tokens = float((batch["labels"][:, 1:] != IGNORE).sum())
-                window_loss += loss.item() * tokens
-                window_tokens += tokens
-            self.global_step += 1
-            if self.global_step % cfg.log_every_steps == 0 or step == self.steps_per_epoch - 1:
-                if writer:
-                    self._log_window(writer, window_loss, window_tokens, time.perf_counter() - window_start)
-                epoch_loss, epoch_tokens = epoch_loss + window_loss, epoch_tokens + window_tokens
-                window_loss = window_tokens = 0.0
-                window_start = time.perf_counter()
-        return self.all_reduced_mean(epoch_loss, epoch_tokens)
+    def epoch_order(self, epoch: int) -> list[int]:
+        # The same permutation on every rank, a pure function of (seed, epoch): a resumed run
+        # continues it at its step, neither repeating nor skipping rows.
+        shuffle = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        return torch.randperm(len(self.train_examples), generator=shuffle).tolist()
 
-    def _log_window(self, writer: Any, loss: float, tokens: float, seconds: float) -> None:
-        writer.add_scalar("train/loss", loss / max(tokens, 1), self.global_step)
-        writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
+    def train_step(self, order: list[int], state: LoopState, window: Window, on_step: StepHook | None) -> None:
+        """One optimizer step (all its micro-batches) at the state's data position."""
+        cfg, step = self.cfg, state.step_in_epoch
+        mine = order[step * cfg.global_batch : (step + 1) * cfg.global_batch][self.rank :: self.world]
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        label_tokens = 0.0
+        for micro in range(self.accumulation):
+            picked = mine[micro * cfg.per_device_batch : (micro + 1) * cfg.per_device_batch]
+            batch = self.batch([self.train_examples[i] for i in picked])
+            loss = self.engine(**batch).loss
+            self.engine.backward(loss)
+            self.engine.step()
+            labels = float((batch["labels"][:, 1:] != IGNORE).sum())
+            real = float((batch["input_ids"] != self.tokenizer.pad_token_id).sum())
+            loss_sum += loss.detach().double() * labels  # stays on the device: no sync per micro-batch
+            label_tokens += labels
+            window.tokens += real
+            window.flops += real * self.flops.per_token(batch["input_ids"].shape[1])
+        window.loss_sum += loss_sum
+        window.label_tokens += label_tokens
+        state.global_step += 1
+        state.step_in_epoch += 1
+        if on_step:
+            on_step(state.global_step, self.rank, mine, (loss_sum / max(label_tokens, 1)).item())
+
+    def close_window(self, window: Window, state: LoopState) -> dict[str, float]:
+        """All ranks: the log window's metrics over all workers; the loss also joins the epoch's."""
+        loss_sum, labels, tokens, flops = self.all_reduced(
+            float(window.loss_sum), window.label_tokens, window.tokens, window.flops
+        )
+        seconds = max(time.perf_counter() - window.started, 1e-9)
+        state.epoch_loss_sum += loss_sum
+        state.epoch_label_tokens += labels
+        metrics = {
+            "train/loss": loss_sum / max(labels, 1),
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/tokens_per_s": tokens / seconds,
+        }
         grad_norm = self.engine.get_global_grad_norm()
-        if grad_norm is not None and math.isfinite(grad_norm):
-            writer.add_scalar("train/grad_norm", float(grad_norm), self.global_step)
-        writer.add_scalar("train/label_tokens_per_s_rank0", tokens / max(seconds, 1e-9), self.global_step)
+        if grad_norm is not None and math.isfinite(float(grad_norm)):
+            metrics["train/grad_norm"] = float(grad_norm)
+        if self.peak_flops:
+            metrics["train/mfu"] = flops / seconds / (self.peak_flops * self.world)
+        if self.cfg.precision == "fp16":
+            metrics["train/loss_scale"] = float(self.engine.optimizer.cur_scale)
+        window.reset()
+        return metrics
 
     def evaluate(self) -> float:
         """Token-weighted validation loss over all workers' shards."""
@@ -205,75 +267,123 @@ class TrialRun:
                 if chunk:
                     loss_sum, count = loss_sum + batch_sum.item(), count + batch_count.item()
         self.engine.train()
-        return self.all_reduced_mean(loss_sum, count)
+        total, tokens = self.all_reduced(loss_sum, count)
+        return total / max(tokens, 1)
 
 
-def train(cfg: TrialConfig, reporter: Reporter, tb_dir: str | None = None, threads: int = 1) -> None:
-    """Train for cfg.epochs, evaluating each epoch; stop on all ranks at once when the divergence
-    policy says so. A checkpoint is saved and reported only when the validation loss improved."""
+@dataclass
+class Window:
+    """What the steps since the last log line did, on this rank."""
+
+    started: float = field(default_factory=time.perf_counter)
+    loss_sum: Any = 0.0
+    label_tokens: float = 0.0
+    tokens: float = 0.0
+    flops: float = 0.0
+
+    def reset(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+def train(
+    cfg: TrialConfig,
+    reporter: Reporter,
+    tb_dir: str | None = None,
+    threads: int = 1,
+    resume_from: str | None = None,
+    on_step: StepHook | None = None,
+) -> None:
+    """Train for cfg.epochs, evaluating at each epoch end (and every eval_every_steps), each
+    evaluation reported with a checkpoint that resumes the run; the model itself is exported only
+    when validation loss improved. Stops on all ranks at once when the divergence policy says so."""
     run = TrialRun(cfg, threads)
+    state = load_state(run.engine, Path(resume_from), run.rank) if resume_from else LoopState()
+    run.resumed_from_step = state.global_step
     writer = None
     if run.rank == 0 and tb_dir:
-        writer = SummaryWriter(tb_dir)
+        # After a restart, drop what the killed attempt logged past the checkpoint.
+        writer = SummaryWriter(tb_dir, purge_step=state.global_step + 1 if resume_from else None)
+        if resume_from:
+            print(f"resumed at epoch {state.epoch}, step {state.global_step} from {resume_from}", flush=True)
     policy = DivergencePolicy(grace_epochs=cfg.grace_epochs, min_delta=cfg.min_delta)
-    history: list[float] = []
-    for epoch in range(1, cfg.epochs + 1):
-        started = time.perf_counter()
-        train_loss = run.train_epoch(epoch, writer)
-        val_loss = run.evaluate()
-        history.append(val_loss)
-        decision = policy.decide(history)  # the same all-reduced losses on every rank: the same decision
-        metrics = {
-            "epoch": epoch,
-            "step": run.global_step,
-            "val_loss": val_loss,
-            "val_ppl": math.exp(val_loss) if val_loss < 50 else math.inf,
-            "train_loss": train_loss,
-            "best_val_loss": decision.best,
-            "best_epoch": decision.best_at,
-            "lr": run.scheduler.get_last_lr()[0],
-            "epoch_s": time.perf_counter() - started,
-            "stop_reason": decision.reason or (COMPLETED if epoch == cfg.epochs else ""),
-            "truncated_rows": run.encode_report.truncated,
-            "dropped_too_long_rows": len(run.encode_report.dropped_too_long),
-            "duplicate_rows": len(run.data.report.dropped.get("duplicate", [])),
-        }
-        if writer:
-            writer.add_scalar("val/loss", val_loss, run.global_step)
-            writer.add_scalar("val/loss_by_epoch", val_loss, epoch)
-            writer.flush()
-        with tempfile.TemporaryDirectory(prefix="gpt4all_ray_ckpt_") as tmp:
-            checkpoint = None
-            if decision.best_at == epoch:
-                save_checkpoint(run.engine, run.tokenizer, cfg, run.ds_config, metrics, tmp, run.rank)
-                checkpoint = tmp if run.rank == 0 else None
-            reporter.report(metrics, checkpoint)
-        if decision.stop:
-            break
+    window, stopped = Window(), False
+    while state.epoch <= cfg.epochs and not stopped:
+        order, epoch_started = run.epoch_order(state.epoch), time.perf_counter()
+        while state.step_in_epoch < run.steps_per_epoch and not stopped:
+            run.train_step(order, state, window, on_step)
+            faults.after_step(run.rank, state.global_step)
+            epoch_end = state.step_in_epoch == run.steps_per_epoch
+            eval_due = epoch_end or (cfg.eval_every_steps > 0 and state.global_step % cfg.eval_every_steps == 0)
+            if eval_due or state.global_step % cfg.log_every_steps == 0:
+                # An evaluation reports the epoch's train loss so far: the window closes then too.
+                window_metrics = run.close_window(window, state)
+                if writer:
+                    for key, value in window_metrics.items():
+                        writer.add_scalar(key, value, state.global_step)
+            if eval_due:
+                elapsed = time.perf_counter() - epoch_started
+                stopped = _evaluate_and_report(run, state, policy, reporter, writer, epoch_end, window_metrics, elapsed)
+        if not stopped:
+            state.next_epoch()
     if writer:
         writer.close()
 
 
-def save_checkpoint(
-    engine: Any,
-    tokenizer: Any,
-    cfg: TrialConfig,
-    ds_config: dict[str, Any],
-    metrics: dict[str, Any],
-    folder: str,
-    rank: int,
-) -> None:
-    """Hugging Face format (full model or PEFT adapter) plus the tokenizer used in training."""
-    state = engine._zero3_consolidated_16bit_state_dict() if cfg.zero_stage == 3 else None  # all ranks
-    if rank != 0:
-        return
-    out = Path(folder)
-    kwargs = {"state_dict": state} if state is not None else {}
-    engine.module.save_pretrained(out, **kwargs)
-    tokenizer.save_pretrained(out)
-    (out / "trial_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    (out / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+def _evaluate_and_report(
+    run: TrialRun,
+    state: LoopState,
+    policy: DivergencePolicy,
+    reporter: Reporter,
+    writer: Any,
+    epoch_end: bool,
+    window_metrics: dict[str, float],
+    epoch_s: float,
+) -> bool:
+    """Evaluate, decide, checkpoint and report (every rank); True when the trial stops here."""
+    cfg = run.cfg
+    val_loss = run.evaluate()
+    improved = val_loss < state.best_val_loss
+    if improved:
+        state.best_val_loss, state.best_epoch, state.best_step = val_loss, state.epoch, state.global_step
+    # The divergence policy judges epoch ends (the same all-reduced losses on every rank, so the
+    # same decision); a non-finite loss stops the trial at any evaluation.
+    reason = "" if math.isfinite(val_loss) else NON_FINITE
+    if epoch_end:
+        state.epoch_end_losses.append(val_loss)
+        reason = policy.decide(state.epoch_end_losses).reason
+        if not reason and state.epoch == cfg.epochs:
+            reason = COMPLETED
+    metrics = {
+        "epoch": state.epoch,
+        "step": state.global_step,
+        "epoch_end": epoch_end,
+        "val_loss": val_loss,
+        "val_ppl": math.exp(val_loss) if val_loss < 50 else math.inf,
+        "train_loss": state.epoch_loss_sum / max(state.epoch_label_tokens, 1),
+        "best_val_loss": state.best_val_loss,
+        "best_epoch": state.best_epoch,
+        "best_step": state.best_step,
+        "lr": run.scheduler.get_last_lr()[0],
+        "epoch_s": epoch_s,
+        "stop_reason": reason,
+        "resumed_from_step": run.resumed_from_step,
+        "truncated_rows": run.encode_report.truncated,
+        "dropped_too_long_rows": len(run.encode_report.dropped_too_long),
+        "duplicate_rows": len(run.data.report.dropped.get("duplicate", [])),
+    } | {key.removeprefix("train/"): value for key, value in window_metrics.items() if key != "train/loss"}
+    if writer:
+        writer.add_scalar("val/loss", val_loss, state.global_step)
+        writer.add_scalar("val/ppl", metrics["val_ppl"], state.global_step)
+        if epoch_end:
+            writer.add_scalar("val/loss_by_epoch", val_loss, state.epoch)
+        writer.flush()
+    with tempfile.TemporaryDirectory(prefix="gpt4all_ray_ckpt_") as tmp:
+        folder = Path(tmp)
+        if improved:
+            save_model(run.engine, run.tokenizer, cfg, run.ds_config, metrics, folder, run.rank, run.embeddings_grew)
+        save_state(run.engine, state, folder, run.rank)
+        reporter.report(metrics, tmp)
+    return reason not in ("", COMPLETED)
 
 
 class RayTrainReporter:
@@ -285,10 +395,18 @@ class RayTrainReporter:
 
 
 def ray_train_loop(config: dict[str, Any]) -> None:
-    """Entry point of each Ray Train worker."""
+    """Entry point of each Ray Train worker; after a worker failure Ray Train restarts the group
+    and hands every worker the last reported checkpoint."""
+    import ray.train
     from ray.train.v2._internal.execution import context
 
     # Ray 2.60 logs every report at INFO under a logger named by file path, which Train's
     # LoggingConfig(log_level=...) does not reach; our progress lines already say the same.
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
-    train(TrialConfig(**config["trial"]), RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1))
+    cfg = TrialConfig(**config["trial"])
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        train(cfg, RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1))
+        return
+    with checkpoint.as_directory() as folder:
+        train(cfg, RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1), resume_from=folder)

@@ -65,10 +65,18 @@ BAD = [
     ({"search.epochs": {"uniform": [1.0, 3.0]}}, "search.epochs: uniform: epochs is an integer"),
     ({"fixed.global_batch": 20}, "fixed.global_batch: 20 is not a multiple of per_device_batch x workers_per_trial"),
     ({"fixed.learning_rate": 0.1}, "search.learning_rate: is also set in fixed"),
-    ({"fixed.precision": "fp16"}, "fixed.precision: expected one of fp32, bf16 (fp16 needs a GPU)"),
+    ({"fixed.precision": "fp8"}, "fixed.precision: expected one of fp32, bf16, fp16, got 'fp8'"),
     ({"tune.num_trials": 0}, "tune.num_trials: must be > 0"),
     ({"resources.cpus_per_worker": 0}, "resources.cpus_per_worker: must be > 0"),
     ({"enqueue": [{"learning_rate": 0.1}]}, "enqueue[0]: missing searched key(s)"),
+    ({"fixed.precision": "fp16"}, "fixed.precision: fp16 needs GPUs (resources.gpus_per_worker > 0)"),
+    ({"fixed.offload_params": True}, "fixed.offload_params: needs zero_stage 3, got 2"),
+    ({"fixed.offload_optimizer": True, "fixed.zero_stage": 0}, "fixed.offload_optimizer: needs zero_stage 1, 2 or 3"),
+    ({"fixed.lora_targets": "q_proj"}, "fixed.lora_targets: is only used with method: lora (method is full)"),
+    ({"fixed.model": "not a/model name"}, "fixed.model: expected one of tiny-gptj, tiny-llama, a local model folder"),
+    ({"fixed.gradient_checkpointing": "yes"}, "fixed.gradient_checkpointing: expected true/false, got 'yes'"),
+    ({"fixed.eval_every_steps": -5}, "fixed.eval_every_steps: must be >= 0"),
+    ({"tune.worker_restarts": -1}, "tune.worker_restarts: must be >= 0"),
 ]
 
 

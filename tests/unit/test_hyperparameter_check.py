@@ -1,4 +1,5 @@
-"""The sampled learning rate and weight decay must be what the optimizer holds."""
+"""The sampled learning rate, schedule and weight decay must be what the optimizer and the
+scheduler the engine steps hold; a planted mismatch fails with a clear error."""
 
 from __future__ import annotations
 
@@ -6,27 +7,40 @@ import pytest
 import torch
 
 from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.schedule import lr_multiplier
 from gpt4all_ray.worker import HyperparameterMismatch, _param_groups, check_hyperparameters
 
+TOTAL = 100
 
-def optimizer(weight_decay: float, lr: float = 1e-3) -> torch.optim.Optimizer:
+
+def built(cfg: TrialConfig, weight_decay: float | None = None, lr: float | None = None, schedule: str | None = None):  # noqa: ANN201
+    """What TrialRun builds, with an optional planted difference from cfg."""
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    return torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
+    decay = cfg.weight_decay if weight_decay is None else weight_decay
+    optimizer = torch.optim.AdamW(_param_groups(model, decay), lr=cfg.learning_rate if lr is None else lr)
+    multiplier = lr_multiplier(schedule or cfg.lr_schedule, cfg.warmup_steps, TOTAL)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    return optimizer, lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, TOTAL), scheduler
+
+
+CFG = TrialConfig(learning_rate=4e-3, weight_decay=0.1, lr_schedule="cosine", warmup_steps=10)
 
 
 def test_decay_only_on_matrices() -> None:
-    groups = optimizer(0.1).param_groups
+    groups = built(CFG)[0].param_groups
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert all(p.ndim >= 2 for p in groups[0]["params"]) and all(p.ndim == 1 for p in groups[1]["params"])
 
 
-def test_matching_optimizer_passes() -> None:
-    check_hyperparameters(optimizer(0.1, lr=2e-3), TrialConfig(learning_rate=4e-3, weight_decay=0.1), 0.5)
+def test_matching_optimizer_and_schedule_pass() -> None:
+    optimizer, multiplier, scheduler = built(CFG)
+    check_hyperparameters(optimizer, CFG, multiplier, scheduler, TOTAL)
 
 
 def test_weight_decay_that_never_reached_the_optimizer_fails() -> None:
+    optimizer, multiplier, scheduler = built(CFG, weight_decay=0.0)
     with pytest.raises(HyperparameterMismatch, match="weight decay 0.0 in the optimizer, 0.1 wanted"):
-        check_hyperparameters(optimizer(0.0), TrialConfig(learning_rate=1e-3, weight_decay=0.1), 1.0)
+        check_hyperparameters(optimizer, CFG, multiplier, scheduler, TOTAL)
 
 
 def test_lora_has_no_empty_group() -> None:
@@ -36,5 +50,19 @@ def test_lora_has_no_empty_group() -> None:
 
 
 def test_wrong_learning_rate_fails() -> None:
+    optimizer, multiplier, scheduler = built(CFG, lr=5e-5)
     with pytest.raises(HyperparameterMismatch, match="lr"):
-        check_hyperparameters(optimizer(0.0, lr=1e-3), TrialConfig(learning_rate=5e-5, weight_decay=0.0), 1.0)
+        check_hyperparameters(optimizer, CFG, multiplier, scheduler, TOTAL)
+
+
+@pytest.mark.parametrize("planted", ["linear", "constant_with_warmup"])
+def test_a_different_schedule_in_the_engine_fails(planted: str) -> None:
+    optimizer, multiplier, scheduler = built(CFG, schedule=planted)
+    with pytest.raises(HyperparameterMismatch, match=r"lr schedule: .* cosine with warmup 10 over 100 steps"):
+        check_hyperparameters(optimizer, CFG, multiplier, scheduler, TOTAL)
+
+
+def test_no_scheduler_in_the_engine_fails() -> None:
+    optimizer, multiplier, _ = built(CFG)
+    with pytest.raises(HyperparameterMismatch, match="no LR scheduler reached the engine; cosine was sampled"):
+        check_hyperparameters(optimizer, CFG, multiplier, None, TOTAL)

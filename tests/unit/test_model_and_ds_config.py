@@ -90,3 +90,48 @@ def test_pad_token_added_and_embeddings_grown_to_a_multiple_of_64() -> None:
     assert (new - old.mean(0)).norm() < old.norm(dim=1).mean()  # near the mean, not a random outlier
     assert model.config.pad_token_id == tokenizer.pad_token_id
     assert ensure_pad_token(tokenizer) is False  # idempotent
+
+
+def test_fp16_loss_scaling_and_offload_are_spelled_out() -> None:
+    cfg = TrialConfig(zero_stage=3, precision="fp16", offload_optimizer=True, offload_params=True)
+    ds = deepspeed_config(cfg, world_size=1)
+    assert ds["fp16"]["enabled"] is True and ds["fp16"]["loss_scale"] == 0  # dynamic
+    assert ds["fp16"]["initial_scale_power"] == 16 and ds["bf16"]["enabled"] is False
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["zero_force_ds_cpu_optimizer"] is False  # torch AdamW steps on the CPU: no JIT build
+    plain = deepspeed_config(TrialConfig(), world_size=1)
+    assert plain["fp16"] == {"enabled": False} and "offload_optimizer" not in plain["zero_optimization"]
+
+
+def test_lora_targets_come_from_the_architecture_table_or_the_config(tokenizer) -> None:  # noqa: ANN001
+    from gpt4all_ray.model import lora_targets
+
+    assert lora_targets(TrialConfig(method="lora"), "gpt_neox") == ["query_key_value"]
+    assert lora_targets(TrialConfig(method="lora", lora_targets="q_proj, k_proj,v_proj"), "gptj") == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+    ]
+    with pytest.raises(ValueError, match="lora_targets: no default LoRA target modules for architecture 'mamba'"):
+        lora_targets(TrialConfig(method="lora"), "mamba")
+    model = build_model(TrialConfig(model="tiny-llama", method="lora", lora_targets="gate_proj"), tokenizer)
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert adapted == {"gate_proj"}
+
+
+def test_a_hugging_face_model_loads_by_local_path_with_its_own_tokenizer(tmp_path, tokenizer) -> None:  # noqa: ANN001
+    from gpt4all_ray.model import load_tokenizer
+
+    saved = build_model(TrialConfig(model="tiny-llama"), tokenizer)
+    saved.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    cfg = TrialConfig(model=str(tmp_path), method="lora", gradient_checkpointing=True)
+    loaded_tokenizer = load_tokenizer(cfg, data=None)  # its own: the data is not read
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    model = build_model(cfg, loaded_tokenizer)
+    base = model.get_base_model()
+    assert type(base).__name__ == "LlamaForCausalLM" and base.is_gradient_checkpointing
+    weights = {n.replace(".base_layer", ""): p for n, p in base.named_parameters() if "lora_" not in n}
+    assert weights.keys() == dict(saved.named_parameters()).keys()
+    assert all((weights[n] == p).all() for n, p in saved.named_parameters())

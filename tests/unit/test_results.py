@@ -74,3 +74,36 @@ def test_no_checkpoint_means_no_best(tmp_path: Path) -> None:
     failed = record_from_history("failed", {}, [], error=True)
     assert write_report(tmp_path, [failed], [], {}) is None
     assert not (tmp_path / "best.json").exists()
+
+
+def test_a_step_level_best_is_found_and_best_holds_the_model_not_the_resume_state(tmp_path: Path) -> None:
+    """Every evaluation reports a resumable checkpoint; the model is exported where loss improved."""
+    rows, best = [], math.inf
+    for step, loss, epoch_end in [(5, 3.0, False), (10, 2.5, True), (15, 2.2, False), (20, 2.4, True)]:
+        folder = tmp_path / f"checkpoint_{step}"
+        (folder / "resume").mkdir(parents=True)
+        (folder / "resume" / "optim_states.pt").write_text("large")
+        if loss < best:
+            best = loss
+            (folder / "model.safetensors").write_text(f"step {step}")
+        rows.append(
+            {
+                "epoch": 1 + (step > 10),
+                "step": step,
+                "epoch_end": epoch_end,
+                "val_loss": loss,
+                "best_val_loss": best,
+                "best_epoch": 2 if best == 2.2 else 1,
+                "best_step": {3.0: 5, 2.5: 10, 2.2: 15}[best],
+                "stop_reason": "completed" if step == 20 else "",
+                "checkpoint_path": str(folder),
+            }
+        )
+    record = record_from_history("t", {}, rows, error=False)
+    assert (record.best_val_loss, record.best_epoch, record.best_step, record.epochs_run) == (2.2, 2, 15, 2)
+    assert record.val_losses == [2.5, 2.4]  # epoch ends only
+    assert record.checkpoint_path == str(tmp_path / "checkpoint_15")
+    summary = write_report(tmp_path / "exp", [record], [], {})
+    assert summary is not None and summary["best_step"] == 15
+    assert (tmp_path / "exp" / "best" / "model.safetensors").read_text() == "step 15"
+    assert not (tmp_path / "exp" / "best" / "resume").exists()
