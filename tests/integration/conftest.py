@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -44,6 +45,44 @@ def run_search(command: list[str]) -> str:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
     return output
+
+
+WORKER_RUNS = REPO / "tests" / "integration" / "worker_runs.py"
+
+
+def launch_ranks(
+    out: Path,
+    cases: dict[str, dict],
+    world: int = 1,
+    env: dict[str, str] | None = None,
+    resume_from: Path | None = None,
+) -> list[subprocess.Popen]:
+    """Start `world` ranks of worker_runs.py, as torchrun would (RANK, WORLD_SIZE, MASTER_*)."""
+    port, procs = free_port(), []
+    for rank in range(world):
+        rank_env = subprocess_env() | (env or {})
+        rank_env |= {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        command = [sys.executable, str(WORKER_RUNS), str(out), json.dumps(cases)]
+        command += [str(resume_from)] if resume_from else []
+        procs.append(
+            subprocess.Popen(
+                command, cwd=REPO, env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    return procs
+
+
+def run_worker_cases(out: Path, cases: dict[str, dict], world: int = 1, resume_from: Path | None = None) -> None:
+    procs = launch_ranks(out, cases, world, resume_from=resume_from)
+    for proc in procs:
+        output, _ = proc.communicate(timeout=SEARCH_TIMEOUT_S)
+        assert proc.returncode == 0, output[-5000:]
 
 
 @dataclass

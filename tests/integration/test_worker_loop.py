@@ -1,136 +1,147 @@
-"""The worker loop without Ray (the torchrun seam): real DeepSpeed engines, one process, gloo.
+"""The worker loop without Ray (the torchrun seam): real DeepSpeed engines on gloo.
 
-Each case trains one epoch, saves a Hugging Face checkpoint (full model or PEFT adapter), and the
-reloaded checkpoint must give the validation loss the loop reported.
+Every ZeRO stage x {LoRA, full} x {fp32, bf16} trains one epoch on the tiny model, saves a Hugging
+Face checkpoint (full model or PEFT adapter), and the checkpoint reloaded with `from_pretrained`
+(`PeftModel.from_pretrained`) gives the validation loss the loop reported. All cases run in one
+process (tests/integration/worker_runs.py), so imports are paid once.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import math
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, free_port
+from tests.integration.conftest import run_worker_cases
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = """
-import json, os, shutil, sys
-from gpt4all_ray.config import TrialConfig
-from gpt4all_ray.worker import train
+BASE = {
+    "data_rows": 400,
+    "val_fraction": 0.1,
+    "epochs": 1,
+    "per_device_batch": 8,
+    "global_batch": 16,
+    "learning_rate": 3e-3,
+    "warmup_steps": 2,
+    "weight_decay": 0.01,
+}
+MATRIX = {
+    f"{method}-zero{stage}-{precision}": {"method": method, "zero_stage": stage, "precision": precision}
+    for method in ("full", "lora")
+    for stage in (0, 1, 2, 3)
+    for precision in ("fp32", "bf16")
+}
+MORE = {
+    "llama-lora-zero3-gradckpt-eval-steps": {
+        "model": "tiny-llama",
+        "method": "lora",
+        "zero_stage": 3,
+        "gradient_checkpointing": True,
+        "eval_every_steps": 8,
+        "precision": "bf16",
+    },
+    "pack-llama": {"collate": "pack", "model": "tiny-llama"},
+    "offload-optimizer-zero2": {"offload_optimizer": True},
+    "planted_weight_decay": {},
+}
 
-out = sys.argv[1]
-cfg = TrialConfig(**json.loads(sys.argv[2]))
 
-class FolderReporter:
-    def report(self, metrics, checkpoint_dir):
-        with open(os.path.join(out, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(metrics) + "\\n")
-        if checkpoint_dir:
-            shutil.copytree(checkpoint_dir, os.path.join(out, "checkpoint"), dirs_exist_ok=True)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gpt4all_ray.data.synthetic import generate_rows
 
-train(cfg, FolderReporter(), tb_dir=os.path.join(out, "tb"))
-"""
-
-
-def run_loop(tmp_path: Path, **overrides: object) -> list[dict]:
-    cfg = {
-        "data_rows": 400,
-        "val_fraction": 0.1,
-        "epochs": 1,
-        "per_device_batch": 8,
-        "global_batch": 16,
-        "learning_rate": 3e-3,
-        "warmup_steps": 2,
-    } | overrides
-    env = {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
+    root = tmp_path_factory.mktemp("worker_runs")
+    rows = [{"instruction": r["prompt"], "output": r["response"], "task": r["source"]} for r in generate_rows(400, 3)]
+    data = root / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    file_case = {
+        "data": str(data),
+        "prompt_column": "instruction",
+        "response_column": "output",
+        "source_column": "task",
+        "exclude_sources": "creative",
     }
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path), json.dumps(cfg)],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    cases = {name: BASE | settings for name, settings in (MATRIX | MORE).items()}
+    cases["data-file"] = BASE | file_case
+    run_worker_cases(root, cases)
+    return root
 
 
-@pytest.mark.parametrize(
-    ("method", "model", "zero_stage", "precision"),
-    [
-        ("full", "tiny-gptj", 0, "fp32"),
-        ("full", "tiny-gptj", 3, "bf16"),  # ZeRO-3: weights gathered from all ranks before saving
-        ("lora", "tiny-gptj", 2, "fp32"),
-        ("lora", "tiny-llama", 1, "bf16"),
-    ],
-)
-def test_loop_trains_saves_and_reloads(
-    tmp_path: Path, method: str, model: str, zero_stage: int, precision: str
-) -> None:
+def reports(folder: Path) -> list[dict]:
+    error = folder / "error.txt"
+    assert not error.exists(), error.read_text()[-3000:]
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("case", [*MATRIX, "llama-lora-zero3-gradckpt-eval-steps", "offload-optimizer-zero2"])
+def test_trains_saves_and_reloads_to_the_reported_loss(runs: Path, case: str) -> None:
     from gpt4all_ray.evaluate import load_checkpoint, validation_loss
 
-    metrics = run_loop(tmp_path, method=method, model=model, zero_stage=zero_stage, precision=precision)
-    assert len(metrics) == 1 and metrics[0]["stop_reason"] == "completed"
-    folder = tmp_path / "checkpoint"
+    settings = BASE | MATRIX.get(case, MORE.get(case, {}))
+    metrics = reports(runs / case)
+    assert metrics[-1]["stop_reason"] == "completed" and metrics[-1]["epoch_end"]
+    folder = runs / case / "model"
     adapter = (folder / "adapter_config.json").is_file()
-    assert adapter == (method == "lora")
-    model_obj, tokenizer, cfg = load_checkpoint(folder)
-    assert cfg.method == method and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert adapter == (settings.get("method") == "lora")
+    model, tokenizer, cfg = load_checkpoint(folder)
+    assert cfg.method == settings.get("method", "full") and tokenizer.pad_token_id != tokenizer.eos_token_id
     if adapter:
         from peft import PeftModel
 
-        assert isinstance(model_obj, PeftModel)
-    assert json.loads((folder / "ds_config.json").read_text())["zero_optimization"]["stage"] == zero_stage
-    assert validation_loss(folder) == pytest.approx(metrics[0]["val_loss"], rel=1e-4)
+        assert isinstance(model, PeftModel)
+    ds_config = json.loads((folder / "ds_config.json").read_text())
+    assert ds_config["zero_optimization"]["stage"] == settings.get("zero_stage", 2)
+    assert ds_config["bf16"]["enabled"] == (settings.get("precision") == "bf16")
+    best = min(metrics, key=lambda m: m["val_loss"])
+    assert best["val_loss"] < math.log(len(tokenizer))  # it learned: better than a uniform guess
+    assert metrics[-1]["best_val_loss"] == best["val_loss"]
+    assert validation_loss(folder) == pytest.approx(best["val_loss"], rel=1e-4)
 
 
-def test_loop_trains_on_a_data_file_with_mapped_columns(tmp_path: Path) -> None:
-    from gpt4all_ray.data.synthetic import generate_rows
-
-    rows = [{"instruction": r["prompt"], "output": r["response"], "task": r["source"]} for r in generate_rows(400, 3)]
-    data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    metrics = run_loop(
-        tmp_path,
-        data=str(data),
-        prompt_column="instruction",
-        response_column="output",
-        source_column="task",
-        exclude_sources="creative",
-    )
-    assert metrics[0]["stop_reason"] == "completed" and metrics[0]["val_loss"] > 0
-    saved = json.loads((tmp_path / "checkpoint" / "trial_config.json").read_text())
-    assert saved["data"] == str(data) and saved["exclude_sources"] == "creative"
+def test_every_report_carries_the_metrics_and_a_resumable_checkpoint(runs: Path) -> None:
+    metrics = reports(runs / "llama-lora-zero3-gradckpt-eval-steps")
+    steps = [m["step"] for m in metrics]
+    assert steps[:2] == [8, 16] and metrics[0]["epoch_end"] is False and metrics[-1]["epoch_end"] is True
+    assert metrics[0]["lr"] > metrics[-1]["lr"] == 0.0  # linear decay reaches 0 at the last step
+    for m in metrics:
+        assert m["tokens_per_s"] > 0 and m["lr"] >= 0 and math.isfinite(m["val_ppl"])
+        assert "mfu" not in m  # no known peak on a CPU, and none made up
+        resume = runs / "llama-lora-zero3-gradckpt-eval-steps" / "checkpoints" / f"step-{m['step']}" / "resume"
+        assert (resume / "loop_state.json").is_file() and (resume / "engine").is_dir()
+    assert any("grad_norm" in m for m in reports(runs / "full-zero2-fp32"))
 
 
-def test_loop_trains_packed_and_its_loss_matches_unpacked_evaluation(tmp_path: Path) -> None:
+def test_packed_training_loss_matches_unpacked_evaluation(runs: Path) -> None:
     from gpt4all_ray.evaluate import validation_loss
 
-    metrics = run_loop(tmp_path, collate="pack", model="tiny-llama", zero_stage=2)
-    assert metrics[0]["stop_reason"] == "completed"
+    metrics = reports(runs / "pack-llama")
     # The loop evaluated packed; evaluate.py pads each row alone: the same loss.
-    assert validation_loss(tmp_path / "checkpoint") == pytest.approx(metrics[0]["val_loss"], rel=1e-4)
+    assert validation_loss(runs / "pack-llama" / "model") == pytest.approx(metrics[-1]["val_loss"], rel=1e-4)
 
 
-def test_checkpoint_tokenizer_is_the_training_tokenizer(tmp_path: Path) -> None:
+def test_trains_on_a_data_file_with_mapped_columns(runs: Path) -> None:
+    metrics = reports(runs / "data-file")
+    assert metrics[-1]["stop_reason"] == "completed" and metrics[-1]["val_loss"] > 0
+    saved = json.loads((runs / "data-file" / "model" / "trial_config.json").read_text())
+    assert saved["data"].endswith("rows.jsonl") and saved["exclude_sources"] == "creative"
+
+
+def test_checkpoint_tokenizer_is_the_training_tokenizer(runs: Path) -> None:
     from transformers import AutoTokenizer
 
     from gpt4all_ray.config import TrialConfig
     from gpt4all_ray.data import build_tokenizer, load_split
 
-    run_loop(tmp_path)
-    saved = AutoTokenizer.from_pretrained(tmp_path / "checkpoint")
+    saved = AutoTokenizer.from_pretrained(runs / "full-zero2-fp32" / "model")
     trained = build_tokenizer(load_split(TrialConfig(data_rows=400, val_fraction=0.1)))
     assert saved.backend_tokenizer.to_str() == trained.backend_tokenizer.to_str()
     assert (saved.pad_token_id, saved.eos_token_id) == (trained.pad_token_id, trained.eos_token_id)
+
+
+def test_planted_weight_decay_mismatch_fails_the_trial_before_training(runs: Path) -> None:
+    error = (runs / "planted_weight_decay" / "error.txt").read_text()
+    assert "HyperparameterMismatch" in error and "weight decay 0.0 in the optimizer, 0.01 wanted" in error
+    assert not (runs / "planted_weight_decay" / "metrics.jsonl").exists()
