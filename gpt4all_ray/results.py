@@ -26,6 +26,8 @@ class TrialRecord:
     best_epoch: int = 0
     best_step: int = 0
     epochs_run: int = 0
+    restarts: int = 0
+    """Times the trial's workers died and were resumed from a checkpoint."""
     stop_reason: str = NO_RESULT
     wall_s: float = 0.0
     checkpoint_path: str | None = None
@@ -48,6 +50,7 @@ def record_from_history(
         record.best_epoch = int(last["best_epoch"])
         record.best_step = int(last.get("best_step", 0))
         record.epochs_run = int(last["epoch"])
+        record.restarts = len({h["resumed_from_step"] for h in evaluations if h.get("resumed_from_step")})
         record.stop_reason = last.get("stop_reason") or "stopped"
         record.wall_s = float(last.get("time_total_s", 0.0))
         at_best = [h for h in evaluations if h.get("checkpoint_path") and h["val_loss"] == record.best_val_loss]
@@ -66,6 +69,7 @@ def _row(r: TrialRecord, param_names: list[str]) -> dict[str, Any]:
         best_step=r.best_step,
         epochs_run=r.epochs_run,
         stop_reason=r.stop_reason,
+        restarts=r.restarts,
         wall_s=round(r.wall_s, 1),
         searcher_value=r.searcher_value,
         val_losses=" ".join(repr(v) for v in r.val_losses),
