@@ -14,7 +14,7 @@ from collections import Counter
 from typing import Any
 
 from gpt4all_ray.config import EMBEDDED_DATA, LENGTH_POLICIES, TrialConfig
-from gpt4all_ray.data import SplitData, build_tokenizer, load_split
+from gpt4all_ray.data import SplitData, load_split
 from gpt4all_ray.data.collate import packed_rows
 from gpt4all_ray.data.encode import IGNORE, Example, TooLong, encode_rows
 from gpt4all_ray.data.sources import DataError
@@ -84,6 +84,9 @@ def show_examples(cfg: TrialConfig, data: SplitData, tokenizer: Any, n: int) -> 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gpt4all_ray.data", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=EMBEDDED_DATA, help="embedded, or a JSONL/JSON/CSV/Parquet file or folder")
+    p.add_argument(
+        "--model", default=TrialConfig.model, help="whose tokenizer counts tokens: built-in, or a HF folder/name"
+    )
     p.add_argument("--rows", type=int, default=TrialConfig.data_rows, help="rows of the embedded data set")
     p.add_argument("--seed", type=int, default=0, help="data seed (embedded rows and the split)")
     p.add_argument("--prompt-column", default="prompt")
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = dataclasses.replace(
         TrialConfig(),
+        model=args.model,
         data=args.data,
         data_rows=args.rows,
         data_seed=args.seed,
@@ -125,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         data = load_split(cfg)
-        tokenizer = build_tokenizer(data)
+        from gpt4all_ray.model import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg, data)
         summary = describe(cfg, data, tokenizer, args.batch)
     except (DataError, TooLong) as err:
         print(f"error: {err}", file=sys.stderr)
