@@ -32,8 +32,8 @@ class LoopState:
     global_step: int = 0
     epoch_loss_sum: float = 0.0
     epoch_label_tokens: float = 0.0
-    epoch_end_losses: list[float] = field(default_factory=list)
-    """Validation loss at each finished epoch: what the divergence policy judges."""
+    evaluations: list[tuple[float, float]] = field(default_factory=list)
+    """(epoch progress, validation loss) of every evaluation: what the divergence policy judges."""
     best_val_loss: float = float("inf")
     best_epoch: int = 0
     best_step: int = 0
@@ -104,4 +104,6 @@ def load_state(engine: Any, folder: Path, rank: int) -> LoopState:
     random.setstate(rng["python"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return LoopState(**json.loads((resume / LOOP_STATE).read_text()))
+    saved = json.loads((resume / LOOP_STATE).read_text())
+    saved["evaluations"] = [tuple(e) for e in saved["evaluations"]]
+    return LoopState(**saved)

@@ -125,6 +125,11 @@ class TrialConfig:
     """Epochs before a rise in validation loss counts as divergence."""
     min_delta: float = 0.0
     """Relative rise over the best loss that counts (0.01 = 1%)."""
+    patience: int = 1
+    """Evaluations in a row above the best that stop the trial."""
+    smoothing: float = 0.0
+    """Weight of the past in an exponential moving average of the validation loss (for
+    step-level evaluations; 0: each evaluation judged as it is)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,9 @@ class TuneSettings:
     small budget pure random search)."""
     worker_restarts: int = 2
     """Times Ray Train restarts a trial's workers after a failure, from its last checkpoint."""
+    optuna_storage: str = ""
+    """Where the Optuna study lives: an RDB URL (postgresql://...); empty: SQLite in the
+    experiment folder."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +264,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup_steps": (lambda v: v >= 0, "must be >= 0"),
     "grace_epochs": (lambda v: v >= 1, "must be >= 1"),
     "min_delta": (lambda v: v >= 0, "must be >= 0"),
+    "patience": (lambda v: v >= 1, "must be >= 1"),
+    "smoothing": (lambda v: 0 <= v < 1, "expected a weight in [0, 1)"),
     "lora_dropout": (lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"),
     "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
     "eval_every_steps": (lambda v: v >= 0, "must be >= 0 (0: evaluate at epoch ends only)"),

@@ -2,7 +2,13 @@
 
 GPT4All's full fine-tunes diverged in epoch 2 and the epoch-1 checkpoint was shipped. The rule:
 after `grace_epochs`, a loss above the trial's own best (by more than `min_delta`, relative)
-for `patience` evaluations in a row stops the trial; NaN or inf stops it at once.
+for `patience` evaluations in a row stops the trial; NaN or inf stops it at once. With
+step-level evaluations, `smoothing` (an exponential moving average's weight on the past) keeps
+one noisy evaluation from stopping a trial.
+
+The same object decides inside the worker loop (every rank sees the same all-reduced losses, so
+all stop together) and, through `gpt4all_ray.stopping`, as a Ray Tune Stopper. Frozen and free of
+Ray and torch, so it pickles with Tune's experiment state.
 """
 
 from __future__ import annotations
@@ -19,38 +25,58 @@ NON_FINITE = "non_finite"
 @dataclass(frozen=True)
 class Decision:
     stop: bool
-    reason: str  # "" while running, else DIVERGED or NON_FINITE
-    at: int  # 1-based evaluation index the decision was made at
+    reason: str
+    """"" while running, else DIVERGED or NON_FINITE."""
+    at: int
+    """1-based index of the evaluation the decision was made at."""
+    at_epoch: float
+    """Epoch progress of that evaluation (1.0 = end of epoch 1, 1.5 = half-way through epoch 2)."""
     best: float
+    """Best raw (unsmoothed) loss so far: what the checkpoint kept holds."""
     best_at: int
 
 
 @dataclass(frozen=True)
 class DivergencePolicy:
-    grace_epochs: int = 1
+    grace_epochs: float = 1
     min_delta: float = 0.0
     patience: int = 1
+    smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.grace_epochs < 1:
-            raise ValueError(f"grace_epochs must be >= 1, got {self.grace_epochs}")
+        if self.grace_epochs < 0:
+            raise ValueError(f"grace_epochs must be >= 0, got {self.grace_epochs}")
         if self.min_delta < 0:
             raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if not 0 <= self.smoothing < 1:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
 
-    def decide(self, losses: Sequence[float]) -> Decision:
-        """Judge the whole history; the last entry is the newest evaluation."""
+    def decide(self, losses: Sequence[float], epochs: Sequence[float] | None = None) -> Decision:
+        """Judge the whole history; the last entry is the newest evaluation. `epochs` gives each
+        evaluation's epoch progress (completed steps / steps per epoch: 1.0 at the end of epoch 1);
+        by default evaluation i is at epoch i. A rise counts only after `grace_epochs`."""
         if not losses:
             raise ValueError("decide() needs at least one loss")
-        best, best_at, rises = math.inf, 0, 0
-        for i, loss in enumerate(losses, start=1):
+        at_epoch = list(epochs) if epochs is not None else [float(i) for i in range(1, len(losses) + 1)]
+        if len(at_epoch) != len(losses):
+            raise ValueError(f"{len(losses)} losses but {len(at_epoch)} epochs")
+        best = best_smoothed = math.inf
+        best_at = rises = 0
+        smoothed = None
+        for i, (loss, epoch) in enumerate(zip(losses, at_epoch, strict=True), start=1):
             if not math.isfinite(loss):
-                return Decision(True, NON_FINITE, i, best, best_at)
+                return Decision(True, NON_FINITE, i, epoch, best, best_at)
+            smoothed = loss if smoothed is None else self.smoothing * smoothed + (1 - self.smoothing) * loss
             if loss < best:
-                best, best_at, rises = loss, i, 0
-            elif i > self.grace_epochs and loss > best * (1 + self.min_delta):
+                best, best_at = loss, i
+            if smoothed < best_smoothed:
+                best_smoothed, rises = smoothed, 0
+            elif epoch > self.grace_epochs and smoothed > best_smoothed * (1 + self.min_delta):
                 rises += 1
                 if rises >= self.patience:
-                    return Decision(True, DIVERGED, i, best, best_at)
-        return Decision(False, "", len(losses), best, best_at)
+                    return Decision(True, DIVERGED, i, epoch, best, best_at)
+            else:  # within min_delta of the best, or inside the grace period: the run of rises ends
+                rises = 0
+        return Decision(False, "", len(losses), at_epoch[-1], best, best_at)

@@ -110,12 +110,14 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
     import optuna
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
+    from gpt4all_ray.divergence import DivergencePolicy
     from gpt4all_ray.progress import progress_callback
     from gpt4all_ray.ray_cluster import connect_ray, warn_if_deepspeed_op_unbuilt
     from gpt4all_ray.results import record_from_history, write_report
+    from gpt4all_ray.searcher import make_searcher, storage_url
     from gpt4all_ray.spaces import param_space, warm_starts
+    from gpt4all_ray.stopping import DivergenceStopper
     from gpt4all_ray.trial import trial_driver
 
     t0 = time.time()
@@ -124,12 +126,11 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
     connect_ray(spec.resources)
     warn_if_deepspeed_op_unbuilt(spec.resources)
     storage = exp_dir.resolve() / "ray"
-    optuna_search = OptunaSearch(
-        metric=METRIC,
-        mode="min",
-        points_to_evaluate=warm_starts(spec) or None,
-        sampler=optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=spec.tune.startup_trials),
-    )
+    optuna_search = make_searcher(spec, exp_dir, METRIC, warm_starts(spec) or None)
+    fixed = spec.fixed
+    # The workers stop a diverging trial themselves; the same policy as a Tune Stopper also
+    # stops one whose workers do not (and composes with other stoppers).
+    stopper = DivergenceStopper(DivergencePolicy(fixed.grace_epochs, fixed.min_delta, fixed.patience, fixed.smoothing))
     progress = progress_callback(spec, t0)
     trainable = tune.with_parameters(
         trial_driver, spec=spec, storage=str(storage / "train"), tb_root=str(exp_dir.resolve() / "tensorboard")
@@ -143,7 +144,9 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
             metric=METRIC,
             mode="min",
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=str(storage), callbacks=[progress], verbose=0),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=str(storage), callbacks=[progress], stop=stopper, verbose=0
+        ),
     )
     print(
         f"[{clock(t0)}] searching {spec.tune.num_trials} trials of {spec.name}: "
@@ -164,6 +167,7 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
         print(f"warning: Tune holds {len(grid)} trials but {len(records)} were seen starting", file=sys.stderr)
     best = write_report(exp_dir, records, list(spec.search), configs)
     print(f"[{clock(t0)}] search finished: {len(records)} of {spec.tune.num_trials} trials reported", flush=True)
+    print(f"Optuna study:     optuna-dashboard {storage_url(spec, exp_dir)}", flush=True)
     return best
 
 

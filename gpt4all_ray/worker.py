@@ -29,7 +29,7 @@ from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import load_split
 from gpt4all_ray.data.collate import pack, pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, encode_rows
-from gpt4all_ray.divergence import COMPLETED, NON_FINITE, DivergencePolicy
+from gpt4all_ray.divergence import COMPLETED, DivergencePolicy
 from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
 from gpt4all_ray.loss import loss_sum_and_count
 from gpt4all_ray.model import base_model, is_builtin, load_tokenizer, trainable
@@ -305,7 +305,7 @@ def train(
         writer = SummaryWriter(tb_dir, purge_step=state.global_step + 1 if resume_from else None)
         if resume_from:
             print(f"resumed at epoch {state.epoch}, step {state.global_step} from {resume_from}", flush=True)
-    policy = DivergencePolicy(grace_epochs=cfg.grace_epochs, min_delta=cfg.min_delta)
+    policy = DivergencePolicy(cfg.grace_epochs, cfg.min_delta, cfg.patience, cfg.smoothing)
     window, stopped = Window(), False
     while state.epoch <= cfg.epochs and not stopped:
         order, epoch_started = run.epoch_order(state.epoch), time.perf_counter()
@@ -345,18 +345,17 @@ def _evaluate_and_report(
     improved = val_loss < state.best_val_loss
     if improved:
         state.best_val_loss, state.best_epoch, state.best_step = val_loss, state.epoch, state.global_step
-    # The divergence policy judges epoch ends (the same all-reduced losses on every rank, so the
-    # same decision); a non-finite loss stops the trial at any evaluation.
-    reason = "" if math.isfinite(val_loss) else NON_FINITE
-    if epoch_end:
-        state.epoch_end_losses.append(val_loss)
-        reason = policy.decide(state.epoch_end_losses).reason
-        if not reason and state.epoch == cfg.epochs:
-            reason = COMPLETED
+    # Every rank judges the same all-reduced losses: the same decision, so all stop together.
+    progress = round(state.global_step / run.steps_per_epoch, 6)
+    state.evaluations.append((progress, val_loss))
+    reason = policy.decide([e[1] for e in state.evaluations], [e[0] for e in state.evaluations]).reason
+    if not reason and epoch_end and state.epoch == cfg.epochs:
+        reason = COMPLETED
     metrics = {
         "epoch": state.epoch,
         "step": state.global_step,
         "epoch_end": epoch_end,
+        "epoch_progress": progress,
         "val_loss": val_loss,
         "val_ppl": math.exp(val_loss) if val_loss < 50 else math.inf,
         "train_loss": state.epoch_loss_sum / max(state.epoch_label_tokens, 1),

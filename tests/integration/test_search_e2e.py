@@ -90,7 +90,7 @@ def test_planted_diverging_trial_is_stopped_and_scored_by_its_best_epoch(local_s
     assert json.loads((model / "metrics.json").read_text())["epoch"] == int(row["best_epoch"])
     assert validation_loss(model) == pytest.approx(best, rel=1e-4)
     latest = json.loads((kept[-1] / "resume" / "loop_state.json").read_text())
-    assert latest["epoch"] == len(losses) and latest["epoch_end_losses"] == pytest.approx(losses, rel=1e-12)
+    assert latest["epoch"] == len(losses) and [e[1] for e in latest["evaluations"]] == pytest.approx(losses, rel=1e-12)
 
 
 def test_tensorboard_holds_each_trials_train_and_validation_loss(local_search: Experiment) -> None:
@@ -103,3 +103,17 @@ def test_tensorboard_holds_each_trials_train_and_validation_loss(local_search: E
         assert {"train/loss", "train/lr", "val/loss"} <= tags
         val = [e.value for e in events.Scalars("val/loss")]
         assert val == pytest.approx([float(v) for v in row["val_losses"].split()], rel=1e-6)
+
+
+def test_optuna_study_is_persisted_with_each_trials_best_epoch(local_search: Experiment) -> None:
+    import optuna
+
+    study = optuna.load_study(study_name="it", storage=f"sqlite:///{local_search.dir / 'optuna.db'}")
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == len(leaderboard(local_search))
+    for t in trials:
+        (row,) = [r for r in leaderboard(local_search) if float(r["learning_rate"]) == t.params["learning_rate"]]
+        assert t.user_attrs["best_epoch"] == int(row["best_epoch"])
+        assert t.value == pytest.approx(float(row["best_val_loss"]), rel=1e-9)
+        assert t.user_attrs["stop_reason"] == row["stop_reason"] and t.user_attrs["best_step"] > 0
+    assert f"optuna-dashboard sqlite:///{local_search.dir / 'optuna.db'}" in local_search.output

@@ -1,0 +1,47 @@
+"""The Optuna searcher: TPE, a persistent study, and what each trial found told to it.
+
+The study lives in SQLite in the experiment folder by default (`optuna-dashboard sqlite:///...`
+opens it; it outlives the driver), or in any RDB URL given as `tune.optuna_storage` on a cluster.
+Ray's OptunaSearch tells Optuna only the value; this subclass also records each trial's best
+epoch and step and why it stopped, as the trial's user attributes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from gpt4all_ray.config import SearchSpec
+
+TOLD = ("best_epoch", "best_step", "epoch", "stop_reason")
+
+
+class TellingOptunaSearch(OptunaSearch):
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if result and ot_trial is not None and trial_id not in self._completed_trials:
+            for key in TOLD:
+                if key in result:
+                    ot_trial.set_user_attr(key, result[key])
+        super().on_trial_complete(trial_id, result, error)
+
+
+def storage_url(spec: SearchSpec, exp_dir: Path) -> str:
+    return spec.tune.optuna_storage or f"sqlite:///{exp_dir.resolve() / 'optuna.db'}"
+
+
+def make_searcher(
+    spec: SearchSpec, exp_dir: Path, metric: str, points: list[dict[str, Any]] | None
+) -> TellingOptunaSearch:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    return TellingOptunaSearch(
+        metric=metric,
+        mode="min",
+        points_to_evaluate=points,
+        sampler=optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=spec.tune.startup_trials),
+        study_name=exp_dir.name,
+        storage=optuna.storages.RDBStorage(storage_url(spec, exp_dir)),
+    )
