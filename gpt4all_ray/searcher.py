@@ -22,9 +22,10 @@ TOLD = ("best_epoch", "best_step", "epoch", "stop_reason")
 class TellingOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
-        if result and ot_trial is not None and trial_id not in self._completed_trials:
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            ot_trial.set_user_attr("ray_trial_id", trial_id)  # the report maps study rows to trials
             for key in TOLD:
-                if key in result:
+                if result and key in result:
                     ot_trial.set_user_attr(key, result[key])
         super().on_trial_complete(trial_id, result, error)
 

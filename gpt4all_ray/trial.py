@@ -29,6 +29,7 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
     (trial_dir / "trial_config.json").write_text(json.dumps(dataclasses.asdict(trial), indent=2))
     ds_config = deepspeed_config(trial, res.workers_per_trial)
     (trial_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
+    (trial_dir / "trial_resources.json").write_text(json.dumps(dataclasses.asdict(res), indent=2))
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})
     trainer = TorchTrainer(
         ray_train_loop,

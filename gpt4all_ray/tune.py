@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -101,10 +102,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
     p.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<experiment>/ goes")
     p.add_argument("--num-trials", type=int, help="override tune.num_trials of the space")
+    p.add_argument(
+        "--resume",
+        metavar="EXPERIMENT",
+        help="continue a stopped or killed experiment: its folder, or its name under --results-dir",
+    )
     return p.parse_args(argv)
 
 
-def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
+SPACE_COPY = "space.yaml"  # the search space as the experiment ran it, for --resume and the record
+SETTINGS = "experiment.json"
+
+
+def experiment_spec(args: argparse.Namespace) -> tuple[SearchSpec, Path]:
+    """The spec and folder of a new experiment, or of the one --resume names."""
+    if args.resume:
+        exp_dir = Path(args.resume) if Path(args.resume).is_dir() else args.results_dir / args.resume
+        if not (exp_dir / SPACE_COPY).is_file() or not (exp_dir / "ray" / "tune").is_dir():
+            raise SpecError(f"--resume: {exp_dir} holds no experiment to resume ({SPACE_COPY} or ray/tune/ missing)")
+        spec = load_spec(exp_dir / SPACE_COPY)
+        settings = json.loads((exp_dir / SETTINGS).read_text())
+        return dataclasses.replace(
+            spec, tune=dataclasses.replace(spec.tune, num_trials=settings["num_trials"])
+        ), exp_dir
+    spec = load_spec(resolve_space(args.space))
+    if args.num_trials is not None:
+        if args.num_trials < 1:
+            raise SpecError(f"--num-trials: must be > 0, got {args.num_trials}")
+        spec = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, num_trials=args.num_trials))
+    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_dir = args.results_dir / name
+    if exp_dir.exists() and any(exp_dir.iterdir()):
+        raise SpecError(
+            f"--name: experiment {exp_dir} exists; continue it with --resume {name} or choose another --name"
+        )
+    return spec, exp_dir
+
+
+def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any] | None:
     # The legacy Tune console output honours verbose=0; the new one prints a status box anyway.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import optuna
@@ -112,9 +147,10 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
     from ray.tune.search import ConcurrencyLimiter
 
     from gpt4all_ray.divergence import DivergencePolicy
+    from gpt4all_ray.experiment import stored_trials, tune_dir
     from gpt4all_ray.progress import progress_callback
     from gpt4all_ray.ray_cluster import connect_ray, warn_if_deepspeed_op_unbuilt
-    from gpt4all_ray.results import record_from_history, write_report
+    from gpt4all_ray.report import build_report
     from gpt4all_ray.searcher import make_searcher, storage_url
     from gpt4all_ray.spaces import param_space, warm_starts
     from gpt4all_ray.stopping import DivergenceStopper
@@ -126,77 +162,73 @@ def run(spec: SearchSpec, exp_dir: Path) -> dict[str, Any] | None:
     connect_ray(spec.resources)
     warn_if_deepspeed_op_unbuilt(spec.resources)
     storage = exp_dir.resolve() / "ray"
-    optuna_search = make_searcher(spec, exp_dir, METRIC, warm_starts(spec) or None)
-    fixed = spec.fixed
-    # The workers stop a diverging trial themselves; the same policy as a Tune Stopper also
-    # stops one whose workers do not (and composes with other stoppers).
-    stopper = DivergenceStopper(DivergencePolicy(fixed.grace_epochs, fixed.min_delta, fixed.patience, fixed.smoothing))
-    progress = progress_callback(spec, t0)
-    trainable = tune.with_parameters(
-        trial_driver, spec=spec, storage=str(storage / "train"), tb_root=str(exp_dir.resolve() / "tensorboard")
-    )
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": spec.resources.driver_cpus}),
-        param_space=param_space(spec),
-        tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(optuna_search, max_concurrent=spec.tune.max_concurrent),
-            num_samples=spec.tune.num_trials,
-            metric=METRIC,
-            mode="min",
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            trial_driver, spec=spec, storage=str(storage / "train"), tb_root=str(exp_dir.resolve() / "tensorboard")
         ),
-        run_config=tune.RunConfig(
-            name="tune", storage_path=str(storage), callbacks=[progress], stop=stopper, verbose=0
-        ),
+        {"CPU": spec.resources.driver_cpus},
     )
-    print(
-        f"[{clock(t0)}] searching {spec.tune.num_trials} trials of {spec.name}: "
-        f"{spec.resources.workers_per_trial} DeepSpeed workers each, up to {spec.tune.max_concurrent} at once",
-        flush=True,
-    )
+    if resume:
+        # Tune restores its trials, the searcher (with the Optuna study) and the stopper from the
+        # experiment state; an unfinished trial restarts its TorchTrainer under the same name,
+        # which Ray Train resumes from the trial's last checkpoint.
+        tuner = tune.Tuner.restore(str(tune_dir(exp_dir)), trainable, resume_unfinished=True, resume_errored=True)
+        print(f"[{clock(t0)}] resuming {spec.name} from {tune_dir(exp_dir)}", flush=True)
+    else:
+        fixed = spec.fixed
+        # The workers stop a diverging trial themselves; the same policy as a Tune Stopper also
+        # stops one whose workers do not (and composes with other stoppers).
+        policy = DivergencePolicy(fixed.grace_epochs, fixed.min_delta, fixed.patience, fixed.smoothing)
+        searcher = make_searcher(spec, exp_dir, METRIC, warm_starts(spec) or None)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.tune.max_concurrent),
+                num_samples=spec.tune.num_trials,
+                metric=METRIC,
+                mode="min",
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(storage),
+                callbacks=[progress_callback(spec, t0)],
+                stop=DivergenceStopper(policy),
+                verbose=0,
+            ),
+        )
+        print(
+            f"[{clock(t0)}] searching {spec.tune.num_trials} trials of {spec.name}: "
+            f"{spec.resources.workers_per_trial} DeepSpeed workers each, up to {spec.tune.max_concurrent} at once",
+            flush=True,
+        )
     grid = tuner.fit()
 
-    searcher_values = _optuna_values(optuna_search)
-    records, configs = [], {}
-    for trial_id, params in progress.params.items():  # every trial Tune started, in start order
-        history = progress.history.get(trial_id, [])
-        record = record_from_history(trial_id, params, history, trial_id in progress.errors)
-        record.searcher_value = searcher_values.get(trial_id)
-        records.append(record)
-        configs[trial_id] = dataclasses.asdict(spec.trial_config(params))
-    if len(records) != len(grid):
-        print(f"warning: Tune holds {len(grid)} trials but {len(records)} were seen starting", file=sys.stderr)
-    best = write_report(exp_dir, records, list(spec.search), configs)
-    print(f"[{clock(t0)}] search finished: {len(records)} of {spec.tune.num_trials} trials reported", flush=True)
+    best = build_report(exp_dir, storage_url(spec, exp_dir))
+    reported = len(stored_trials(exp_dir))
+    if reported != len(grid):
+        print(f"warning: Tune holds {len(grid)} trials but {reported} are stored", file=sys.stderr)
+    print(f"[{clock(t0)}] search finished: {reported} of {spec.tune.num_trials} trials", flush=True)
     print(f"Optuna study:     optuna-dashboard {storage_url(spec, exp_dir)}", flush=True)
+    print(f"Summary:          {exp_dir / 'summary.md'} (figures beside it)", flush=True)
     return best
-
-
-def _optuna_values(search: Any) -> dict[str, float | None]:
-    study = search._ot_study  # Ray keeps the study private; read-only use here
-    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
-    out: dict[str, float | None] = {}
-    for trial_id, ot_trial in search._ot_trials.items():
-        t = frozen.get(ot_trial.number)
-        out[trial_id] = t.value if t is not None else None
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        spec = load_spec(resolve_space(args.space))
-        if args.num_trials is not None:
-            if args.num_trials < 1:
-                raise SpecError(f"--num-trials: must be > 0, got {args.num_trials}")
-            spec = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, num_trials=args.num_trials))
+        spec, exp_dir = experiment_spec(args)
         check_model(spec)
         print(f"Data: {check_data(spec)}", flush=True)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    exp_dir = (args.results_dir / name).resolve()
-    print(f"Experiment {name}: results in {exp_dir}", flush=True)
+    exp_dir = exp_dir.resolve()
+    print(f"Experiment {exp_dir.name}: results in {exp_dir}", flush=True)
+    if not args.resume:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / SPACE_COPY).write_text(spec.path.read_text())
+        (exp_dir / SETTINGS).write_text(json.dumps({"space": str(spec.path), "num_trials": spec.tune.num_trials}))
     if not args.results_dir.is_absolute() and "runtime_resources" in Path.cwd().parts:
         print(
             "note: this runs in Ray's copy of the job's working directory; pass --results-dir with an "
@@ -204,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     try:
-        best = run(spec, exp_dir)
+        best = run(spec, exp_dir, resume=bool(args.resume))
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

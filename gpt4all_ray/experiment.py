@@ -1,0 +1,77 @@
+"""A stored experiment, read back from its folder alone: each Tune trial's parameters, reported
+results, configs and error state (Ray Tune's trial folders under ray/tune/), and what the Optuna
+study holds for it. The report is built from this, so it can be rebuilt after the driver is gone."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TRIAL_DIR = re.compile(r"^trial_driver_(?P<id>[0-9a-f]+)_(?P<index>\d+)_")
+
+
+@dataclass
+class StoredTrial:
+    trial_id: str
+    index: int
+    """Tune's 1-based creation order."""
+    params: dict[str, Any]
+    history: list[dict[str, Any]]
+    error: bool
+    config: dict[str, Any] | None
+    resources: dict[str, Any] | None
+
+
+def tune_dir(exp_dir: Path) -> Path:
+    return exp_dir / "ray" / "tune"
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def stored_trials(exp_dir: Path) -> list[StoredTrial]:
+    trials = []
+    for folder in tune_dir(exp_dir).iterdir():
+        match = TRIAL_DIR.match(folder.name)
+        if not folder.is_dir() or not match:
+            continue
+        results = folder / "result.json"
+        history = (
+            [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
+        )
+        trials.append(
+            StoredTrial(
+                trial_id=match["id"],
+                index=int(match["index"]),
+                params=_json(folder / "params.json") or {},
+                history=history,
+                error=(folder / "error.txt").is_file() or (folder / "error.pkl").is_file(),
+                config=_json(folder / "trial_config.json"),
+                resources=_json(folder / "trial_resources.json"),
+            )
+        )
+    return sorted(trials, key=lambda t: t.index)
+
+
+def load_study(storage_url: str, study_name: str) -> Any:
+    """The experiment's study: by its name, or the only study in the storage (a renamed or copied
+    experiment folder); None when there is none."""
+    import optuna
+
+    names = optuna.get_all_study_names(storage_url)
+    if study_name not in names:
+        if len(names) != 1:
+            return None
+        study_name = names[0]
+    return optuna.load_study(study_name=study_name, storage=storage_url)
+
+
+def searcher_values(study: Any) -> dict[str, float | None]:
+    """Ray trial id -> the value the Optuna study holds for it (TellingOptunaSearch records the id)."""
+    if study is None:
+        return {}
+    return {t.user_attrs["ray_trial_id"]: t.value for t in study.trials if "ray_trial_id" in t.user_attrs}

@@ -1,0 +1,248 @@
+"""`python -m gpt4all_ray.report results/<experiment>`: the experiment's report, from its stored
+files alone (the search writes the same report when it ends).
+
+results/<experiment>/ gets leaderboard.csv/.md, best.json and best/ (results.py), and summary.md:
+the leaderboard, the best configuration and why it won, each trial's stop reason, the compute
+used and the compute saved by stopping early, and PNG figures: validation loss per evaluation
+for every trial with its stop point marked, best loss against each hyperparameter, and Optuna's
+parameter importances when there are enough trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt4all_ray.experiment import StoredTrial, load_study, searcher_values, stored_trials
+from gpt4all_ray.results import TrialRecord, ranked, record_from_history, write_report
+
+MIN_TRIALS_FOR_IMPORTANCE = 5  # fANOVA on fewer completed trials says little
+STOPPED_EARLY = ("diverged", "non_finite", "stopped")
+
+
+@dataclass
+class Compute:
+    trial_epochs_run: float
+    trial_epochs_requested: float
+    worker_hours_used: float
+    worker_hours_saved: float
+
+
+def compute_used(trials: list[StoredTrial], records: list[TrialRecord]) -> Compute:
+    """Run: epochs (as step progress) each trial trained. Saved: the epochs it asked for but did
+    not need once stopped, at the trial's own seconds per epoch, times its workers."""
+    run = requested = used = saved = 0.0
+    for trial, record in zip(trials, records, strict=True):
+        last = [h for h in trial.history if "val_loss" in h]
+        done = float(last[-1].get("epoch_progress", last[-1]["epoch"])) if last else 0.0
+        asked = float((trial.config or {}).get("epochs", trial.params.get("epochs", done)))
+        workers = float((trial.resources or {}).get("workers_per_trial", 1))
+        run, requested = run + done, requested + asked
+        used += record.wall_s * workers / 3600
+        if record.stop_reason in STOPPED_EARLY and done > 0:
+            saved += (asked - done) * (record.wall_s / done) * workers / 3600
+    return Compute(run, requested, used, saved)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def why_it_won(best: TrialRecord, others: list[TrialRecord]) -> str:
+    finite = [r for r in others if math.isfinite(r.best_val_loss)]
+    where = f"at epoch {best.best_epoch} (step {best.best_step})"
+    loss = best.best_val_loss
+    text = f"lowest validation loss of all trials, {loss:.4f} (perplexity {math.exp(loss):.2f}), {where}"
+    if finite:
+        runner = min(finite, key=lambda r: r.best_val_loss)
+        gap = runner.best_val_loss - best.best_val_loss
+        text += f"; {gap:.4f} ({gap / runner.best_val_loss:.1%}) below the runner-up, trial {runner.trial_id}"
+    if best.stop_reason in STOPPED_EARLY:
+        text += f"; the trial was stopped ({best.stop_reason}) and its best checkpoint kept, as GPT4All kept epoch 1"
+    return text + "."
+
+
+def stop_line(trial: StoredTrial, record: TrialRecord) -> str:
+    evaluations = [h for h in trial.history if "val_loss" in h]
+    if record.stop_reason == "error":
+        return f"- {record.trial_id}: failed (see its error.txt under ray/tune/)"
+    if not evaluations:
+        return f"- {record.trial_id}: no evaluation reported ({record.stop_reason})"
+    last = evaluations[-1]
+    at = f"epoch {last['epoch']}, step {last['step']}"
+    restarts = f"; workers restarted {record.restarts}x from checkpoints" if record.restarts else ""
+    best = f"best at epoch {record.best_epoch} (step {record.best_step})"
+    return f"- {record.trial_id}: {record.stop_reason} at {at}; {best}{restarts}"
+
+
+def plot_curves(trials: list[StoredTrial], records: list[TrialRecord], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for trial, record in zip(trials, records, strict=True):
+        points = [
+            (float(h.get("epoch_progress", h["epoch"])), float(h["val_loss"])) for h in trial.history if "val_loss" in h
+        ]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        (line,) = ax.plot(xs, ys, marker=".", label=f"{record.trial_id} ({record.stop_reason})")
+        best = min(range(len(ys)), key=ys.__getitem__)
+        ax.plot(xs[best], ys[best], marker="*", markersize=12, color=line.get_color())
+        if record.stop_reason in STOPPED_EARLY:
+            ax.plot(xs[-1], ys[-1], marker="X", markersize=11, color="black")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Validation loss per evaluation (* best, X stopped)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_hyperparameters(records: list[TrialRecord], names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in records if math.isfinite(r.best_val_loss)]
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=False):
+        values = [r.params.get(name) for r in shown]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        xs = values if numeric else [str(v) for v in values]
+        ax.scatter(xs, [r.best_val_loss for r in shown])
+        if numeric and name == "learning_rate" and all(v is not None and v > 0 for v in values):
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    axes[0][0].set_ylabel("best validation loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_importances(study: Any, path: Path) -> dict[str, float] | None:
+    import optuna
+
+    if study is None:
+        return None
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None
+    importances = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.barh(list(importances), list(importances.values()))
+    ax.set_xlabel("importance (fANOVA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return dict(importances)
+
+
+def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any] | None:
+    """Leaderboard, best checkpoint, summary.md and figures; the best trial's summary, if any."""
+    exp_dir = exp_dir.resolve()
+    storage_url = storage_url or f"sqlite:///{exp_dir / 'optuna.db'}"
+    trials = stored_trials(exp_dir)
+    study = load_study(storage_url, exp_dir.name)
+    values = searcher_values(study)
+    records = []
+    for trial in trials:
+        record = record_from_history(trial.trial_id, trial.params, trial.history, trial.error)
+        record.searcher_value = values.get(trial.trial_id)
+        records.append(record)
+    names = sorted({k for t in trials for k in t.params})
+    configs = {t.trial_id: t.config for t in trials if t.config}
+    best = write_report(exp_dir, records, names, configs)
+
+    plot_curves(trials, records, exp_dir / "val_loss.png")
+    plot_hyperparameters(records, names, exp_dir / "hyperparameters.png")
+    importances = plot_importances(study, exp_dir / "importances.png")
+    compute = compute_used(trials, records)
+    (exp_dir / "summary.md").write_text(summary_markdown(exp_dir, trials, records, best, compute, importances))
+    return best
+
+
+def summary_markdown(
+    exp_dir: Path,
+    trials: list[StoredTrial],
+    records: list[TrialRecord],
+    best: dict[str, Any] | None,
+    compute: Compute,
+    importances: dict[str, float] | None,
+) -> str:
+    lines = [f"# Experiment {exp_dir.name}", ""]
+    lines += [f"{len(trials)} trials. Regenerate with `python -m gpt4all_ray.report {exp_dir}`.", ""]
+    if best is not None:
+        winner = next(r for r in records if r.trial_id == best["trial_id"])
+        lines += ["## Best configuration", ""]
+        lines += [f"Trial {winner.trial_id}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in winner.params.items()), ""]
+        lines += ["Why it won: " + why_it_won(winner, [r for r in records if r is not winner]), ""]
+        lines += ["Checkpoint: `best/` (Hugging Face format); full configuration in `best.json`.", ""]
+    else:
+        lines += ["No trial produced a checkpoint.", ""]
+    lines += ["## Leaderboard", "", (exp_dir / "leaderboard.md").read_text(), "## Why each trial stopped", ""]
+    ordered = {r.trial_id: r for r in ranked(records)}
+    by_id = {t.trial_id: t for t in trials}
+    lines += [stop_line(by_id[i], r) for i, r in ordered.items()]
+    requested, run = compute.trial_epochs_requested, compute.trial_epochs_run
+    saved_share = 1 - run / requested if requested else 0.0
+    lines += [
+        "",
+        "## Compute",
+        "",
+        "| | trial-epochs | worker-hours |",
+        "|---|---|---|",
+        f"| used | {compute.trial_epochs_run:.2f} | {compute.worker_hours_used:.4f} |",
+        f"| asked for by the sampled epochs | {compute.trial_epochs_requested:.2f} | |",
+        f"| saved by stopping early | {requested - run:.2f} ({saved_share:.0%}) | {compute.worker_hours_saved:.4f} |",
+        "",
+        "Worker-hours: each trial's wall time x its workers; saved: the epochs a stopped trial did not run, at "
+        "its own seconds per epoch.",
+        "",
+        "## Figures",
+        "",
+        "![validation loss](val_loss.png)",
+        "",
+        "![best loss against each hyperparameter](hyperparameters.png)",
+        "",
+    ]
+    if importances:
+        lines += ["Parameter importances (Optuna, fANOVA):", "", "![importances](importances.png)", ""]
+        lines += [f"- {k}: {v:.2f}" for k, v in importances.items()] + [""]
+    else:
+        lines += [f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.report", description=__doc__.splitlines()[0])
+    p.add_argument("experiment", type=Path, help="results/<experiment>")
+    p.add_argument("--optuna-storage", help="the study's RDB URL when not the experiment's SQLite file")
+    args = p.parse_args(argv)
+    if not (args.experiment / "ray" / "tune").is_dir():
+        print(f"error: {args.experiment}: no stored experiment (ray/tune/ missing)", file=sys.stderr)
+        return 2
+    best = build_report(args.experiment, args.optuna_storage)
+    print(f"Report: {args.experiment.resolve() / 'summary.md'}")
+    return 0 if best is not None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
