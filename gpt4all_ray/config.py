@@ -151,6 +151,10 @@ class TuneSettings:
     small budget pure random search)."""
     worker_restarts: int = 2
     """Times Ray Train restarts a trial's workers after a failure, from its last checkpoint."""
+    warm_start: str = ""
+    """training_log: enqueue GPT4All's logged configurations (mapped into the space) first."""
+    scale_lr_by_batch: bool = False
+    """Scale each warm start's learning rate by sqrt(k), k = our global batch / its batch."""
     optuna_storage: str = ""
     """Where the Optuna study lives: an RDB URL (postgresql://...); empty: SQLite in the
     experiment folder."""
@@ -362,6 +366,8 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
             raise check.fail(f"resources.{key}", f"must be > 0, got {getattr(resources, key)!r}")
     if resources.gpus_per_worker < 0:
         raise check.fail("resources.gpus_per_worker", "must be >= 0")
+    if tune.warm_start not in ("", "training_log"):
+        raise check.fail("tune.warm_start", f"expected training_log (or leave it out), got {tune.warm_start!r}")
     if tune.worker_restarts < 0:
         raise check.fail("tune.worker_restarts", "must be >= 0")
     for key in ("num_trials", "max_concurrent"):

@@ -11,6 +11,7 @@ parameter importances when there are enough trials.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -79,13 +80,15 @@ def stop_line(trial: StoredTrial, record: TrialRecord) -> str:
     return f"- {record.trial_id}: {record.stop_reason} at {at}; {best}{restarts}"
 
 
-def plot_curves(trials: list[StoredTrial], records: list[TrialRecord], path: Path) -> None:
+def plot_curves(trials: list[StoredTrial], records: list[TrialRecord], path: Path) -> dict[str, Any]:
+    """The figure, and the series it drew (figures.json keeps them, so the figure is checkable)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    drawn: dict[str, Any] = {}
     for trial, record in zip(trials, records, strict=True):
         points = [
             (float(h.get("epoch_progress", h["epoch"])), float(h["val_loss"])) for h in trial.history if "val_loss" in h
@@ -96,8 +99,10 @@ def plot_curves(trials: list[StoredTrial], records: list[TrialRecord], path: Pat
         (line,) = ax.plot(xs, ys, marker=".", label=f"{record.trial_id} ({record.stop_reason})")
         best = min(range(len(ys)), key=ys.__getitem__)
         ax.plot(xs[best], ys[best], marker="*", markersize=12, color=line.get_color())
-        if record.stop_reason in STOPPED_EARLY:
+        stopped = record.stop_reason in STOPPED_EARLY
+        if stopped:
             ax.plot(xs[-1], ys[-1], marker="X", markersize=11, color="black")
+        drawn[record.trial_id] = {"points": points, "best": [xs[best], ys[best]], "stopped": stopped}
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss per evaluation (* best, X stopped)")
@@ -105,6 +110,7 @@ def plot_curves(trials: list[StoredTrial], records: list[TrialRecord], path: Pat
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return drawn
 
 
 def plot_hyperparameters(records: list[TrialRecord], names: list[str], path: Path) -> None:
@@ -171,7 +177,8 @@ def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any
     configs = {t.trial_id: t.config for t in trials if t.config}
     best = write_report(exp_dir, records, names, configs)
 
-    plot_curves(trials, records, exp_dir / "val_loss.png")
+    curves = plot_curves(trials, records, exp_dir / "val_loss.png")
+    (exp_dir / "figures.json").write_text(json.dumps({"val_loss": curves}, indent=1))
     plot_hyperparameters(records, names, exp_dir / "hyperparameters.png")
     importances = plot_importances(study, exp_dir / "importances.png")
     compute = compute_used(trials, records)

@@ -26,6 +26,16 @@ def param_space(spec: SearchSpec) -> dict[str, Any]:
     return {name: tune_domain(dist) for name, dist in spec.search.items()}
 
 
-def warm_starts(spec: SearchSpec) -> list[dict[str, Any]]:
-    """Enqueued configurations, tried first and in order (e.g. the training log's settings)."""
-    return [dict(point) for point in spec.enqueue]
+def warm_starts(spec: SearchSpec, train_rows: int) -> list[dict[str, Any]]:
+    """Configurations tried first, in order: the space's `enqueue` list, then (with
+    tune.warm_start: training_log) GPT4All's logged runs mapped into the space; no point twice."""
+    from gpt4all_ray.warm_starts import from_training_log
+
+    points = [dict(point) for point in spec.enqueue]
+    if spec.tune.warm_start == "training_log":
+        points += from_training_log(spec, train_rows, spec.tune.scale_lr_by_batch)
+    unique: list[dict[str, Any]] = []
+    for point in points:
+        if point not in unique:
+            unique.append(point)
+    return unique

@@ -35,6 +35,7 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
         ray_train_loop,
         train_loop_config={
             "trial": dataclasses.asdict(trial),
+            "hparams": {k: config[k] for k in spec.search},
             "tb_dir": f"{tb_root}/{trial_id}",
             "threads": max(1, int(res.cpus_per_worker)),
         },

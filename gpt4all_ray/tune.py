@@ -179,7 +179,8 @@ def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any]
         # The workers stop a diverging trial themselves; the same policy as a Tune Stopper also
         # stops one whose workers do not (and composes with other stoppers).
         policy = DivergencePolicy(fixed.grace_epochs, fixed.min_delta, fixed.patience, fixed.smoothing)
-        searcher = make_searcher(spec, exp_dir, METRIC, warm_starts(spec) or None)
+        points = warm_starts(spec, load_split(spec.fixed).report.train_rows)
+        searcher = make_searcher(spec, exp_dir, METRIC, points or None)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(spec),

@@ -285,6 +285,17 @@ class Window:
         self.__init__()  # type: ignore[misc]
 
 
+def write_hparams(writer: Any, hparams: dict[str, Any]) -> None:
+    """The trial's sampled values in TensorBoard's HParams tab, in the same run as its curves
+    (SummaryWriter.add_hparams would put them in a run of their own)."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    values = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()}
+    metrics = {"val/loss": 0.0, "train/loss": 0.0}  # tags the HParams tab reads from this run
+    for summary in hparams_summary(values, metrics):
+        writer.file_writer.add_summary(summary)
+
+
 def train(
     cfg: TrialConfig,
     reporter: Reporter,
@@ -292,6 +303,7 @@ def train(
     threads: int = 1,
     resume_from: str | None = None,
     on_step: StepHook | None = None,
+    hparams: dict[str, Any] | None = None,
 ) -> None:
     """Train for cfg.epochs, evaluating at each epoch end (and every eval_every_steps), each
     evaluation reported with a checkpoint that resumes the run; the model itself is exported only
@@ -303,6 +315,8 @@ def train(
     if run.rank == 0 and tb_dir:
         # After a restart, drop what the killed attempt logged past the checkpoint.
         writer = SummaryWriter(tb_dir, purge_step=state.global_step + 1 if resume_from else None)
+        if hparams and not resume_from:
+            write_hparams(writer, hparams)
         if resume_from:
             print(f"resumed at epoch {state.epoch}, step {state.global_step} from {resume_from}", flush=True)
     policy = DivergencePolicy(cfg.grace_epochs, cfg.min_delta, cfg.patience, cfg.smoothing)
@@ -403,9 +417,10 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     # LoggingConfig(log_level=...) does not reach; our progress lines already say the same.
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
     cfg = TrialConfig(**config["trial"])
+    args = (cfg, RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        train(cfg, RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1))
+        train(*args, hparams=config.get("hparams"))
         return
     with checkpoint.as_directory() as folder:
-        train(cfg, RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1), resume_from=folder)
+        train(*args, resume_from=folder)

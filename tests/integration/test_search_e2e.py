@@ -103,6 +103,13 @@ def test_tensorboard_holds_each_trials_train_and_validation_loss(local_search: E
         assert {"train/loss", "train/lr", "val/loss"} <= tags
         val = [e.value for e in events.Scalars("val/loss")]
         assert val == pytest.approx([float(v) for v in row["val_losses"].split()], rel=1e-6)
+        # HParams beside the curves: the trial's sampled values.
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        logged = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+        assert logged["learning_rate"].number_value == pytest.approx(float(row["learning_rate"]), rel=1e-12)
+        assert logged["lr_schedule"].string_value == row["lr_schedule"]
 
 
 def test_optuna_study_is_persisted_with_each_trials_best_epoch(local_search: Experiment) -> None:
@@ -117,3 +124,30 @@ def test_optuna_study_is_persisted_with_each_trials_best_epoch(local_search: Exp
         assert t.value == pytest.approx(float(row["best_val_loss"]), rel=1e-9)
         assert t.user_attrs["stop_reason"] == row["stop_reason"] and t.user_attrs["best_step"] > 0
     assert f"optuna-dashboard sqlite:///{local_search.dir / 'optuna.db'}" in local_search.output
+
+
+def test_report_regenerates_from_the_stored_experiment_and_matches_the_leaderboard(
+    local_search: Experiment, tmp_path: Path
+) -> None:
+    import shutil
+
+    from gpt4all_ray.report import main as report_main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(local_search.dir, copy, ignore=shutil.ignore_patterns("best", "tensorboard"))
+    for generated in ("summary.md", "leaderboard.csv", "leaderboard.md", "best.json", "val_loss.png"):
+        (copy / generated).unlink()
+    assert report_main([str(copy)]) == 0
+    assert (copy / "leaderboard.csv").read_text() == (local_search.dir / "leaderboard.csv").read_text()
+    figures = json.loads((copy / "figures.json").read_text())
+    rows = leaderboard(local_search)
+    for row in rows:  # the curves drawn are the leaderboard's losses, the best marked where it says
+        curve = figures["val_loss"][row["trial_id"]]
+        assert [y for _, y in curve["points"]] == pytest.approx([float(v) for v in row["val_losses"].split()])
+        assert curve["best"][1] == pytest.approx(float(row["best_val_loss"]))
+        assert curve["stopped"] == (row["stop_reason"] == "diverged")
+    assert (copy / "val_loss.png").stat().st_size > 10_000 and (copy / "hyperparameters.png").is_file()
+    summary = (copy / "summary.md").read_text()
+    best = min(rows, key=lambda r: float(r["best_val_loss"]))
+    assert f"Trial {best['trial_id']}:" in summary and "Why it won: lowest validation loss" in summary
+    assert summary.count("- ") >= len(rows) and "saved by stopping early" in summary

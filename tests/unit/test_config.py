@@ -77,6 +77,9 @@ BAD = [
     ({"fixed.gradient_checkpointing": "yes"}, "fixed.gradient_checkpointing: expected true/false, got 'yes'"),
     ({"fixed.eval_every_steps": -5}, "fixed.eval_every_steps: must be >= 0"),
     ({"tune.worker_restarts": -1}, "tune.worker_restarts: must be >= 0"),
+    ({"tune.warm_start": "log"}, "tune.warm_start: expected training_log (or leave it out), got 'log'"),
+    ({"fixed.smoothing": 1.0}, "fixed.smoothing: expected a weight in [0, 1), got 1.0"),
+    ({"fixed.patience": 0}, "fixed.patience: must be >= 1, got 0"),
 ]
 
 
