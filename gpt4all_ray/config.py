@@ -155,6 +155,16 @@ class TuneSettings:
     """training_log: enqueue GPT4All's logged configurations (mapped into the space) first."""
     scale_lr_by_batch: bool = False
     """Scale each warm start's learning rate by sqrt(k), k = our global batch / its batch."""
+    scheduler: str = ""
+    """asha: successive halving on the reported evaluations (set fixed.eval_every_steps for
+    step-level rungs), beside the divergence stopper; empty: every trial runs its epochs."""
+    asha_grace_epochs: float = 1.0
+    """Epochs every trial gets before ASHA may stop it."""
+    asha_reduction_factor: int = 3
+    time_budget_s: float = 0.0
+    """Stop starting and running trials after this many seconds (0: no limit)."""
+    gpu_hours: float = 0.0
+    """Stop the search when its trials have used this many GPU-hours (0: no limit)."""
     optuna_storage: str = ""
     """Where the Optuna study lives: an RDB URL (postgresql://...); empty: SQLite in the
     experiment folder."""
@@ -368,6 +378,15 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
         raise check.fail("resources.gpus_per_worker", "must be >= 0")
     if tune.warm_start not in ("", "training_log"):
         raise check.fail("tune.warm_start", f"expected training_log (or leave it out), got {tune.warm_start!r}")
+    if tune.scheduler not in ("", "asha"):
+        raise check.fail("tune.scheduler", f"expected asha (or leave it out), got {tune.scheduler!r}")
+    if tune.asha_grace_epochs <= 0 or tune.asha_reduction_factor < 2:
+        raise check.fail("tune.asha_grace_epochs", "must be > 0, with asha_reduction_factor >= 2")
+    for key in ("time_budget_s", "gpu_hours"):
+        if getattr(tune, key) < 0:
+            raise check.fail(f"tune.{key}", "must be >= 0 (0: no limit)")
+    if tune.gpu_hours and resources.gpus_per_worker == 0:
+        raise check.fail("tune.gpu_hours", "is a budget of GPU time, but resources.gpus_per_worker is 0")
     if tune.worker_restarts < 0:
         raise check.fail("tune.worker_restarts", "must be >= 0")
     for key in ("num_trials", "max_concurrent"):

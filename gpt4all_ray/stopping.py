@@ -1,6 +1,6 @@
-"""The divergence policy as a Ray Tune Stopper: composable with other stoppers
-(`tune.stopper.CombinedStopper`), saved with the experiment state, judging each trial on the
-validation losses it reported (its evaluations, epoch-level or step-level)."""
+"""Ray Tune Stoppers: the divergence policy, judging each trial on the validation losses it
+reported (epoch-level or step-level evaluations), and a GPU-hour budget for the whole search.
+Both are saved with the experiment state and compose (`tune.stopper.CombinedStopper`)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,23 @@ class DivergenceStopper(Stopper):
 
     def stop_all(self) -> bool:
         return False
+
+
+class GpuHourBudget(Stopper):
+    """Ends the search once its trials have used `hours` GPU-hours (each trial's running time
+    times its GPUs; a trial's time counts from its first report)."""
+
+    def __init__(self, hours: float, gpus_per_trial: float) -> None:
+        self.hours = hours
+        self.gpus_per_trial = gpus_per_trial
+        self.seconds: dict[str, float] = {}
+
+    def used_hours(self) -> float:
+        return sum(self.seconds.values()) * self.gpus_per_trial / 3600
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.seconds[trial_id] = float(result.get("time_total_s", 0.0))
+        return False
+
+    def stop_all(self) -> bool:
+        return self.used_hours() >= self.hours

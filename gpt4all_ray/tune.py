@@ -139,6 +139,26 @@ def experiment_spec(args: argparse.Namespace) -> tuple[SearchSpec, Path]:
     return spec, exp_dir
 
 
+def max_epochs(spec: SearchSpec) -> int:
+    dist = spec.search.get("epochs")
+    return int(max(dist.args)) if dist else spec.fixed.epochs
+
+
+def make_scheduler(spec: SearchSpec) -> Any:
+    """ASHA on the running best validation loss at each evaluation, in epochs (fractional for
+    step-level evaluations); None: FIFO, every trial runs until it completes or diverges."""
+    if spec.tune.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch_progress",
+        max_t=max_epochs(spec),
+        grace_period=spec.tune.asha_grace_epochs,  # type: ignore[arg-type]  # rungs in epochs: floats work
+        reduction_factor=spec.tune.asha_reduction_factor,
+    )
+
+
 def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any] | None:
     # The legacy Tune console output honours verbose=0; the new one prints a status box anyway.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -153,7 +173,7 @@ def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any]
     from gpt4all_ray.report import build_report
     from gpt4all_ray.searcher import make_searcher, storage_url
     from gpt4all_ray.spaces import param_space, warm_starts
-    from gpt4all_ray.stopping import DivergenceStopper
+    from gpt4all_ray.stopping import DivergenceStopper, GpuHourBudget
     from gpt4all_ray.trial import trial_driver
 
     t0 = time.time()
@@ -179,6 +199,10 @@ def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any]
         # The workers stop a diverging trial themselves; the same policy as a Tune Stopper also
         # stops one whose workers do not (and composes with other stoppers).
         policy = DivergencePolicy(fixed.grace_epochs, fixed.min_delta, fixed.patience, fixed.smoothing)
+        stoppers: list[Any] = [DivergenceStopper(policy)]
+        if spec.tune.gpu_hours:
+            gpus = spec.resources.gpus_per_worker * spec.resources.workers_per_trial
+            stoppers.append(GpuHourBudget(spec.tune.gpu_hours, gpus))
         points = warm_starts(spec, load_split(spec.fixed).report.train_rows)
         searcher = make_searcher(spec, exp_dir, METRIC, points or None)
         tuner = tune.Tuner(
@@ -189,12 +213,14 @@ def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any]
                 num_samples=spec.tune.num_trials,
                 metric=METRIC,
                 mode="min",
+                scheduler=make_scheduler(spec),
+                time_budget_s=spec.tune.time_budget_s or None,
             ),
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=str(storage),
                 callbacks=[progress_callback(spec, t0)],
-                stop=DivergenceStopper(policy),
+                stop=stoppers[0] if len(stoppers) == 1 else tune.stopper.CombinedStopper(*stoppers),
                 verbose=0,
             ),
         )

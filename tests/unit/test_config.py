@@ -80,6 +80,9 @@ BAD = [
     ({"tune.warm_start": "log"}, "tune.warm_start: expected training_log (or leave it out), got 'log'"),
     ({"fixed.smoothing": 1.0}, "fixed.smoothing: expected a weight in [0, 1), got 1.0"),
     ({"fixed.patience": 0}, "fixed.patience: must be >= 1, got 0"),
+    ({"tune.scheduler": "pbt"}, "tune.scheduler: expected asha (or leave it out), got 'pbt'"),
+    ({"tune.gpu_hours": 10.0}, "tune.gpu_hours: is a budget of GPU time, but resources.gpus_per_worker is 0"),
+    ({"tune.time_budget_s": -1.0}, "tune.time_budget_s: must be >= 0"),
 ]
 
 
@@ -120,3 +123,16 @@ def test_space_by_name_and_data_summary_before_ray() -> None:
     assert resolve_space(Path("tiny_cpu")).resolve() == DEFAULT
     summary = check_data(load_spec(DEFAULT))
     assert summary.startswith("2400 rows in,") and "dropped as duplicate" in summary and "validation" in summary
+
+
+def test_asha_scheduler_rungs_in_epochs_of_the_space() -> None:
+    import dataclasses as dc
+
+    from gpt4all_ray.tune import make_scheduler
+
+    spec = load_spec(DEFAULT)
+    assert make_scheduler(spec) is None
+    asha = make_scheduler(dc.replace(spec, tune=dc.replace(spec.tune, scheduler="asha", asha_grace_epochs=0.5)))
+    assert type(asha).__name__ == "AsyncHyperBandScheduler"
+    assert asha._time_attr == "epoch_progress" and asha._max_t == max(spec.search["epochs"].args)
+    assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [1.5, 0.5]  # rungs at 0.5 and 1.5 epochs

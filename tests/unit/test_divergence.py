@@ -112,3 +112,15 @@ def test_stopper_ignores_results_without_a_validation_loss_and_repeats() -> None
     assert stopper("a", result(10, 3.0)) is False
     assert stopper("a", result(10, 3.0)) is False  # the same evaluation again (a restored trial)
     assert stopper.history["a"] == [(1.0, 3.0)]
+
+
+def test_gpu_hour_budget_ends_the_search_when_spent_and_pickles() -> None:
+    from gpt4all_ray.stopping import GpuHourBudget
+
+    budget = GpuHourBudget(hours=2.0, gpus_per_trial=8)  # 8 GPUs a trial: 15 minutes of trials
+    assert budget("a", {"time_total_s": 400.0}) is False and budget.stop_all() is False
+    budget = pickle.loads(pickle.dumps(budget))
+    budget("b", {"time_total_s": 300.0})
+    assert budget.stop_all() is False  # 700 s x 8 GPUs = 1.56 GPU-hours
+    budget("a", {"time_total_s": 600.0})  # a trial's time is its latest total, not a sum of reports
+    assert budget.used_hours() == pytest.approx(900 * 8 / 3600) and budget.stop_all() is True
