@@ -42,7 +42,9 @@ def record_from_history(
     """One trial's reported evaluations (in order) -> its leaderboard row. val_losses holds the
     epoch ends; the best may come from a step-level evaluation."""
     record = TrialRecord(trial_id, params)
-    evaluations = [h for h in history if "val_loss" in h]
+    # A trial resumed after its driver was killed can report a step again; the last report wins.
+    by_step = {h.get("step", i): h for i, h in enumerate(history) if "val_loss" in h}
+    evaluations = sorted(by_step.values(), key=lambda h: h.get("step", 0))
     if evaluations:
         record.val_losses = [float(h["val_loss"]) for h in evaluations if h.get("epoch_end", True)]
         last = evaluations[-1]

@@ -8,6 +8,7 @@ epoch and step and why it stopped, as the trial's user attributes.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,24 @@ TOLD = ("best_epoch", "best_step", "epoch", "stop_reason")
 
 
 class TellingOptunaSearch(OptunaSearch):
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        # A restored trial re-reporting after the study already closed it (see below): nothing to add.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and trial_id not in self._completed_trials:
-            ot_trial.set_user_attr("ray_trial_id", trial_id)  # the report maps study rows to trials
-            for key in TOLD:
-                if result and key in result:
-                    ot_trial.set_user_attr(key, result[key])
+            try:
+                ot_trial.set_user_attr("ray_trial_id", trial_id)  # the report maps study rows to trials
+                for key in TOLD:
+                    if result and key in result:
+                        ot_trial.set_user_attr(key, result[key])
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Told before the driver was killed; the restored searcher's snapshot is older than
+                # the study it writes to. The study already holds this trial: nothing to add.
+                self._completed_trials.add(trial_id)
+                return
         super().on_trial_complete(trial_id, result, error)
 
 

@@ -107,3 +107,13 @@ def test_a_step_level_best_is_found_and_best_holds_the_model_not_the_resume_stat
     assert summary is not None and summary["best_step"] == 15
     assert (tmp_path / "exp" / "best" / "model.safetensors").read_text() == "step 15"
     assert not (tmp_path / "exp" / "best" / "resume").exists()
+
+
+def test_a_step_reported_again_after_a_restore_counts_once() -> None:
+    first = epochs([3.0, 2.5], ["", ""])
+    for i, row in enumerate(first, start=1):
+        row["step"] = 10 * i
+    again = dict(first[1])  # the resumed trial re-reports its last evaluation
+    final = {**first[1], "step": 30, "epoch": 3, "val_loss": 2.4, "best_val_loss": 2.4, "best_epoch": 3}
+    record = record_from_history("t", {}, [*first, again, final], error=False)
+    assert record.val_losses == [3.0, 2.5, 2.4] and record.epochs_run == 3
