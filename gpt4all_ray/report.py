@@ -21,7 +21,7 @@ from typing import Any
 from gpt4all_ray.experiment import StoredTrial, load_study, searcher_values, stored_trials
 from gpt4all_ray.results import TrialRecord, ranked, record_from_history, write_report
 
-MIN_TRIALS_FOR_IMPORTANCE = 5  # fANOVA on fewer completed trials says little
+MIN_TRIALS_FOR_IMPORTANCE = 5  # importances from fewer completed trials say little
 STOPPED_EARLY = ("diverged", "non_finite", "stopped")
 
 
@@ -144,8 +144,9 @@ def plot_importances(study: Any, path: Path) -> dict[str, float] | None:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
         return None
+    # PED-ANOVA: Optuna's fast evaluator, and it needs no scikit-learn (fANOVA does).
     importances = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
     )
     import matplotlib
 
@@ -154,7 +155,7 @@ def plot_importances(study: Any, path: Path) -> dict[str, float] | None:
 
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.barh(list(importances), list(importances.values()))
-    ax.set_xlabel("importance (fANOVA)")
+    ax.set_xlabel("importance (PED-ANOVA)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -180,7 +181,10 @@ def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any
     curves = plot_curves(trials, records, exp_dir / "val_loss.png")
     (exp_dir / "figures.json").write_text(json.dumps({"val_loss": curves}, indent=1))
     plot_hyperparameters(records, names, exp_dir / "hyperparameters.png")
-    importances = plot_importances(study, exp_dir / "importances.png")
+    try:
+        importances: dict[str, float] | str | None = plot_importances(study, exp_dir / "importances.png")
+    except Exception as err:  # noqa: BLE001 (an optional figure must not cost the finished search its report)
+        importances = f"parameter importances could not be computed: {type(err).__name__}: {err}"
     compute = compute_used(trials, records)
     (exp_dir / "summary.md").write_text(summary_markdown(exp_dir, trials, records, best, compute, importances))
     return best
@@ -192,7 +196,7 @@ def summary_markdown(
     records: list[TrialRecord],
     best: dict[str, Any] | None,
     compute: Compute,
-    importances: dict[str, float] | None,
+    importances: dict[str, float] | str | None,
 ) -> str:
     lines = [f"# Experiment {exp_dir.name}", ""]
     lines += [f"{len(trials)} trials. Regenerate with `python -m gpt4all_ray.report {exp_dir}`.", ""]
@@ -230,8 +234,10 @@ def summary_markdown(
         "![best loss against each hyperparameter](hyperparameters.png)",
         "",
     ]
-    if importances:
-        lines += ["Parameter importances (Optuna, fANOVA):", "", "![importances](importances.png)", ""]
+    if isinstance(importances, str):
+        lines += [importances, ""]
+    elif importances:
+        lines += ["Parameter importances (Optuna, PED-ANOVA):", "", "![importances](importances.png)", ""]
         lines += [f"- {k}: {v:.2f}" for k, v in importances.items()] + [""]
     else:
         lines += [f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials.", ""]

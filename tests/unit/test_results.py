@@ -117,3 +117,23 @@ def test_a_step_reported_again_after_a_restore_counts_once() -> None:
     final = {**first[1], "step": 30, "epoch": 3, "val_loss": 2.4, "best_val_loss": 2.4, "best_epoch": 3}
     record = record_from_history("t", {}, [*first, again, final], error=False)
     assert record.val_losses == [3.0, 2.5, 2.4] and record.epochs_run == 3
+
+
+def test_parameter_importances_are_plotted_from_five_completed_trials(tmp_path: Path) -> None:
+    import optuna
+
+    from gpt4all_ray.report import plot_importances
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(
+        lambda t: t.suggest_float("learning_rate", 1e-4, 1e-1, log=True) + 0 * t.suggest_int("epochs", 1, 4), 4
+    )
+    assert plot_importances(study, tmp_path / "few.png") is None and not (tmp_path / "few.png").exists()
+    study.optimize(
+        lambda t: t.suggest_float("learning_rate", 1e-4, 1e-1, log=True) + 0 * t.suggest_int("epochs", 1, 4), 4
+    )
+    importances = plot_importances(study, tmp_path / "importances.png")
+    assert importances is not None and set(importances) == {"learning_rate", "epochs"}
+    assert importances["learning_rate"] > importances["epochs"]  # the value depends on it alone
+    assert (tmp_path / "importances.png").stat().st_size > 1000
