@@ -183,12 +183,13 @@ class TrialRun:
         return peak * 1e12 if peak else None
 
     def batch(self, examples: list[Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) for k, v in self.cpu_batch(examples).items()}
+
+    def cpu_batch(self, examples: list[Any]) -> dict[str, Any]:
         pad_id, cfg = self.tokenizer.pad_token_id, self.cfg
         if cfg.collate == "pack":
-            tensors = pack(examples, pad_id, cfg.max_length)
-        else:
-            tensors = pad_to_longest(examples, pad_id, cfg.max_length if cfg.collate == "max_length" else None)
-        return {k: v.to(self.device) for k, v in tensors.items()}
+            return pack(examples, pad_id, cfg.max_length)
+        return pad_to_longest(examples, pad_id, cfg.max_length if cfg.collate == "max_length" else None)
 
     def all_reduced(self, *values: float) -> list[float]:
         """Sums over all workers."""
@@ -211,12 +212,14 @@ class TrialRun:
         label_tokens = 0.0
         for micro in range(self.accumulation):
             picked = mine[micro * cfg.per_device_batch : (micro + 1) * cfg.per_device_batch]
-            batch = self.batch([self.train_examples[i] for i in picked])
+            cpu = self.cpu_batch([self.train_examples[i] for i in picked])
+            # Counted on the host copy: reading a count off the GPU would sync every micro-batch.
+            labels = float((cpu["labels"][:, 1:] != IGNORE).sum())
+            real = float((cpu["input_ids"] != self.tokenizer.pad_token_id).sum())
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu.items()}
             loss = self.engine(**batch).loss
             self.engine.backward(loss)
             self.engine.step()
-            labels = float((batch["labels"][:, 1:] != IGNORE).sum())
-            real = float((batch["input_ids"] != self.tokenizer.pad_token_id).sum())
             loss_sum += loss.detach().double() * labels  # stays on the device: no sync per micro-batch
             label_tokens += labels
             window.tokens += real
