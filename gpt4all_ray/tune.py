@@ -102,6 +102,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
     p.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<experiment>/ goes")
     p.add_argument("--num-trials", type=int, help="override tune.num_trials of the space")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and cost estimate; start nothing")
+    p.add_argument("--cluster-gpus", type=int, default=16, help="dry run: GPUs in the cluster")
+    p.add_argument("--mfu", type=float, default=0.35, help="dry run: assumed model FLOPs utilisation")
+    p.add_argument("--usd-per-gpu-hour", type=float, default=4.10, help="dry run: price of a GPU-hour")
     p.add_argument(
         "--resume",
         metavar="EXPERIMENT",
@@ -241,8 +245,26 @@ def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any]
     return best
 
 
+def dry_run(args: argparse.Namespace) -> int:
+    """The plan, from the YAML alone (data that cannot be read here is replaced by stated
+    assumptions); no Ray, no model download."""
+    from gpt4all_ray.plan import Assumptions, make_plan
+
+    try:
+        spec = load_spec(resolve_space(args.space))
+        assume = Assumptions(cluster_gpus=args.cluster_gpus, mfu=args.mfu, usd_per_gpu_hour=args.usd_per_gpu_hour)
+        plan = make_plan(spec, assume)
+    except (SpecError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(plan.lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.dry_run:
+        return dry_run(args)
     try:
         spec, exp_dir = experiment_spec(args)
         check_model(spec)

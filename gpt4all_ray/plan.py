@@ -1,0 +1,118 @@
+"""`python -m gpt4all_ray.tune --space X --dry-run`: what a search will cost, without starting Ray.
+
+GPU-hours come from a throughput model with every assumption printed: model FLOPs per token
+(throughput.py's accounting: 6 per trained weight, 4 per frozen one, plus attention) times the
+tokens each trial trains on (epochs x tokens per epoch), divided by the GPU's peak times an
+assumed model FLOPs utilisation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from gpt4all_ray.config import SearchSpec
+from gpt4all_ray.ds_config import deepspeed_config
+from gpt4all_ray.throughput import PEAK_TFLOPS, FlopModel
+
+# Shapes of the models the GPT4All spaces name (their config.json), so that a plan needs no Hub.
+KNOWN_MODELS = {
+    "EleutherAI/gpt-j-6b": {"params": 6_053_381_344, "layers": 28, "width": 4096},
+    "huggyllama/llama-7b": {"params": 6_738_415_616, "layers": 32, "width": 4096},
+}
+LORA_TRAINABLE_SHARE = 0.001  # q/v adapters at r=8 on a 6-7B model: ~4M of ~6.7B weights
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    cluster_gpus: int = 16
+    gpu: str = "A100"
+    mfu: float = 0.35
+    usd_per_gpu_hour: float = 4.10
+    rows: int = 400_000
+    """Training rows when the data cannot be read here (GPT4All's final set: ~400k)."""
+    tokens_per_row: float = 0.45 * 1024
+    """Mean non-pad tokens a row (GPT4All's rows: about 45% of max length 1024)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    trials: int
+    gpus_per_trial: float
+    concurrency: int
+    tokens_per_epoch: float
+    flops_per_token: float
+    gpu_seconds_per_epoch: float
+    epochs_per_trial_max: int
+    gpu_hours_max: float
+    wall_hours_max: float
+    cost_usd_max: float
+    sample_ds_config: dict[str, Any]
+    lines: list[str]
+
+
+def model_shape(spec: SearchSpec) -> dict[str, float]:
+    name = spec.fixed.model
+    if name in KNOWN_MODELS:
+        return dict(KNOWN_MODELS[name])
+    raise ValueError(
+        f"{spec.path}: fixed.model: no shape known for {name!r} to plan with; known: {', '.join(KNOWN_MODELS)}"
+    )
+
+
+def make_plan(spec: SearchSpec, assume: Assumptions, train_tokens: float | None = None) -> Plan:
+    res, cfg = spec.resources, spec.fixed
+    shape = model_shape(spec)
+    trainable = shape["params"] * (LORA_TRAINABLE_SHARE if cfg.method == "lora" else 1.0)
+    flops = FlopModel(int(shape["params"]), int(trainable), int(shape["layers"]), int(shape["width"]))
+    per_token = flops.per_token(cfg.max_length)
+    tokens = train_tokens if train_tokens is not None else assume.rows * (1 - cfg.val_fraction) * assume.tokens_per_row
+    peak = PEAK_TFLOPS[assume.gpu][cfg.precision] * 1e12
+    gpu_seconds_per_epoch = tokens * per_token / (assume.mfu * peak)
+    epochs = int(max(spec.search["epochs"].args)) if "epochs" in spec.search else cfg.epochs
+    gpus_per_trial = res.gpus_per_worker * res.workers_per_trial
+    concurrency = max(1, min(spec.tune.max_concurrent, int(assume.cluster_gpus // max(gpus_per_trial, 1e-9))))
+    gpu_hours = spec.tune.num_trials * epochs * gpu_seconds_per_epoch / 3600
+    wall_hours = gpu_hours / (concurrency * gpus_per_trial) if gpus_per_trial else math.inf
+    sample = spec.enqueue[0] if spec.enqueue else {}
+    ds = deepspeed_config(spec.trial_config(sample), res.workers_per_trial)
+    source = (
+        "counted from the data"
+        if train_tokens is not None
+        else (f"assumed: {assume.rows:,} rows x (1 - {cfg.val_fraction}) x {assume.tokens_per_row:.0f} tokens a row")
+    )
+    lines = [
+        f"Plan for {spec.name} ({spec.path}); nothing was started.",
+        f"  trials: {spec.tune.num_trials}, up to {epochs} epochs each (the space's maximum: an upper bound)",
+        f"  resources per trial: {res.workers_per_trial} workers x {res.gpus_per_worker:g} GPU "
+        f"= {gpus_per_trial:g} GPUs, {res.cpus_per_worker:g} CPUs a worker",
+        f"  concurrency on {assume.cluster_gpus} GPUs: {concurrency} trial(s) at once "
+        f"(tune.max_concurrent {spec.tune.max_concurrent})",
+        f"  tokens per epoch: {tokens:,.0f} ({source})",
+        f"  model FLOPs per token: {per_token:.3e} ({cfg.method}: {shape['params']:,.0f} weights, "
+        f"{trainable:,.0f} trained, {shape['layers']:.0f} layers x {shape['width']:.0f}, context {cfg.max_length})",
+        f"  throughput: {assume.mfu:.0%} MFU of {assume.gpu}'s {peak / 1e12:.0f} TFLOP/s ({cfg.precision}) "
+        f"= {assume.mfu * peak / per_token:,.0f} tokens/s per GPU (assumed MFU)",
+        f"  GPU-hours per trial-epoch: {gpu_seconds_per_epoch / 3600:,.1f}",
+        f"  GPU-hours, all trials at most: {gpu_hours:,.0f} (ASHA and the divergence stopper cut this)",
+        f"  wall time at most: {wall_hours:,.1f} h; cost at most: ${gpu_hours * assume.usd_per_gpu_hour:,.0f} "
+        f"at ${assume.usd_per_gpu_hour:.2f} per GPU-hour (assumed)",
+        "  DeepSpeed config of the first trial:",
+        *("    " + line for line in json.dumps(ds, indent=2).splitlines()),
+    ]
+    return Plan(
+        trials=spec.tune.num_trials,
+        gpus_per_trial=gpus_per_trial,
+        concurrency=concurrency,
+        tokens_per_epoch=tokens,
+        flops_per_token=per_token,
+        gpu_seconds_per_epoch=gpu_seconds_per_epoch,
+        epochs_per_trial_max=epochs,
+        gpu_hours_max=gpu_hours,
+        wall_hours_max=wall_hours,
+        cost_usd_max=gpu_hours * assume.usd_per_gpu_hour,
+        sample_ds_config=ds,
+        lines=lines,
+    )

@@ -1,0 +1,50 @@
+"""The dry-run planner: resources, concurrency and a GPU-hour estimate whose arithmetic is
+checked against an independent calculation, without starting Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpt4all_ray.config import load_spec
+from gpt4all_ray.plan import Assumptions, make_plan
+from tests.unit.cli import run_tune
+
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+def test_gpt4allj_full_plan_by_hand() -> None:
+    spec = load_spec(SPACES / "gpt4allj_full_gptj6b.yaml")
+    plan = make_plan(spec, Assumptions(cluster_gpus=16, gpu="A100", mfu=0.4, rows=100_000, tokens_per_row=500))
+    assert plan.gpus_per_trial == 8 and plan.concurrency == 2
+    # Independently: GPT-J-6B, full fine-tuning, 1024 context, bf16 A100 at 40% of 312 TFLOP/s.
+    n, layers, width = 6_053_381_344, 28, 4096
+    flops_per_token = 6 * n + 12 * layers * width * 1024
+    tokens = 100_000 * 0.95 * 500
+    gpu_hours_per_epoch = tokens * flops_per_token / (0.4 * 312e12) / 3600
+    assert plan.gpu_seconds_per_epoch / 3600 == pytest.approx(gpu_hours_per_epoch, rel=1e-9)
+    assert plan.gpu_hours_max == pytest.approx(8 * 3 * gpu_hours_per_epoch, rel=1e-9)  # 8 trials x up to 3 epochs
+    assert plan.wall_hours_max == pytest.approx(plan.gpu_hours_max / (2 * 8), rel=1e-9)
+    assert plan.sample_ds_config["train_micro_batch_size_per_gpu"] == 32
+    assert plan.sample_ds_config["gradient_accumulation_steps"] == 1
+
+
+def test_lora_plan_counts_frozen_weights_at_four_flops() -> None:
+    spec = load_spec(SPACES / "gpt4allj_lora_gptj6b.yaml")
+    plan = make_plan(spec, Assumptions())
+    n = 6_053_381_344
+    assert plan.flops_per_token == pytest.approx(6 * 0.001 * n + 4 * 0.999 * n + 12 * 28 * 4096 * 1024, rel=1e-9)
+
+
+def test_dry_run_prints_the_plan_without_ray(tmp_path: Path) -> None:
+    proc = run_tune(SPACES / "gpt4allj_full_gptj6b.yaml", tmp_path / "results", "--dry-run", "--cluster-gpus", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert "= 8 GPUs" in proc.stdout and "concurrency on 8 GPUs: 1 trial(s) at once" in proc.stdout
+    assert "GPU-hours, all trials at most:" in proc.stdout and '"stage": 2' in proc.stdout
+    assert "ray never imported" in proc.stdout and not (tmp_path / "results").exists()
+
+
+def test_a_model_without_a_known_shape_is_refused_by_name(tmp_path: Path) -> None:
+    proc = run_tune(SPACES / "tiny_cpu.yaml", tmp_path / "results", "--dry-run")
+    assert proc.returncode == 2 and "fixed.model: no shape known for 'tiny-gptj'" in proc.stderr
