@@ -53,18 +53,69 @@ class Plan:
     lines: list[str]
 
 
-def model_shape(spec: SearchSpec) -> dict[str, float]:
+def model_shape(spec: SearchSpec, tokenizer_size: int | None = None) -> dict[str, float]:
+    """Weights, layers and width: from the table, or counted on the meta device (no memory, no
+    download) for a built-in model or a local Hugging Face folder."""
     name = spec.fixed.model
     if name in KNOWN_MODELS:
         return dict(KNOWN_MODELS[name])
-    raise ValueError(
-        f"{spec.path}: fixed.model: no shape known for {name!r} to plan with; known: {', '.join(KNOWN_MODELS)}"
-    )
+    from pathlib import Path
+
+    from gpt4all_ray.config import EMBEDDED_MODELS
+
+    if name not in EMBEDDED_MODELS and not (Path(name) / "config.json").is_file():
+        raise ValueError(
+            f"{spec.path}: fixed.model: no shape known for {name!r} to plan with: give a local model folder "
+            f"or one of {', '.join([*KNOWN_MODELS, *EMBEDDED_MODELS])}"
+        )
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from gpt4all_ray.model import padded_vocab, tiny_config
+
+    if name in EMBEDDED_MODELS:
+        config = tiny_config(name, padded_vocab(tokenizer_size or 4096))
+    else:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=spec.fixed.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    from gpt4all_ray.throughput import flop_model
+
+    counted = flop_model(model)
+    return {"params": counted.weights, "layers": counted.layers, "width": counted.width}
 
 
-def make_plan(spec: SearchSpec, assume: Assumptions, train_tokens: float | None = None) -> Plan:
+def count_train_tokens(spec: SearchSpec) -> tuple[float, int] | None:
+    """Non-pad tokens of one epoch's training rows and the tokenizer's size, when the data and
+    tokenizer are readable here (embedded or local data, built-in or local model); else None."""
+    from pathlib import Path
+
+    from gpt4all_ray.config import EMBEDDED_DATA, EMBEDDED_MODELS
+
+    cfg = spec.fixed
+    readable_data = cfg.data == EMBEDDED_DATA or Path(cfg.data).exists()
+    readable_model = cfg.model in EMBEDDED_MODELS or Path(cfg.model).is_dir()
+    if not (readable_data and readable_model):
+        return None
+    from gpt4all_ray.data import load_split
+    from gpt4all_ray.data.encode import encode_rows
+    from gpt4all_ray.model import load_tokenizer
+
+    data = load_split(cfg)
+    tokenizer = load_tokenizer(cfg, data)
+    examples, _ = encode_rows(data.train, tokenizer, cfg.max_length, cfg.length_policy)
+    # An epoch is whole global batches of a shuffled order: the rows' mean, times the rows used.
+    used = len(examples) // cfg.global_batch * cfg.global_batch
+    return sum(len(e.input_ids) for e in examples) / len(examples) * used, len(tokenizer)
+
+
+def make_plan(
+    spec: SearchSpec, assume: Assumptions, train_tokens: float | None = None, tokenizer_size: int | None = None
+) -> Plan:
     res, cfg = spec.resources, spec.fixed
-    shape = model_shape(spec)
+    if res.gpus_per_worker == 0:
+        raise ValueError(f"{spec.path}: resources.gpus_per_worker: 0, a CPU space; the dry run estimates GPU time")
+    shape = model_shape(spec, tokenizer_size)
     trainable = shape["params"] * (LORA_TRAINABLE_SHARE if cfg.method == "lora" else 1.0)
     flops = FlopModel(int(shape["params"]), int(trainable), int(shape["layers"]), int(shape["width"]))
     per_token = flops.per_token(cfg.max_length)

@@ -248,12 +248,13 @@ def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any]
 def dry_run(args: argparse.Namespace) -> int:
     """The plan, from the YAML alone (data that cannot be read here is replaced by stated
     assumptions); no Ray, no model download."""
-    from gpt4all_ray.plan import Assumptions, make_plan
+    from gpt4all_ray.plan import Assumptions, count_train_tokens, make_plan
 
     try:
         spec = load_spec(resolve_space(args.space))
         assume = Assumptions(cluster_gpus=args.cluster_gpus, mfu=args.mfu, usd_per_gpu_hour=args.usd_per_gpu_hour)
-        plan = make_plan(spec, assume)
+        counted = count_train_tokens(spec) if spec.resources.gpus_per_worker else None
+        plan = make_plan(spec, assume, *(counted or (None, None)))
     except (SpecError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

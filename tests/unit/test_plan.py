@@ -45,6 +45,37 @@ def test_dry_run_prints_the_plan_without_ray(tmp_path: Path) -> None:
     assert "ray never imported" in proc.stdout and not (tmp_path / "results").exists()
 
 
-def test_a_model_without_a_known_shape_is_refused_by_name(tmp_path: Path) -> None:
+def test_a_cpu_space_or_an_unknown_hub_model_is_refused_by_key(tmp_path: Path) -> None:
     proc = run_tune(SPACES / "tiny_cpu.yaml", tmp_path / "results", "--dry-run")
-    assert proc.returncode == 2 and "fixed.model: no shape known for 'tiny-gptj'" in proc.stderr
+    assert proc.returncode == 2 and "resources.gpus_per_worker: 0, a CPU space" in proc.stderr
+    text = (SPACES / "gpt4allj_lora_gptj6b.yaml").read_text().replace("EleutherAI/gpt-j-6b", "someone/unknown-7b")
+    (tmp_path / "s.yaml").write_text(text)
+    proc = run_tune(tmp_path / "s.yaml", tmp_path / "results", "--dry-run")
+    assert proc.returncode == 2 and "fixed.model: no shape known for 'someone/unknown-7b'" in proc.stderr
+
+
+def test_tokens_per_epoch_are_counted_from_readable_data_and_the_model_counted_on_meta(tmp_path: Path) -> None:
+    import dataclasses
+
+    from gpt4all_ray.config import Resources
+    from gpt4all_ray.data import build_tokenizer, load_split
+    from gpt4all_ray.data.encode import encode_rows
+    from gpt4all_ray.model import build_model
+    from gpt4all_ray.plan import count_train_tokens
+
+    spec = load_spec(SPACES / "tiny_cpu.yaml")
+    spec = dataclasses.replace(spec, resources=Resources(workers_per_trial=2, gpus_per_worker=1.0))
+    counted = count_train_tokens(spec)
+    assert counted is not None
+    tokens, vocab = counted
+    data = load_split(spec.fixed)
+    tokenizer = build_tokenizer(data)
+    examples, _ = encode_rows(data.train, tokenizer, spec.fixed.max_length, spec.fixed.length_policy)
+    steps = len(examples) // spec.fixed.global_batch
+    mean = sum(len(e.input_ids) for e in examples) / len(examples)
+    assert tokens == pytest.approx(mean * steps * spec.fixed.global_batch) and vocab == len(tokenizer)
+    plan = make_plan(spec, Assumptions(), tokens, vocab)
+    model = build_model(spec.fixed, tokenizer)
+    weights = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    assert plan.flops_per_token == 6 * weights + 12 * 2 * 64 * spec.fixed.max_length
+    assert plan.tokens_per_epoch == tokens
