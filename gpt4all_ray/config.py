@@ -140,6 +140,10 @@ class Resources:
     driver_cpus: float = 0.5
     """CPUs of the Tune trial that drives one TorchTrainer."""
 
+    @property
+    def gpus_per_trial(self) -> float:
+        return self.gpus_per_worker * self.workers_per_trial
+
 
 @dataclass(frozen=True)
 class TuneSettings:
@@ -188,6 +192,12 @@ class SearchSpec:
 
     def trial_config(self, sampled: dict[str, Any]) -> TrialConfig:
         return dataclasses.replace(self.fixed, **sampled)
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs a trial can run: the searched range's top, or the fixed value."""
+        dist = self.search.get("epochs")
+        return int(max(dist.args)) if dist else self.fixed.epochs
 
 
 class _Loader(yaml.SafeLoader):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 COMPLETED = "completed"
 DIVERGED = "diverged"
@@ -52,6 +53,11 @@ class DivergencePolicy:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if not 0 <= self.smoothing < 1:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+
+    @classmethod
+    def for_trial(cls, cfg: Any) -> DivergencePolicy:
+        """The policy a trial config (TrialConfig: grace_epochs, min_delta, patience, smoothing) sets."""
+        return cls(cfg.grace_epochs, cfg.min_delta, cfg.patience, cfg.smoothing)
 
     def decide(self, losses: Sequence[float], epochs: Sequence[float] | None = None) -> Decision:
         """Judge the whole history; the last entry is the newest evaluation. `epochs` gives each

@@ -29,6 +29,11 @@ def tune_dir(exp_dir: Path) -> Path:
     return exp_dir / "ray" / "tune"
 
 
+def default_storage_url(exp_dir: Path) -> str:
+    """The Optuna study's home when tune.optuna_storage names none: SQLite in the experiment."""
+    return f"sqlite:///{exp_dir.resolve() / 'optuna.db'}"
+
+
 def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 

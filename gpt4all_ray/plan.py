@@ -122,8 +122,8 @@ def make_plan(
     tokens = train_tokens if train_tokens is not None else assume.rows * (1 - cfg.val_fraction) * assume.tokens_per_row
     peak = PEAK_TFLOPS[assume.gpu][cfg.precision] * 1e12
     gpu_seconds_per_epoch = tokens * per_token / (assume.mfu * peak)
-    epochs = int(max(spec.search["epochs"].args)) if "epochs" in spec.search else cfg.epochs
-    gpus_per_trial = res.gpus_per_worker * res.workers_per_trial
+    epochs = spec.max_epochs
+    gpus_per_trial = res.gpus_per_trial
     concurrency = max(1, min(spec.tune.max_concurrent, int(assume.cluster_gpus // max(gpus_per_trial, 1e-9))))
     gpu_hours = spec.tune.num_trials * epochs * gpu_seconds_per_epoch / 3600
     wall_hours = gpu_hours / (concurrency * gpus_per_trial) if gpus_per_trial else math.inf

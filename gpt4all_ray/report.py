@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.experiment import StoredTrial, load_study, searcher_values, stored_trials
+from gpt4all_ray.experiment import StoredTrial, default_storage_url, load_study, searcher_values, stored_trials
 from gpt4all_ray.results import TrialRecord, ranked, record_from_history, write_report
 
 MIN_TRIALS_FOR_IMPORTANCE = 5  # importances from fewer completed trials say little
@@ -165,7 +165,7 @@ def plot_importances(study: Any, path: Path) -> dict[str, float] | None:
 def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any] | None:
     """Leaderboard, best checkpoint, summary.md and figures; the best trial's summary, if any."""
     exp_dir = exp_dir.resolve()
-    storage_url = storage_url or f"sqlite:///{exp_dir / 'optuna.db'}"
+    storage_url = storage_url or default_storage_url(exp_dir)
     trials = stored_trials(exp_dir)
     study = load_study(storage_url, exp_dir.name)
     values = searcher_values(study)

@@ -16,6 +16,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from gpt4all_ray.config import SearchSpec
+from gpt4all_ray.experiment import default_storage_url
 
 TOLD = ("best_epoch", "best_step", "epoch", "stop_reason")
 
@@ -43,7 +44,7 @@ class TellingOptunaSearch(OptunaSearch):
 
 
 def storage_url(spec: SearchSpec, exp_dir: Path) -> str:
-    return spec.tune.optuna_storage or f"sqlite:///{exp_dir.resolve() / 'optuna.db'}"
+    return spec.tune.optuna_storage or default_storage_url(exp_dir)
 
 
 def make_searcher(

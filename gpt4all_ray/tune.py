@@ -143,11 +143,6 @@ def experiment_spec(args: argparse.Namespace) -> tuple[SearchSpec, Path]:
     return spec, exp_dir
 
 
-def max_epochs(spec: SearchSpec) -> int:
-    dist = spec.search.get("epochs")
-    return int(max(dist.args)) if dist else spec.fixed.epochs
-
-
 def make_scheduler(spec: SearchSpec) -> Any:
     """ASHA on the running best validation loss at each evaluation, in epochs (fractional for
     step-level evaluations); None: FIFO, every trial runs until it completes or diverges."""
@@ -157,7 +152,7 @@ def make_scheduler(spec: SearchSpec) -> Any:
 
     return ASHAScheduler(
         time_attr="epoch_progress",
-        max_t=max_epochs(spec),
+        max_t=spec.max_epochs,
         grace_period=spec.tune.asha_grace_epochs,  # type: ignore[arg-type]  # rungs in epochs: floats work
         reduction_factor=spec.tune.asha_reduction_factor,
     )
@@ -199,14 +194,11 @@ def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any]
         tuner = tune.Tuner.restore(str(tune_dir(exp_dir)), trainable, resume_unfinished=True, resume_errored=True)
         print(f"[{clock(t0)}] resuming {spec.name} from {tune_dir(exp_dir)}", flush=True)
     else:
-        fixed = spec.fixed
         # The workers stop a diverging trial themselves; the same policy as a Tune Stopper also
         # stops one whose workers do not (and composes with other stoppers).
-        policy = DivergencePolicy(fixed.grace_epochs, fixed.min_delta, fixed.patience, fixed.smoothing)
-        stoppers: list[Any] = [DivergenceStopper(policy)]
+        stoppers: list[Any] = [DivergenceStopper(DivergencePolicy.for_trial(spec.fixed))]
         if spec.tune.gpu_hours:
-            gpus = spec.resources.gpus_per_worker * spec.resources.workers_per_trial
-            stoppers.append(GpuHourBudget(spec.tune.gpu_hours, gpus))
+            stoppers.append(GpuHourBudget(spec.tune.gpu_hours, spec.resources.gpus_per_trial))
         points = warm_starts(spec, load_split(spec.fixed).report.train_rows)
         searcher = make_searcher(spec, exp_dir, METRIC, points or None)
         tuner = tune.Tuner(

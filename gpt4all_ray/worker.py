@@ -322,7 +322,7 @@ def train(
             write_hparams(writer, hparams)
         if resume_from:
             print(f"resumed at epoch {state.epoch}, step {state.global_step} from {resume_from}", flush=True)
-    policy = DivergencePolicy(cfg.grace_epochs, cfg.min_delta, cfg.patience, cfg.smoothing)
+    policy = DivergencePolicy.for_trial(cfg)
     window, stopped = Window(), False
     while state.epoch <= cfg.epochs and not stopped:
         order, epoch_started = run.epoch_order(state.epoch), time.perf_counter()
