@@ -20,6 +20,7 @@ from typing import Any
 
 from gpt4all_ray.config import SearchSpec, SpecError, load_spec
 from gpt4all_ray.data import load_split
+from gpt4all_ray.data.pipeline import DataReport
 from gpt4all_ray.data.sources import DataError
 from gpt4all_ray.progress import clock, short
 
@@ -41,9 +42,9 @@ def resolve_space(given: Path | None) -> Path:
     return default_space_path().parent / f"{given}.yaml"
 
 
-def check_data(spec: SearchSpec) -> str:
+def check_data(spec: SearchSpec) -> DataReport:
     """Build the rows and split the workers will build (pure Python, fast) and refuse data that
-    makes no optimizer step, before Ray starts."""
+    makes no optimizer step, before Ray starts. The report says what was kept and dropped."""
     try:
         data = load_split(spec.fixed)
     except DataError as err:
@@ -63,7 +64,7 @@ def check_data(spec: SearchSpec) -> str:
                 encode_rows(rows, tokenizer, spec.fixed.max_length, "raise")
             except TooLong as err:
                 raise SpecError(f"{spec.path}: fixed.length_policy: {part} {err}") from None
-    return data.report.summary()
+    return data.report
 
 
 def check_model(spec: SearchSpec) -> None:
@@ -158,7 +159,7 @@ def make_scheduler(spec: SearchSpec) -> Any:
     )
 
 
-def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any] | None:
+def run(spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False) -> dict[str, Any] | None:
     # The legacy Tune console output honours verbose=0; the new one prints a status box anyway.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import optuna
@@ -199,7 +200,7 @@ def run(spec: SearchSpec, exp_dir: Path, resume: bool = False) -> dict[str, Any]
         stoppers: list[Any] = [DivergenceStopper(DivergencePolicy.for_trial(spec.fixed))]
         if spec.tune.gpu_hours:
             stoppers.append(GpuHourBudget(spec.tune.gpu_hours, spec.resources.gpus_per_trial))
-        points = warm_starts(spec, load_split(spec.fixed).report.train_rows)
+        points = warm_starts(spec, train_rows)
         searcher = make_searcher(spec, exp_dir, METRIC, points or None)
         tuner = tune.Tuner(
             trainable,
@@ -261,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec, exp_dir = experiment_spec(args)
         check_model(spec)
-        print(f"Data: {check_data(spec)}", flush=True)
+        data_report = check_data(spec)
+        print(f"Data: {data_report.summary()}", flush=True)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     try:
-        best = run(spec, exp_dir, resume=bool(args.resume))
+        best = run(spec, exp_dir, data_report.train_rows, resume=bool(args.resume))
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -121,7 +121,7 @@ def test_space_by_name_and_data_summary_before_ray() -> None:
     from gpt4all_ray.tune import check_data, resolve_space
 
     assert resolve_space(Path("tiny_cpu")).resolve() == DEFAULT
-    summary = check_data(load_spec(DEFAULT))
+    summary = check_data(load_spec(DEFAULT)).summary()
     assert summary.startswith("2400 rows in,") and "dropped as duplicate" in summary and "validation" in summary
 
 
