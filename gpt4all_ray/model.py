@@ -102,7 +102,7 @@ def load_tokenizer(cfg: TrialConfig, data: Any) -> Any:
     return tokenizer
 
 
-def base_model(cfg: TrialConfig, tokenizer: Any, dtype: Any = None) -> tuple[Any, bool]:
+def base_model(cfg: TrialConfig, tokenizer: Any) -> tuple[Any, bool]:
     """The seeded base model with embeddings fitted to the tokenizer, and whether they grew (a
     LoRA checkpoint must then carry them)."""
     import torch
@@ -115,10 +115,10 @@ def base_model(cfg: TrialConfig, tokenizer: Any, dtype: Any = None) -> tuple[Any
         config.pad_token_id = tokenizer.pad_token_id
         model = AutoModelForCausalLM.from_config(config)
     else:
-        # fp32 master weights unless told otherwise; under ZeRO-3 they are partitioned as they
-        # load when an HfDeepSpeedConfig is alive (worker.py keeps one).
+        # fp32 master weights (DeepSpeed casts for bf16/fp16); under ZeRO-3 they are partitioned
+        # as they load when an HfDeepSpeedConfig is alive (worker.py keeps one).
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.model, dtype=dtype or torch.float32, trust_remote_code=cfg.trust_remote_code
+            cfg.model, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
         )
     return model, fit_embeddings(model, tokenizer)
 

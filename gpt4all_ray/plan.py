@@ -9,11 +9,11 @@ assumed model FLOPs utilisation.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.config import SearchSpec
+from gpt4all_ray.config import EMBEDDED_DATA, EMBEDDED_MODELS, SearchSpec
 from gpt4all_ray.ds_config import deepspeed_config
 from gpt4all_ray.throughput import PEAK_TFLOPS, FlopModel
 
@@ -59,10 +59,6 @@ def model_shape(spec: SearchSpec, tokenizer_size: int | None = None) -> dict[str
     name = spec.fixed.model
     if name in KNOWN_MODELS:
         return dict(KNOWN_MODELS[name])
-    from pathlib import Path
-
-    from gpt4all_ray.config import EMBEDDED_MODELS
-
     if name not in EMBEDDED_MODELS and not (Path(name) / "config.json").is_file():
         raise ValueError(
             f"{spec.path}: fixed.model: no shape known for {name!r} to plan with: give a local model folder "
@@ -88,10 +84,6 @@ def model_shape(spec: SearchSpec, tokenizer_size: int | None = None) -> dict[str
 def count_train_tokens(spec: SearchSpec) -> tuple[float, int] | None:
     """Non-pad tokens of one epoch's training rows and the tokenizer's size, when the data and
     tokenizer are readable here (embedded or local data, built-in or local model); else None."""
-    from pathlib import Path
-
-    from gpt4all_ray.config import EMBEDDED_DATA, EMBEDDED_MODELS
-
     cfg = spec.fixed
     readable_data = cfg.data == EMBEDDED_DATA or Path(cfg.data).exists()
     readable_model = cfg.model in EMBEDDED_MODELS or Path(cfg.model).is_dir()
@@ -124,9 +116,9 @@ def make_plan(
     gpu_seconds_per_epoch = tokens * per_token / (assume.mfu * peak)
     epochs = spec.max_epochs
     gpus_per_trial = res.gpus_per_trial
-    concurrency = max(1, min(spec.tune.max_concurrent, int(assume.cluster_gpus // max(gpus_per_trial, 1e-9))))
+    concurrency = max(1, min(spec.tune.max_concurrent, int(assume.cluster_gpus // gpus_per_trial)))
     gpu_hours = spec.tune.num_trials * epochs * gpu_seconds_per_epoch / 3600
-    wall_hours = gpu_hours / (concurrency * gpus_per_trial) if gpus_per_trial else math.inf
+    wall_hours = gpu_hours / (concurrency * gpus_per_trial)
     sample = spec.enqueue[0] if spec.enqueue else {}
     ds = deepspeed_config(spec.trial_config(sample), res.workers_per_trial)
     source = (

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.experiment import StoredTrial, default_storage_url, load_study, searcher_values, stored_trials
-from gpt4all_ray.results import TrialRecord, ranked, record_from_history, write_report
+from gpt4all_ray.results import TrialRecord, evaluations, ranked, record_from_history, write_report
 
 MIN_TRIALS_FOR_IMPORTANCE = 5  # importances from fewer completed trials say little
 STOPPED_EARLY = ("diverged", "non_finite", "stopped")
@@ -38,7 +38,7 @@ def compute_used(trials: list[StoredTrial], records: list[TrialRecord]) -> Compu
     not need once stopped, at the trial's own seconds per epoch, times its workers."""
     run = requested = used = saved = 0.0
     for trial, record in zip(trials, records, strict=True):
-        last = [h for h in trial.history if "val_loss" in h]
+        last = evaluations(trial.history)
         done = float(last[-1].get("epoch_progress", last[-1]["epoch"])) if last else 0.0
         asked = float((trial.config or {}).get("epochs", trial.params.get("epochs", done)))
         workers = float((trial.resources or {}).get("workers_per_trial", 1))
@@ -68,30 +68,40 @@ def why_it_won(best: TrialRecord, others: list[TrialRecord]) -> str:
 
 
 def stop_line(trial: StoredTrial, record: TrialRecord) -> str:
-    evaluations = [h for h in trial.history if "val_loss" in h]
+    reported = evaluations(trial.history)
     if record.stop_reason == "error":
         return f"- {record.trial_id}: failed (see its error.txt under ray/tune/)"
-    if not evaluations:
+    if not reported:
         return f"- {record.trial_id}: no evaluation reported ({record.stop_reason})"
-    last = evaluations[-1]
+    last = reported[-1]
     at = f"epoch {last['epoch']}, step {last['step']}"
     restarts = f"; workers restarted {record.restarts}x from checkpoints" if record.restarts else ""
     best = f"best at epoch {record.best_epoch} (step {record.best_step})"
     return f"- {record.trial_id}: {record.stop_reason} at {at}; {best}{restarts}"
 
 
-def plot_curves(trials: list[StoredTrial], records: list[TrialRecord], path: Path) -> dict[str, Any]:
-    """The figure, and the series it drew (figures.json keeps them, so the figure is checkable)."""
+def _pyplot() -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def plot_curves(trials: list[StoredTrial], records: list[TrialRecord], path: Path) -> dict[str, Any]:
+    """The figure, and the series it drew (figures.json keeps them, so the figure is checkable)."""
+    fig, ax = _pyplot().subplots(figsize=(8, 5))
     drawn: dict[str, Any] = {}
     for trial, record in zip(trials, records, strict=True):
         points = [
-            (float(h.get("epoch_progress", h["epoch"])), float(h["val_loss"])) for h in trial.history if "val_loss" in h
+            (float(h.get("epoch_progress", h["epoch"])), float(h["val_loss"])) for h in evaluations(trial.history)
         ]
         if not points:
             continue
@@ -107,20 +117,13 @@ def plot_curves(trials: list[StoredTrial], records: list[TrialRecord], path: Pat
     ax.set_ylabel("validation loss")
     ax.set_title("Validation loss per evaluation (* best, X stopped)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return drawn
 
 
 def plot_hyperparameters(records: list[TrialRecord], names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     shown = [r for r in records if math.isfinite(r.best_val_loss)]
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.2), squeeze=False)
+    fig, axes = _pyplot().subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=False):
         values = [r.params.get(name) for r in shown]
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
@@ -131,9 +134,7 @@ def plot_hyperparameters(records: list[TrialRecord], names: list[str], path: Pat
         ax.set_xlabel(name)
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     axes[0][0].set_ylabel("best validation loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_importances(study: Any, path: Path) -> dict[str, float] | None:
@@ -148,17 +149,10 @@ def plot_importances(study: Any, path: Path) -> dict[str, float] | None:
     importances = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = _pyplot().subplots(figsize=(6, 3))
     ax.barh(list(importances), list(importances.values()))
     ax.set_xlabel("importance (PED-ANOVA)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return dict(importances)
 
 

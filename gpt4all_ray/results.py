@@ -36,26 +36,31 @@ class TrialRecord:
     """What Optuna holds for this trial (it must be the best epoch's loss, not the last)."""
 
 
+def evaluations(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A trial's reported evaluations in step order, each step once: a trial resumed after its
+    driver was killed can report a step again, and the last report wins."""
+    by_step = {h.get("step", i): h for i, h in enumerate(history) if "val_loss" in h}
+    return sorted(by_step.values(), key=lambda h: h.get("step", 0))
+
+
 def record_from_history(
     trial_id: str, params: dict[str, Any], history: list[dict[str, Any]], error: bool
 ) -> TrialRecord:
     """One trial's reported evaluations (in order) -> its leaderboard row. val_losses holds the
     epoch ends; the best may come from a step-level evaluation."""
     record = TrialRecord(trial_id, params)
-    # A trial resumed after its driver was killed can report a step again; the last report wins.
-    by_step = {h.get("step", i): h for i, h in enumerate(history) if "val_loss" in h}
-    evaluations = sorted(by_step.values(), key=lambda h: h.get("step", 0))
-    if evaluations:
-        record.val_losses = [float(h["val_loss"]) for h in evaluations if h.get("epoch_end", True)]
-        last = evaluations[-1]
+    reported = evaluations(history)
+    if reported:
+        record.val_losses = [float(h["val_loss"]) for h in reported if h.get("epoch_end", True)]
+        last = reported[-1]
         record.best_val_loss = float(last["best_val_loss"])
         record.best_epoch = int(last["best_epoch"])
         record.best_step = int(last.get("best_step", 0))
         record.epochs_run = int(last["epoch"])
-        record.restarts = len({h["resumed_from_step"] for h in evaluations if h.get("resumed_from_step")})
+        record.restarts = len({h["resumed_from_step"] for h in reported if h.get("resumed_from_step")})
         record.stop_reason = last.get("stop_reason") or "stopped"
         record.wall_s = float(last.get("time_total_s", 0.0))
-        at_best = [h for h in evaluations if h.get("checkpoint_path") and h["val_loss"] == record.best_val_loss]
+        at_best = [h for h in reported if h.get("checkpoint_path") and h["val_loss"] == record.best_val_loss]
         record.checkpoint_path = at_best[-1]["checkpoint_path"] if at_best else None
     if error:
         record.stop_reason = ERROR

@@ -232,7 +232,8 @@ class TrialRun:
             on_step(state.global_step, self.rank, mine, (loss_sum / max(label_tokens, 1)).item())
 
     def close_window(self, window: Window, state: LoopState) -> dict[str, float]:
-        """All ranks: the log window's metrics over all workers; the loss also joins the epoch's."""
+        """All ranks: the log window's metrics over all workers; the loss also joins the epoch's.
+        The caller starts a new Window."""
         loss_sum, labels, tokens, flops = self.all_reduced(
             float(window.loss_sum), window.label_tokens, window.tokens, window.flops
         )
@@ -251,7 +252,6 @@ class TrialRun:
             metrics["train/mfu"] = flops / seconds / (self.peak_flops * self.world)
         if self.cfg.precision == "fp16":
             metrics["train/loss_scale"] = float(self.engine.optimizer.cur_scale)
-        window.reset()
         return metrics
 
     def evaluate(self) -> float:
@@ -283,9 +283,6 @@ class Window:
     label_tokens: float = 0.0
     tokens: float = 0.0
     flops: float = 0.0
-
-    def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
 
 
 def write_hparams(writer: Any, hparams: dict[str, Any]) -> None:
@@ -333,7 +330,7 @@ def train(
             eval_due = epoch_end or (cfg.eval_every_steps > 0 and state.global_step % cfg.eval_every_steps == 0)
             if eval_due or state.global_step % cfg.log_every_steps == 0:
                 # An evaluation reports the epoch's train loss so far: the window closes then too.
-                window_metrics = run.close_window(window, state)
+                window_metrics, window = run.close_window(window, state), Window()
                 if writer:
                     for key, value in window_metrics.items():
                         writer.add_scalar(key, value, state.global_step)
