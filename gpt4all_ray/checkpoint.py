@@ -37,6 +37,10 @@ class LoopState:
     best_val_loss: float = float("inf")
     best_epoch: int = 0
     best_step: int = 0
+    best_probes: dict[str, float] = field(default_factory=dict)
+    """Generation probe scores of the best checkpoint (gpt4all_ray.probes)."""
+    train_seconds: float = 0.0
+    """Wall time inside optimizer steps, all attempts: the rest of a trial's time is overhead."""
 
     def next_epoch(self) -> None:
         self.epoch += 1

@@ -22,6 +22,7 @@ METHODS = ("full", "lora")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LENGTH_POLICIES = ("truncate", "drop", "raise")
 COLLATIONS = ("longest", "max_length", "pack")
+SEARCHERS = ("tpe", "random")
 EMBEDDED_MODELS = ("tiny-gptj", "tiny-llama")
 HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "EleutherAI/gpt-j-6b" or "gpt2"
 EMBEDDED_DATA = "embedded"
@@ -130,6 +131,19 @@ class TrialConfig:
     smoothing: float = 0.0
     """Weight of the past in an exponential moving average of the validation loss (for
     step-level evaluations; 0: each evaluation judged as it is)."""
+    probe_prompts: int = 32
+    """Validation prompts answered greedily at each new best checkpoint (0: no probes): stop
+    rate, answer length, repetition, exact match (gpt4all_ray.probes)."""
+    probe_max_new_tokens: int = 64
+    """The answer length at which a probe counts as not stopped."""
+    probe_each_epoch: bool = False
+    """Also probe at every epoch end (TensorBoard probe/*), not only new bests."""
+    exact_answer_sources: str = ""
+    """Comma-separated sources whose responses are the one right answer, for exact match (empty:
+    the embedded data's families but creative; none for other data)."""
+    stop_on_divergence: bool = True
+    """Stop a trial whose validation loss rises (false: every trial runs all its epochs, as a
+    baseline; NaN or inf still stops it)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,11 @@ class TuneSettings:
     num_trials: int = 6
     max_concurrent: int = 1
     seed: int = 0
+    min_stop_rate: float = 0.0
+    """A constraint: the best trial is the lowest validation loss among trials whose best
+    checkpoint stops (emits EOS) on at least this share of probe prompts; TPE is told it too."""
+    searcher: str = "tpe"
+    """tpe (Optuna's TPE) or random (Optuna's random sampler: the baseline in benchmarks/)."""
     startup_trials: int = 3
     """Random trials before TPE models the results (Optuna's default of 10 would make a
     small budget pure random search)."""
@@ -267,6 +286,7 @@ _POSITIVE = {
     "lora_r",
     "lora_alpha",
     "log_every_steps",
+    "probe_max_new_tokens",
 }
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr_schedule": (lambda v: v in SCHEDULES, f"expected one of {', '.join(SCHEDULES)}"),
@@ -293,6 +313,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lora_dropout": (lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"),
     "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
     "eval_every_steps": (lambda v: v >= 0, "must be >= 0 (0: evaluate at epoch ends only)"),
+    "probe_prompts": (lambda v: v >= 0, "must be >= 0 (0: no generation probes)"),
     "peak_tflops": (lambda v: v >= 0, "must be >= 0 (0: the GPU's known peak)"),
 }
 
@@ -388,6 +409,10 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
         raise check.fail("resources.gpus_per_worker", "must be >= 0")
     if tune.warm_start not in ("", "training_log"):
         raise check.fail("tune.warm_start", f"expected training_log (or leave it out), got {tune.warm_start!r}")
+    if not 0 <= tune.min_stop_rate <= 1:
+        raise check.fail("tune.min_stop_rate", f"expected a share in [0, 1], got {tune.min_stop_rate!r}")
+    if tune.searcher not in SEARCHERS:
+        raise check.fail("tune.searcher", f"expected one of {', '.join(SEARCHERS)}, got {tune.searcher!r}")
     if tune.scheduler not in ("", "asha"):
         raise check.fail("tune.scheduler", f"expected asha (or leave it out), got {tune.scheduler!r}")
     if tune.asha_grace_epochs <= 0 or tune.asha_reduction_factor < 2:
@@ -407,6 +432,8 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
 
     base = TrialConfig(**fixed)
     _check_combinations(check, base, resources)
+    if tune.min_stop_rate and not base.probe_prompts:
+        raise check.fail("tune.min_stop_rate", "needs generation probes; fixed.probe_prompts is 0")
     made = base.per_device_batch * resources.workers_per_trial
     if base.global_batch % made:
         raise check.fail(

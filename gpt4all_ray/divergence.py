@@ -43,6 +43,8 @@ class DivergencePolicy:
     min_delta: float = 0.0
     patience: int = 1
     smoothing: float = 0.0
+    stop_on_rise: bool = True
+    """False: only NaN or inf stops (a baseline that runs every trial to its end)."""
 
     def __post_init__(self) -> None:
         if self.grace_epochs < 0:
@@ -56,8 +58,9 @@ class DivergencePolicy:
 
     @classmethod
     def for_trial(cls, cfg: Any) -> DivergencePolicy:
-        """The policy a trial config (TrialConfig: grace_epochs, min_delta, patience, smoothing) sets."""
-        return cls(cfg.grace_epochs, cfg.min_delta, cfg.patience, cfg.smoothing)
+        """The policy a trial config (TrialConfig: grace_epochs, min_delta, patience, smoothing,
+        stop_on_divergence) sets."""
+        return cls(cfg.grace_epochs, cfg.min_delta, cfg.patience, cfg.smoothing, cfg.stop_on_divergence)
 
     def decide(self, losses: Sequence[float], epochs: Sequence[float] | None = None) -> Decision:
         """Judge the whole history; the last entry is the newest evaluation. `epochs` gives each
@@ -81,7 +84,7 @@ class DivergencePolicy:
                 best_smoothed, rises = smoothed, 0
             elif epoch > self.grace_epochs and smoothed > best_smoothed * (1 + self.min_delta):
                 rises += 1
-                if rises >= self.patience:
+                if rises >= self.patience and self.stop_on_rise:
                     return Decision(True, DIVERGED, i, epoch, best, best_at)
             else:  # within min_delta of the best, or inside the grace period: the run of rises ends
                 rises = 0

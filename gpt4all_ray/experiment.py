@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+SPACE_COPY = "space.yaml"  # the search space as the experiment ran it, for --resume and the record
 TRIAL_DIR = re.compile(r"^trial_driver_(?P<id>[0-9a-f]+)_(?P<index>\d+)_")
 
 
@@ -60,6 +61,14 @@ def stored_trials(exp_dir: Path) -> list[StoredTrial]:
             )
         )
     return sorted(trials, key=lambda t: t.index)
+
+
+def min_stop_rate(exp_dir: Path) -> float:
+    """The experiment's stop-rate constraint (tune.min_stop_rate of the space it ran)."""
+    from gpt4all_ray.config import load_spec
+
+    space = exp_dir / SPACE_COPY
+    return load_spec(space).tune.min_stop_rate if space.is_file() else 0.0
 
 
 def load_study(storage_url: str, study_name: str) -> Any:

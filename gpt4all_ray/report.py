@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.experiment import StoredTrial, default_storage_url, load_study, searcher_values, stored_trials
+from gpt4all_ray.experiment import (
+    StoredTrial,
+    default_storage_url,
+    load_study,
+    min_stop_rate,
+    searcher_values,
+    stored_trials,
+)
 from gpt4all_ray.results import TrialRecord, evaluations, ranked, record_from_history, write_report
 
 MIN_TRIALS_FOR_IMPORTANCE = 5  # importances from fewer completed trials say little
@@ -65,6 +72,25 @@ def why_it_won(best: TrialRecord, others: list[TrialRecord]) -> str:
     if best.stop_reason in STOPPED_EARLY:
         text += f"; the trial was stopped ({best.stop_reason}) and its best checkpoint kept, as GPT4All kept epoch 1"
     return text + "."
+
+
+def probe_line(best: TrialRecord, min_stop_rate: float, met: bool) -> str:
+    """What the best checkpoint generates, and whether the stop-rate constraint chose it."""
+    p = best.probes
+    if not p:
+        return "Generation probes: none ran (fixed.probe_prompts is 0)."
+    exact = f", exact match {p['exact_match']:.0%}" if "exact_match" in p else ""
+    text = (
+        f"Generation probes of its best checkpoint: stop rate {p['stop_rate']:.0%}, "
+        f"{p['mean_new_tokens']:.1f} tokens an answer, repeated 3-grams {p['repetition_rate']:.0%}{exact}."
+    )
+    if min_stop_rate:
+        text += (
+            f" Chosen among trials whose stop rate is at least {min_stop_rate:.0%}."
+            if met
+            else f" No trial reached the required stop rate of {min_stop_rate:.0%}: this is the lowest loss overall."
+        )
+    return text
 
 
 def stop_line(trial: StoredTrial, record: TrialRecord) -> str:
@@ -170,7 +196,7 @@ def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any
         records.append(record)
     names = sorted({k for t in trials for k in t.params})
     configs = {t.trial_id: t.config for t in trials if t.config}
-    best = write_report(exp_dir, records, names, configs)
+    best = write_report(exp_dir, records, names, configs, min_stop_rate(exp_dir))
 
     curves = plot_curves(trials, records, exp_dir / "val_loss.png")
     (exp_dir / "figures.json").write_text(json.dumps({"val_loss": curves}, indent=1))
@@ -199,6 +225,7 @@ def summary_markdown(
         lines += ["## Best configuration", ""]
         lines += [f"Trial {winner.trial_id}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in winner.params.items()), ""]
         lines += ["Why it won: " + why_it_won(winner, [r for r in records if r is not winner]), ""]
+        lines += [probe_line(winner, best["min_stop_rate"], best["constraint_met"]), ""]
         lines += ["Checkpoint: `best/` (Hugging Face format); full configuration in `best.json`.", ""]
     else:
         lines += ["No trial produced a checkpoint.", ""]

@@ -34,6 +34,11 @@ class TrialRecord:
     val_losses: list[float] = field(default_factory=list)
     searcher_value: float | None = None
     """What Optuna holds for this trial (it must be the best epoch's loss, not the last)."""
+    probes: dict[str, float] = field(default_factory=dict)
+    """The best checkpoint's generation probe scores (gpt4all_ray.probes), without the prefix."""
+
+    def meets(self, min_stop_rate: float) -> bool:
+        return not min_stop_rate or self.probes.get("stop_rate", 0.0) >= min_stop_rate
 
 
 def evaluations(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,6 +65,7 @@ def record_from_history(
         record.restarts = len({h["resumed_from_step"] for h in reported if h.get("resumed_from_step")})
         record.stop_reason = last.get("stop_reason") or "stopped"
         record.wall_s = float(last.get("time_total_s", 0.0))
+        record.probes = {k.removeprefix("probe_"): float(v) for k, v in last.items() if k.startswith("probe_")}
         at_best = [h for h in reported if h.get("checkpoint_path") and h["val_loss"] == record.best_val_loss]
         record.checkpoint_path = at_best[-1]["checkpoint_path"] if at_best else None
     if error:
@@ -79,6 +85,10 @@ def _row(r: TrialRecord, param_names: list[str]) -> dict[str, Any]:
         restarts=r.restarts,
         wall_s=round(r.wall_s, 1),
         searcher_value=r.searcher_value,
+        stop_rate=r.probes.get("stop_rate"),
+        exact_match=r.probes.get("exact_match"),
+        repetition_rate=r.probes.get("repetition_rate"),
+        mean_new_tokens=r.probes.get("mean_new_tokens"),
         val_losses=" ".join(repr(v) for v in r.val_losses),
     )
     return row
@@ -96,8 +106,22 @@ def _fmt(v: Any, column: str = "") -> str:
     return "" if v is None else str(v)
 
 
+def best_record(records: list[TrialRecord], min_stop_rate: float = 0.0) -> tuple[TrialRecord | None, bool]:
+    """The lowest finite loss with a checkpoint among trials meeting the stop-rate constraint;
+    when none meets it, the lowest overall. The flag says whether the constraint was met."""
+    usable = [r for r in ranked(records) if r.checkpoint_path and math.isfinite(r.best_val_loss)]
+    feasible = [r for r in usable if r.meets(min_stop_rate)]
+    if feasible:
+        return feasible[0], True
+    return (usable[0] if usable else None), False
+
+
 def write_report(
-    exp_dir: Path, records: list[TrialRecord], param_names: list[str], trial_configs: dict[str, dict[str, Any]]
+    exp_dir: Path,
+    records: list[TrialRecord],
+    param_names: list[str],
+    trial_configs: dict[str, dict[str, Any]],
+    min_stop_rate: float = 0.0,
 ) -> dict[str, Any] | None:
     """Write the leaderboard and, when some trial has a checkpoint, best.json and best/."""
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +136,7 @@ def write_report(
     md += ["| " + " | ".join(_fmt(row[c], c) for c in columns) + " |" for row in rows]
     (exp_dir / "leaderboard.md").write_text("\n".join(md) + "\n")
 
-    best = next((r for r in ranked(records) if r.checkpoint_path and math.isfinite(r.best_val_loss)), None)
+    best, constraint_met = best_record(records, min_stop_rate)
     if best is None:
         return None
     best_dir = exp_dir / "best"
@@ -129,6 +153,9 @@ def write_report(
         "best_step": best.best_step,
         "epochs_run": best.epochs_run,
         "stop_reason": best.stop_reason,
+        "probes": best.probes,
+        "min_stop_rate": min_stop_rate,
+        "constraint_met": constraint_met,
         "checkpoint_path": str(best_dir.resolve()),
         "trial_checkpoint_path": best.checkpoint_path,
     }

@@ -1,14 +1,17 @@
-"""The Optuna searcher: TPE, a persistent study, and what each trial found told to it.
+"""The Optuna searcher: TPE (or random sampling, a baseline), a persistent study, and what each
+trial found told to it.
 
 The study lives in SQLite in the experiment folder by default (`optuna-dashboard sqlite:///...`
 opens it; it outlives the driver), or in any RDB URL given as `tune.optuna_storage` on a cluster.
 Ray's OptunaSearch tells Optuna only the value; this subclass also records each trial's best
-epoch and step and why it stopped, as the trial's user attributes.
+epoch and step, why it stopped and its best checkpoint's probe scores, as the trial's user
+attributes; with tune.min_stop_rate, TPE takes the stop rate as a constraint.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,18 @@ from ray.tune.search.optuna import OptunaSearch
 from gpt4all_ray.config import SearchSpec
 from gpt4all_ray.experiment import default_storage_url
 
-TOLD = ("best_epoch", "best_step", "epoch", "stop_reason")
+TOLD = ("best_epoch", "best_step", "epoch", "stop_reason", "probe_stop_rate", "probe_exact_match")
+
+
+@dataclass(frozen=True)
+class MinStopRate:
+    """TPE's constraint (feasible when <= 0): the best checkpoint's probe stop rate reaches the
+    threshold. A class, not a lambda: the sampler is saved with Tune's experiment state."""
+
+    threshold: float
+
+    def __call__(self, trial: optuna.trial.FrozenTrial) -> list[float]:
+        return [self.threshold - float(trial.user_attrs.get("probe_stop_rate", 0.0))]
 
 
 class TellingOptunaSearch(OptunaSearch):
@@ -51,11 +65,21 @@ def make_searcher(
     spec: SearchSpec, exp_dir: Path, metric: str, points: list[dict[str, Any]] | None
 ) -> TellingOptunaSearch:
     exp_dir.mkdir(parents=True, exist_ok=True)
+    tune = spec.tune
+    sampler = (
+        optuna.samplers.RandomSampler(seed=tune.seed)
+        if tune.searcher == "random"
+        else optuna.samplers.TPESampler(
+            seed=tune.seed,
+            n_startup_trials=tune.startup_trials,
+            constraints_func=MinStopRate(tune.min_stop_rate) if tune.min_stop_rate else None,
+        )
+    )
     return TellingOptunaSearch(
         metric=metric,
         mode="min",
         points_to_evaluate=points,
-        sampler=optuna.samplers.TPESampler(seed=spec.tune.seed, n_startup_trials=spec.tune.startup_trials),
+        sampler=sampler,
         study_name=exp_dir.name,
         storage=optuna.storages.RDBStorage(storage_url(spec, exp_dir)),
     )

@@ -22,6 +22,7 @@ from gpt4all_ray.config import SearchSpec, SpecError, load_spec
 from gpt4all_ray.data import load_split
 from gpt4all_ray.data.pipeline import DataReport
 from gpt4all_ray.data.sources import DataError
+from gpt4all_ray.experiment import SPACE_COPY
 from gpt4all_ray.progress import clock, short
 
 DEFAULT_SPACE = "search_spaces/tiny_cpu.yaml"
@@ -115,7 +116,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-SPACE_COPY = "space.yaml"  # the search space as the experiment ran it, for --resume and the record
 SETTINGS = "experiment.json"
 
 

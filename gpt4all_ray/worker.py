@@ -1,5 +1,6 @@
 """The per-worker fine-tuning loop: DeepSpeed engine, LR schedule, evaluation each epoch (and
-every N steps), divergence decision, resumable checkpoint, metrics and report.
+every N steps), generation probes of each new best, divergence decision, resumable checkpoint,
+metrics and report.
 
 Ray comes in only through `Reporter`, so the same loop runs under torchrun (the GPU check and
 the bare-loop baseline) and in fast tests.
@@ -15,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ from gpt4all_ray.divergence import COMPLETED, DivergencePolicy
 from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
 from gpt4all_ray.loss import loss_sum_and_count
 from gpt4all_ray.model import base_model, is_builtin, load_tokenizer, trainable
+from gpt4all_ray.probes import ProbeCounts, probe_rows, run_probes
 from gpt4all_ray.schedule import lr_multiplier
 from gpt4all_ray.throughput import flop_model, known_peak_tflops
 
@@ -73,7 +75,7 @@ def _silenced() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     # Decay matrices only: biases and norm scales (1-D) are not regularised. LoRA has no 1-D
     # trainables, and an empty group trips ZeRO, so empty groups are left out.
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -165,14 +167,16 @@ class TrialRun:
         self.peak_flops = self._peak_flops()
         total_steps = self.steps_per_epoch * cfg.epochs
         multiplier = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, total_steps)
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         with _silenced():
             self.engine, ds_optimizer, _, self.scheduler = deepspeed.initialize(
                 model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
             )
         check_hyperparameters(ds_optimizer, cfg, multiplier, self.scheduler, total_steps)
+        self.probe_rows = probe_rows(self.data.val, cfg.probe_prompts, cfg.data_seed)
         self.resumed_from_step = 0  # the checkpoint's step when this attempt resumed a killed one
+        self.first_step_at: float | None = None  # Unix time this attempt's first optimizer step ended
 
     def _peak_flops(self) -> float | None:
         if self.cfg.peak_tflops:
@@ -254,6 +258,21 @@ class TrialRun:
             metrics["train/loss_scale"] = float(self.engine.optimizer.cur_scale)
         return metrics
 
+    def probe(self) -> dict[str, float]:
+        """Generation probes of the current weights, over all workers' shares of the prompts."""
+        counts = run_probes(
+            self.engine.module,
+            self.tokenizer,
+            self.cfg,
+            self.probe_rows,
+            self.device,
+            self.rank,
+            self.world,
+            synced=self.cfg.zero_stage == 3,
+        )
+        names = list(asdict(counts))
+        return ProbeCounts(**dict(zip(names, self.all_reduced(*asdict(counts).values()), strict=True))).scores()
+
     def evaluate(self) -> float:
         """Token-weighted validation loss over all workers' shards."""
         # Every rank runs the same number of forwards (ZeRO-3 gathers weights in each one);
@@ -324,7 +343,11 @@ def train(
     while state.epoch <= cfg.epochs and not stopped:
         order, epoch_started = run.epoch_order(state.epoch), time.perf_counter()
         while state.step_in_epoch < run.steps_per_epoch and not stopped:
+            step_started = time.perf_counter()
             run.train_step(order, state, window, on_step)
+            state.train_seconds += time.perf_counter() - step_started
+            if run.first_step_at is None:
+                run.first_step_at = time.time()
             faults.after_step(run.rank, state.global_step)
             epoch_end = state.step_in_epoch == run.steps_per_epoch
             eval_due = epoch_end or (cfg.eval_every_steps > 0 and state.global_step % cfg.eval_every_steps == 0)
@@ -337,6 +360,7 @@ def train(
             if eval_due:
                 elapsed = time.perf_counter() - epoch_started
                 stopped = _evaluate_and_report(run, state, policy, reporter, writer, epoch_end, window_metrics, elapsed)
+                window = Window()  # tokens/s counts training steps, not the evaluation and checkpoint
         if not stopped:
             state.next_epoch()
     if writer:
@@ -362,6 +386,10 @@ def _evaluate_and_report(
     # Every rank judges the same all-reduced losses: the same decision, so all stop together.
     progress = round(state.global_step / run.steps_per_epoch, 6)
     state.evaluations.append((progress, val_loss))
+    probes_due = cfg.probe_prompts and (improved or (epoch_end and cfg.probe_each_epoch))
+    probes = run.probe() if probes_due else {}
+    if improved:
+        state.best_probes = probes
     reason = policy.decide([e[1] for e in state.evaluations], [e[0] for e in state.evaluations]).reason
     if not reason and epoch_end and state.epoch == cfg.epochs:
         reason = COMPLETED
@@ -380,15 +408,22 @@ def _evaluate_and_report(
         "epoch_s": epoch_s,
         "stop_reason": reason,
         "resumed_from_step": run.resumed_from_step,
+        "train_s": state.train_seconds,
+        "first_step_at": run.first_step_at,
         "truncated_rows": run.encode_report.truncated,
         "dropped_too_long_rows": len(run.encode_report.dropped_too_long),
         "duplicate_rows": len(run.data.report.dropped.get("duplicate", [])),
     } | {key.removeprefix("train/"): value for key, value in window_metrics.items() if key != "train/loss"}
+    # The best checkpoint's probes (exact match is NaN, left out, where no answer is exact).
+    metrics |= {f"probe_{key}": value for key, value in state.best_probes.items() if math.isfinite(value)}
     if writer:
         writer.add_scalar("val/loss", val_loss, state.global_step)
         writer.add_scalar("val/ppl", metrics["val_ppl"], state.global_step)
         if epoch_end:
             writer.add_scalar("val/loss_by_epoch", val_loss, state.epoch)
+        for key, value in probes.items():
+            if math.isfinite(value):
+                writer.add_scalar(f"probe/{key}", value, state.global_step)
         writer.flush()
     with tempfile.TemporaryDirectory(prefix="gpt4all_ray_ckpt_") as tmp:
         folder = Path(tmp)

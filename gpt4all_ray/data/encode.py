@@ -32,6 +32,24 @@ def prompt_text(prompt: str) -> str:
     return PROMPT_HEAD + prompt + RESPONSE_HEAD
 
 
+class PromptEncoder:
+    """Prompt -> the token ids a model sees before its response, in training and in generation:
+    the template around the prompt, the prompt capped at half of max_length (as GPT4All did)."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.head = tokenizer(PROMPT_HEAD, add_special_tokens=False)["input_ids"]
+        self.tail = tokenizer(RESPONSE_HEAD, add_special_tokens=False)["input_ids"]
+        self.budget = max_length // 2 - len(self.head) - len(self.tail)
+        if self.budget < 1:
+            raise ValueError(f"max_length {max_length} leaves no room for a prompt after the template")
+
+    def __call__(self, prompt: str) -> tuple[list[int], bool]:
+        """(ids, whether the prompt was capped)."""
+        body = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return self.head + body[: self.budget] + self.tail, len(body) > self.budget
+
+
 class TooLong(ValueError):
     """A row that does not fit max_length under length_policy=raise."""
 
@@ -44,19 +62,12 @@ def encode_rows(
     max_length, as GPT4All did, so every row keeps room for its response. A row that still does not
     fit is truncated (no EOS), dropped (counted) or an error, by `length_policy`."""
     report = EncodeReport(rows=len(rows))
-    head = tokenizer(PROMPT_HEAD, add_special_tokens=False)["input_ids"]
-    tail = tokenizer(RESPONSE_HEAD, add_special_tokens=False)["input_ids"]
-    prompt_budget = max_length // 2 - len(head) - len(tail)
-    if prompt_budget < 1:
-        raise ValueError(f"max_length {max_length} leaves no room for a prompt after the template")
+    encode_prompt = PromptEncoder(tokenizer, max_length)
     eos = tokenizer.eos_token_id
     examples = []
     for i, row in enumerate(rows):
-        body = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-        if len(body) > prompt_budget:
-            body = body[:prompt_budget]
-            report.prompts_capped += 1
-        prompt = head + body + tail
+        prompt, capped = encode_prompt(row["prompt"])
+        report.prompts_capped += capped
         response = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
         if len(prompt) + len(response) + 1 <= max_length:
             ids = prompt + response + [eos]

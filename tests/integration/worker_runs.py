@@ -54,11 +54,11 @@ def without_weight_decay(model: Any, weight_decay: float) -> list[dict[str, Any]
 def main() -> int:
     root, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
     resume_from = sys.argv[3] if len(sys.argv) > 3 else None
-    real_groups = worker._param_groups
+    real_groups = worker.param_groups
     for name, settings in cases.items():
         out = root / name
         out.mkdir(parents=True, exist_ok=True)
-        worker._param_groups = without_weight_decay if name.startswith("planted_") else real_groups  # type: ignore[assignment]
+        worker.param_groups = without_weight_decay if name.startswith("planted_") else real_groups  # type: ignore[assignment]
         try:
             cfg = TrialConfig(**settings)
             worker.train(cfg, FolderReporter(out), str(out / "tb"), resume_from=resume_from, on_step=step_logger(out))

@@ -8,7 +8,7 @@ import torch
 
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.schedule import lr_multiplier
-from gpt4all_ray.worker import HyperparameterMismatch, _param_groups, check_hyperparameters
+from gpt4all_ray.worker import HyperparameterMismatch, param_groups, check_hyperparameters
 
 TOTAL = 100
 
@@ -17,7 +17,7 @@ def built(cfg: TrialConfig, weight_decay: float | None = None, lr: float | None 
     """What TrialRun builds, with an optional planted difference from cfg."""
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     decay = cfg.weight_decay if weight_decay is None else weight_decay
-    optimizer = torch.optim.AdamW(_param_groups(model, decay), lr=cfg.learning_rate if lr is None else lr)
+    optimizer = torch.optim.AdamW(param_groups(model, decay), lr=cfg.learning_rate if lr is None else lr)
     multiplier = lr_multiplier(schedule or cfg.lr_schedule, cfg.warmup_steps, TOTAL)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     return optimizer, lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, TOTAL), scheduler
@@ -46,7 +46,7 @@ def test_weight_decay_that_never_reached_the_optimizer_fails() -> None:
 def test_lora_has_no_empty_group() -> None:
     model = torch.nn.Linear(4, 4)
     model.bias.requires_grad_(False)
-    assert [g["name"] for g in _param_groups(model, 0.1)] == ["decay"]
+    assert [g["name"] for g in param_groups(model, 0.1)] == ["decay"]
 
 
 def test_wrong_learning_rate_fails() -> None:

@@ -1,0 +1,146 @@
+"""Worker overhead: the product's trial (Ray Train + DeepSpeed worker) against a bare PyTorch loop
+and against the same DeepSpeed loop without Ray, side by side in one run.
+
+    python benchmarks/worker_overhead.py --out /tmp/bench-overhead [--repeats 2] [--epochs 2]
+
+One trial of the embedded default (tiny GPT-J, 2 processes, batch 8 per process, same data order
+and hyperparameters) is trained four ways, in turn, `--repeats` times:
+  bare    plain PyTorch DDP (benchmarks/two_process_loops.py --loop bare)
+  worker  the product's DeepSpeed worker loop without Ray (two_process_loops.py --loop worker)
+  train   that loop under Ray Train alone: one TorchTrainer, no Tune (--loop train)
+  ray     the product: `python -m gpt4all_ray.tune` on a one-trial space (Ray, Tune, Train)
+Figures: steady-state tokens/s (median over log windows, the first left out) and its ratio to
+bare; seconds from command start to the first optimizer step; the share of wall time outside
+optimizer steps (startup, evaluation, checkpoints, reporting) of the trial and of the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+# The one configuration all three train: a good trial of the default search (its leaderboard's best).
+POINT = {
+    "learning_rate": 0.003756,
+    "lr_schedule": "constant_with_warmup",
+    "warmup_steps": 25,
+    "weight_decay": 0.0646,
+}
+ARMS = ("bare", "worker", "train", "ray")
+
+
+def one_trial_space(out: Path, epochs: int) -> Path:
+    raw = yaml.safe_load((REPO / "search_spaces" / "tiny_cpu.yaml").read_text())
+    raw["name"] = "overhead"
+    raw["search"] = {key: {"choice": [value]} for key, value in POINT.items() | {"epochs": epochs}.items()}
+    raw["tune"]["num_trials"] = 1
+    path = out / "overhead_space.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def tokens_per_s(tb_dir: Path) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb_dir))
+    events.Reload()
+    return [e.value for e in events.Scalars("train/tokens_per_s")]
+
+
+def run_ray(space: Path, out: Path) -> dict[str, Any]:
+    from gpt4all_ray.experiment import stored_trials
+    from gpt4all_ray.results import evaluations
+
+    started = time.time()
+    cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(space), "--results-dir", str(out)]
+    subprocess.run([*cmd, "--name", "ray"], cwd=REPO, check=True, capture_output=True)
+    wall = time.time() - started
+    (trial,) = stored_trials(out / "ray")
+    last = evaluations(trial.history)[-1]
+    tb_dir = next((out / "ray" / "tensorboard").iterdir())
+    return {
+        "windows": tokens_per_s(tb_dir),
+        "to_first_step_s": last["first_step_at"] - started,
+        "train_s": last["train_s"],
+        "trial_s": last["time_total_s"],
+        "command_s": wall,
+    }
+
+
+def run_loop(loop: str, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    started = time.time()
+    folder = out / loop
+    cmd = [sys.executable, str(REPO / "benchmarks" / "two_process_loops.py"), "--loop", loop]
+    subprocess.run([*cmd, "--config", json.dumps(cfg), "--out", str(folder)], cwd=REPO, check=True)
+    wall = time.time() - started
+    timing = json.loads((folder / "timing.json").read_text())
+    windows = timing.get("tokens_per_s_windows") or tokens_per_s(Path(timing["tb_dir"]))
+    return {
+        "windows": windows,
+        "to_first_step_s": timing["first_step_at"] - started,
+        "train_s": timing["train_s"],
+        "trial_s": wall,  # no driver around the processes: the trial is the command
+        "command_s": wall,
+    }
+
+
+def summarise(run: dict[str, Any]) -> dict[str, float]:
+    return {
+        "tokens_per_s": statistics.median(run["windows"][1:]),
+        "to_first_step_s": run["to_first_step_s"],
+        "outside_steps_of_trial": 1 - run["train_s"] / run["trial_s"],
+        "outside_steps_of_command": 1 - run["train_s"] / run["command_s"],
+        "command_s": run["command_s"],
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=2)
+    args = p.parse_args()
+    from gpt4all_ray.config import load_spec
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    space = one_trial_space(out, args.epochs)
+    spec = load_spec(space)
+    cfg = dataclasses.asdict(spec.trial_config(POINT | {"epochs": args.epochs}))
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    rows: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        for arm in ARMS:
+            folder = out / f"{arm}-{repeat}"
+            run = run_ray(space, folder) if arm == "ray" else run_loop(arm, cfg, folder)
+            row = {"arm": arm, "repeat": repeat} | summarise(run)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    bare = statistics.median(r["tokens_per_s"] for r in rows if r["arm"] == "bare")
+    print("\n| arm | tokens/s (median of repeats) | ratio to bare | to first step s | outside steps: trial | command |")
+    print("|---|---|---|---|---|---|")
+    for arm in ARMS:
+        mine = [r for r in rows if r["arm"] == arm]
+        med = {k: statistics.median(r[k] for r in mine) for k in mine[0] if k not in ("arm", "repeat")}
+        print(
+            f"| {arm} | {med['tokens_per_s']:.0f} | {med['tokens_per_s'] / bare:.3f} | {med['to_first_step_s']:.1f} "
+            f"| {med['outside_steps_of_trial']:.0%} | {med['outside_steps_of_command']:.0%} |"
+        )
+    (out / "overhead.json").write_text(json.dumps({"config": cfg, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
