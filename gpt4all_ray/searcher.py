@@ -11,7 +11,6 @@ attributes; with tune.min_stop_rate, TPE takes the stop rate as a constraint.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,11 @@ from gpt4all_ray.experiment import default_storage_url
 TOLD = ("best_epoch", "best_step", "epoch", "stop_reason", "probe_stop_rate", "probe_exact_match")
 
 
-@dataclass(frozen=True)
-class MinStopRate:
-    """TPE's constraint (feasible when <= 0): the best checkpoint's probe stop rate reaches the
-    threshold. A class, not a lambda: the sampler is saved with Tune's experiment state."""
-
-    threshold: float
-
-    def __call__(self, trial: optuna.trial.FrozenTrial) -> list[float]:
-        return [self.threshold - float(trial.user_attrs.get("probe_stop_rate", 0.0))]
-
-
 class TellingOptunaSearch(OptunaSearch):
+    def __init__(self, *args: Any, min_stop_rate: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_stop_rate = min_stop_rate  # saved with the searcher's __dict__ for --resume
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # A restored trial re-reporting after the study already closed it (see below): nothing to add.
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
@@ -49,6 +41,10 @@ class TellingOptunaSearch(OptunaSearch):
                 for key in TOLD:
                     if result and key in result:
                         ot_trial.set_user_attr(key, result[key])
+                if self.min_stop_rate:
+                    # TPE models infeasible trials (constraint > 0) apart from the good ones.
+                    stop_rate = float((result or {}).get("probe_stop_rate", 0.0))
+                    ot_trial.set_constraint("min_stop_rate", self.min_stop_rate - stop_rate)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Told before the driver was killed; the restored searcher's snapshot is older than
                 # the study it writes to. The study already holds this trial: nothing to add.
@@ -69,11 +65,7 @@ def make_searcher(
     sampler = (
         optuna.samplers.RandomSampler(seed=tune.seed)
         if tune.searcher == "random"
-        else optuna.samplers.TPESampler(
-            seed=tune.seed,
-            n_startup_trials=tune.startup_trials,
-            constraints_func=MinStopRate(tune.min_stop_rate) if tune.min_stop_rate else None,
-        )
+        else optuna.samplers.TPESampler(seed=tune.seed, n_startup_trials=tune.startup_trials)
     )
     return TellingOptunaSearch(
         metric=metric,
@@ -82,4 +74,5 @@ def make_searcher(
         sampler=sampler,
         study_name=exp_dir.name,
         storage=optuna.storages.RDBStorage(storage_url(spec, exp_dir)),
+        min_stop_rate=tune.min_stop_rate,
     )

@@ -8,7 +8,7 @@ import torch
 
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.schedule import lr_multiplier
-from gpt4all_ray.worker import HyperparameterMismatch, param_groups, check_hyperparameters
+from gpt4all_ray.worker import HyperparameterMismatch, check_hyperparameters, param_groups
 
 TOTAL = 100
 
