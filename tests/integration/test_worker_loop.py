@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,8 @@ def test_trains_saves_and_reloads_to_the_reported_loss(runs: Path, case: str) ->
         assert best["val_loss"] < math.log(len(tokenizer))  # it learned: better than a uniform guess
     assert metrics[-1]["best_val_loss"] == best["val_loss"]
     assert validation_loss(folder) == pytest.approx(best["val_loss"], rel=1e-4)
+    # Generation probes ran on the best checkpoint in every setting (ZeRO-3: synced generation).
+    assert 0 <= metrics[-1]["probe_stop_rate"] <= 1 and metrics[-1]["probe_mean_new_tokens"] >= 0
 
 
 def test_every_report_carries_the_metrics_and_a_resumable_checkpoint(runs: Path) -> None:
@@ -148,6 +151,10 @@ def test_every_report_carries_the_metrics_and_a_resumable_checkpoint(runs: Path)
         resume = runs / "llama-lora-zero3-gradckpt-eval-steps" / "checkpoints" / f"step-{m['step']}" / "resume"
         assert (resume / "loop_state.json").is_file() and (resume / "engine").is_dir()
     assert any("grad_norm" in m for m in reports(runs / "full-zero2-fp32"))
+    # Time inside optimizer steps grows report by report; the first step's time is one instant.
+    train_s = [m["train_s"] for m in metrics]
+    assert all(0 < a < b for a, b in zip(train_s, train_s[1:], strict=False))
+    assert len({m["first_step_at"] for m in metrics}) == 1 and metrics[0]["first_step_at"] < time.time()
 
 
 def test_packed_training_loss_matches_unpacked_evaluation(runs: Path) -> None:
