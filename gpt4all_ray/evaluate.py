@@ -64,25 +64,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def stop_rate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 48) -> float:
-    """Share of prompts whose greedy generation ends with EOS within max_new_tokens: GPT4All's
-    first model (pad == eos) never stopped."""
-    import torch
-
-    from gpt4all_ray.data.encode import prompt_text
-
-    stopped = 0
-    with torch.no_grad():
-        for prompt in prompts:
-            ids = tokenizer(prompt_text(prompt), return_tensors="pt", add_special_tokens=False)["input_ids"]
-            out = model.generate(
-                ids,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            stopped += int(tokenizer.eos_token_id in out[0, ids.shape[1] :].tolist())
-    return stopped / len(prompts)

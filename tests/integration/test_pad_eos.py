@@ -12,8 +12,8 @@ from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
 from gpt4all_ray.data.collate import pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, Example, encode_rows
-from gpt4all_ray.evaluate import stop_rate
 from gpt4all_ray.model import build_model
+from gpt4all_ray.probes import run_probes
 
 pytestmark = pytest.mark.integration
 CFG = TrialConfig(data_rows=1200)
@@ -47,9 +47,13 @@ def test_pad_equal_to_eos_never_learns_to_stop() -> None:
         )
         for e in examples
     ]
-    prompts = [r["prompt"] for r in data.val if r["source"] != "copy"][:40]
-    separate = stop_rate(train(examples, tokenizer.pad_token_id, tokenizer), tokenizer, prompts)
-    same = stop_rate(train(buggy, eos, tokenizer), tokenizer, prompts)
+    rows = [r for r in data.val if r["source"] != "copy"][:40]
+
+    def stop_rate(model: torch.nn.Module) -> float:
+        return run_probes(model, tokenizer, CFG, rows).scores()["stop_rate"]
+
+    separate = stop_rate(train(examples, tokenizer.pad_token_id, tokenizer))
+    same = stop_rate(train(buggy, eos, tokenizer))
     print(f"stop rate: separate pad {separate:.2f}, pad == eos {same:.2f}")
     assert same == 0.0
     assert separate >= 0.5
