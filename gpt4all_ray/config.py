@@ -373,7 +373,10 @@ def load_spec(path: str | Path) -> SearchSpec:
     try:
         raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (safe loader subclass)
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
     return parse_spec(raw, path)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 
 import ray
@@ -13,9 +15,14 @@ from gpt4all_ray.config import Resources, SpecError
 def connect_ray(resources: Resources) -> None:
     """RAY_ADDRESS (as under `ray job submit`), else a running `ray start` cluster, else a local
     instance sized to this machine."""
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        where = f"attached to the Ray cluster at {os.environ['RAY_ADDRESS']}"
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address and address not in ("auto", "local"):
+        check_reachable(address)
+        try:
+            ray.init()
+        except ConnectionError as err:
+            raise SpecError(f"RAY_ADDRESS={address}: could not attach to a Ray cluster there ({err})") from None
+        where = f"attached to the Ray cluster at {address}"
     else:
         try:
             ray.init(address="auto")
@@ -34,6 +41,21 @@ def connect_ray(resources: Resources) -> None:
             f"one trial needs {need:g} CPUs (driver_cpus + workers_per_trial x cpus_per_worker) "
             f"but this Ray cluster has {cpus:g}; lower resources in the search space"
         )
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray retries an address that nothing answers for minutes; a TCP connect says so at once."""
+    hostport = re.sub(r"^[a-z]+://", "", address).split("/")[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError(f"RAY_ADDRESS={address}: expected host:port (or ray://host:port, auto, local)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise SpecError(
+            f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({err.strerror or err}); start the cluster "
+            "(`ray start --head`) or unset RAY_ADDRESS to run on a local Ray"
+        ) from None
 
 
 def warn_if_deepspeed_op_unbuilt(resources: Resources) -> None:

@@ -53,19 +53,52 @@ def check_data(spec: SearchSpec) -> DataReport:
     if data.report.train_rows < spec.fixed.global_batch:
         raise SpecError(
             f"{spec.path}: fixed.data_rows: {data.report.train_rows} training rows after cleaning and the "
-            f"validation split make no step of global_batch {spec.fixed.global_batch}"
+            f"validation split make no step of global_batch {spec.fixed.global_batch} ({data.report.summary()})"
         )
-    if spec.fixed.length_policy == "raise":  # otherwise only the workers would find the row
+    if spec.fixed.length_policy in ("raise", "drop"):  # otherwise only the workers would find out
         from gpt4all_ray.data.encode import TooLong, encode_rows
         from gpt4all_ray.model import load_tokenizer
 
         tokenizer = load_tokenizer(spec.fixed, data)
         for part, rows in (("train", data.train), ("validation", data.val)):
             try:
-                encode_rows(rows, tokenizer, spec.fixed.max_length, "raise")
+                kept, _ = encode_rows(rows, tokenizer, spec.fixed.max_length, spec.fixed.length_policy)
             except TooLong as err:
                 raise SpecError(f"{spec.path}: fixed.length_policy: {part} {err}") from None
+            need = spec.fixed.global_batch if part == "train" else 1
+            if len(kept) < need:
+                raise SpecError(
+                    f"{spec.path}: fixed.length_policy: drop leaves {len(kept)} of {len(rows)} {part} rows "
+                    f"within max_length {spec.fixed.max_length} (needed: {need}); raise max_length or truncate"
+                )
+    check_warmup(spec, data.report.train_rows)
     return data.report
+
+
+def check_warmup(spec: SearchSpec, train_rows: int) -> None:
+    """A warmup no trial can finish is a mistake in the space (GPT4All's warmup was 100 of
+    thousands of steps)."""
+    steps_per_epoch = train_rows // spec.fixed.global_batch
+    warmup = spec.search.get("warmup_steps")
+    lowest_warmup = int(min(warmup.args)) if warmup else spec.fixed.warmup_steps
+    longest_run = steps_per_epoch * spec.max_epochs
+    if lowest_warmup >= longest_run:
+        key = "search.warmup_steps" if warmup else "fixed.warmup_steps"
+        raise SpecError(
+            f"{spec.path}: {key}: warmup of {lowest_warmup} steps is not shorter than the longest run "
+            f"({spec.max_epochs} epochs x {steps_per_epoch} steps = {longest_run}); no trial would finish warming up"
+        )
+
+
+def check_results_dir(exp_dir: Path) -> None:
+    """The experiment folder can be written: refused before Ray starts otherwise."""
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        probe = exp_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise SpecError(f"--results-dir: cannot write the experiment folder {exp_dir}: {err.strerror or err}") from None
 
 
 def check_model(spec: SearchSpec) -> None:
@@ -169,7 +202,7 @@ def run(spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False) 
     from gpt4all_ray.divergence import DivergencePolicy
     from gpt4all_ray.experiment import stored_trials, tune_dir
     from gpt4all_ray.progress import progress_callback
-    from gpt4all_ray.ray_cluster import connect_ray, warn_if_deepspeed_op_unbuilt
+    from gpt4all_ray.ray_cluster import warn_if_deepspeed_op_unbuilt
     from gpt4all_ray.report import build_report
     from gpt4all_ray.searcher import make_searcher, storage_url
     from gpt4all_ray.spaces import param_space, warm_starts
@@ -179,7 +212,6 @@ def run(spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False) 
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    connect_ray(spec.resources)
     warn_if_deepspeed_op_unbuilt(spec.resources)
     storage = exp_dir.resolve() / "ray"
     trainable = tune.with_resources(
@@ -268,9 +300,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     exp_dir = exp_dir.resolve()
+    made_here = not exp_dir.exists()
+    try:
+        check_results_dir(exp_dir)
+        from gpt4all_ray.ray_cluster import connect_ray
+
+        connect_ray(spec.resources)
+    except SpecError as err:
+        if made_here and exp_dir.is_dir() and not any(exp_dir.iterdir()):
+            exp_dir.rmdir()  # nothing half-written left behind
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"Experiment {exp_dir.name}: results in {exp_dir}", flush=True)
     if not args.resume:
-        exp_dir.mkdir(parents=True, exist_ok=True)
         (exp_dir / SPACE_COPY).write_text(spec.path.read_text())
         (exp_dir / SETTINGS).write_text(json.dumps({"space": str(spec.path), "num_trials": spec.tune.num_trials}))
     if not args.results_dir.is_absolute() and "runtime_resources" in Path.cwd().parts:

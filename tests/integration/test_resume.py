@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Record
 from tests.integration.conftest import launch_ranks, run_worker_cases
 
 pytestmark = pytest.mark.integration
@@ -66,7 +67,7 @@ def kill_and_wait(root: Path, marker: Path) -> None:
     procs[0].wait(timeout=60)
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_examples_and_losses(tmp_path: Path) -> None:
+def test_a_run_killed_mid_epoch_resumes_to_the_same_examples_and_losses(tmp_path: Path, ledger: Record) -> None:
     whole, killed, resumed = tmp_path / "whole", tmp_path / "killed", tmp_path / "resumed"
     run_worker_cases(whole, CASE, world=2)
     per_epoch = max(r["step"] for r in reports(whole / "trial").values()) // 2
@@ -95,3 +96,4 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_examples_and_losses(tmp_path
         assert report["train_loss"] == pytest.approx(want["train_loss"], rel=TOLERANCE)
         assert report["best_step"] == want["best_step"] and report["resumed_from_step"] == last
     assert got_reports[max(got_reports)]["stop_reason"] == "completed"
+    ledger(faults=1, kind="worker SIGKILL mid-epoch, resumed without Ray", trials_requested=1, trials_lost=0)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Record
 from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, SMALL_SPACE, ray_bin, subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 REQUESTED = 3  # tests/integration/small_space.yaml
 
 
-def test_killed_driver_resumes_to_the_requested_trials_none_twice(tmp_path: Path) -> None:
+def test_killed_driver_resumes_to_the_requested_trials_none_twice(tmp_path: Path, ledger: Record) -> None:
     command = [sys.executable, "-m", "gpt4all_ray.tune", "--space", SMALL_SPACE, "--results-dir", str(tmp_path)]
     driver = subprocess.Popen(
         [*command, "--name", "killed"],
@@ -71,3 +72,5 @@ def test_killed_driver_resumes_to_the_requested_trials_none_twice(tmp_path: Path
     told = [t.user_attrs.get("ray_trial_id") for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(told) == sorted(r["trial_id"] for r in rows)  # the searcher was told each trial once
     assert (tmp_path / "killed" / "summary.md").is_file()
+    ledger(faults=1, kind="driver SIGKILL mid-search, --resume", trials_requested=REQUESTED, trials_lost=0)
+    ledger(bad_inputs=1, case="same experiment name after a crash")

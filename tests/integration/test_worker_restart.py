@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gpt4all_ray.evaluate import validation_loss
+from tests.conftest import Record
 from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 KILL_AFTER_STEP = 12  # epoch 1 (22 steps an epoch), 2 steps past the evaluation at step 10
 
 
-def test_killed_worker_resumes_from_its_checkpoint_and_the_trial_finishes(tmp_path: Path) -> None:
+def test_killed_worker_resumes_from_its_checkpoint_and_the_trial_finishes(tmp_path: Path, ledger: Record) -> None:
     marker = tmp_path / "fired"
     env = subprocess_env() | {
         "GPT4ALL_RAY_FAULT": f"kill:rank=1:step={KILL_AFTER_STEP}",
@@ -61,3 +62,4 @@ def test_killed_worker_resumes_from_its_checkpoint_and_the_trial_finishes(tmp_pa
 
     best = json.loads((exp / "best.json").read_text())
     assert validation_loss(exp / "best") == pytest.approx(best["best_val_loss"], rel=1e-4)
+    ledger(faults=1, kind="Ray Train worker SIGKILL, group restarted", trials_requested=1, trials_lost=0)

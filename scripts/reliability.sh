@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The reliability battery: bad inputs and injected faults (worker kills, driver kill and resume),
+# each test recording what it tried in a ledger, summed into results/reliability.md.
+# Extra arguments go to pytest (e.g. -k bad_input for the fast part alone).
+source "$(dirname "$0")/setup.sh"
+ledger="$(mktemp)"
+GPT4ALL_RAY_LEDGER="$ledger" python -m pytest tests/reliability tests/integration/test_resume.py \
+    tests/integration/test_worker_restart.py tests/integration/test_resume_experiment.py "$@"
+python -m tests.reliability.summary "$ledger" "bash scripts/reliability.sh $*" > results/reliability.md
+cat results/reliability.md

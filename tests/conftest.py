@@ -1,0 +1,25 @@
+"""The reliability battery's ledger: each test records what it injected or tried and what was
+lost; `scripts/reliability.sh` sums the ledger into results/reliability.md."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+Record = Callable[..., None]
+
+
+@pytest.fixture
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Record:
+    """record(faults=..., bad_inputs=..., trials_requested=..., trials_lost=..., note=...)."""
+    path = Path(os.environ.get("GPT4ALL_RAY_LEDGER", tmp_path / "ledger.jsonl"))
+
+    def record(**counts: object) -> None:
+        with path.open("a") as f:
+            f.write(json.dumps({"test": request.node.nodeid} | counts) + "\n")
+
+    return record
