@@ -39,6 +39,8 @@ class LoopState:
     best_step: int = 0
     best_probes: dict[str, float] = field(default_factory=dict)
     """Generation probe scores of the best checkpoint (gpt4all_ray.probes)."""
+    skipped_at_last_evaluation: int = 0
+    """The engine's skipped-step count at the previous evaluation."""
     train_seconds: float = 0.0
     """Wall time inside optimizer steps, all attempts: the rest of a trial's time is overhead."""
 

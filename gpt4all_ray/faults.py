@@ -1,13 +1,16 @@
 """Fault injection for recovery tests: off unless GPT4ALL_RAY_FAULT is set.
 
 GPT4ALL_RAY_FAULT="kill:rank=1:step=7" SIGKILLs rank 1's process right after optimizer step 7:
-a real process death, as a preempted node or an OOM-killer would cause. With
+a real process death, as a preempted node or an OOM-killer would cause. "nan:step=7" and
+"inf:step=7" multiply the training loss of step 7 by NaN or inf on every rank before the backward
+pass (":steps=N": steps 7 to 7+N-1), so the gradients go non-finite in the real engine. With
 GPT4ALL_RAY_FAULT_ONCE=<file>, the fault fires only while <file> does not exist (it is created
 first), so the restarted worker runs on past the same step.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -16,32 +19,53 @@ FAULT_ENV = "GPT4ALL_RAY_FAULT"
 ONCE_ENV = "GPT4ALL_RAY_FAULT_ONCE"
 
 
+FIELDS = {"kill": {"rank", "step"}, "nan": {"step"}, "inf": {"step"}}
+OPTIONAL = {"kill": set(), "nan": {"steps"}, "inf": {"steps"}}
+USAGE = "expected kill:rank=R:step=S, nan:step=S[:steps=N] or inf:step=S[:steps=N]"
+
+
 def parse(spec: str) -> tuple[str, dict[str, int]]:
     kind, *fields = spec.split(":")
-    if kind != "kill":
-        raise ValueError(f"{FAULT_ENV}={spec!r}: unknown fault {kind!r}; expected kill:rank=R:step=S")
+    if kind not in FIELDS:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: unknown fault {kind!r}; {USAGE}")
     where = {}
     for field in fields:
         key, _, value = field.partition("=")
-        if key not in ("rank", "step") or not value.isdigit():
-            raise ValueError(f"{FAULT_ENV}={spec!r}: bad field {field!r}; expected rank=R or step=S")
+        if key not in FIELDS[kind] | OPTIONAL[kind] or not value.isdigit():
+            raise ValueError(f"{FAULT_ENV}={spec!r}: bad field {field!r}; {USAGE}")
         where[key] = int(value)
-    if set(where) != {"rank", "step"}:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected kill:rank=R:step=S")
+    if not FIELDS[kind] <= set(where):
+        raise ValueError(f"{FAULT_ENV}={spec!r}: {USAGE}")
     return kind, where
 
 
-def after_step(rank: int, global_step: int) -> None:
+def _due(kind: str, rank: int, global_step: int) -> bool:
+    """Whether the configured fault of this kind fires at this rank and step (once, if asked)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
-        return
-    _, where = parse(spec)
-    if (rank, global_step) != (where["rank"], where["step"]):
-        return
+        return False
+    configured, where = parse(spec)
+    first, count = where["step"], where.get("steps", 1)
+    if configured != kind or not first <= global_step < first + count or where.get("rank", rank) != rank:
+        return False
     once = os.environ.get(ONCE_ENV)
     if once:
         marker = Path(once)
         if marker.exists():
-            return
-        marker.write_text(f"killed rank {rank} after step {global_step}\n")
-    os.kill(os.getpid(), signal.SIGKILL)
+            return False
+        if rank == 0 or kind == "kill":
+            marker.write_text(f"{'killed' if kind == 'kill' else kind} rank {rank} after step {global_step}\n")
+    return True
+
+
+def after_step(rank: int, global_step: int) -> None:
+    if _due("kill", rank, global_step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def loss_factor(rank: int, global_step: int) -> float:
+    """1.0, or NaN / inf when a numerics fault is set for this (1-based) optimizer step."""
+    for kind, factor in (("nan", math.nan), ("inf", math.inf)):
+        if _due(kind, rank, global_step):
+            return factor
+    return 1.0

@@ -11,6 +11,7 @@ attributes; with tune.min_stop_rate, TPE takes the stop rate as a constraint.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,10 @@ class TellingOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if result and not math.isfinite(float(result.get(self.metric, math.nan))):
+            # No finite loss ever (non-finite from the first evaluation): Optuna gets a failure,
+            # not a value (Ray's OptunaSearch tells any value it finds as COMPLETE).
+            result, error = {k: v for k, v in result.items() if k != self.metric}, True
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and trial_id not in self._completed_trials:
             try:

@@ -50,7 +50,7 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
             # Every evaluation reports a resumable checkpoint; Ray keeps the best by val_loss (the
             # one holding the exported model) and, always, the latest (to resume from).
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+                num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="min"
             ),
             # A dead worker: Ray Train restarts the group, which resumes from the last checkpoint.
             failure_config=ray.train.FailureConfig(max_failures=spec.tune.worker_restarts),

@@ -30,7 +30,7 @@ from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import load_split
 from gpt4all_ray.data.collate import pack, pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, encode_rows
-from gpt4all_ray.divergence import COMPLETED, DivergencePolicy
+from gpt4all_ray.divergence import COMPLETED, NON_FINITE, DivergencePolicy
 from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
 from gpt4all_ray.loss import loss_sum_and_count
 from gpt4all_ray.model import base_model, is_builtin, load_tokenizer, trainable
@@ -214,6 +214,7 @@ class TrialRun:
         mine = order[step * cfg.global_batch : (step + 1) * cfg.global_batch][self.rank :: self.world]
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         label_tokens = 0.0
+        injected = faults.loss_factor(self.rank, state.global_step + 1)  # 1.0 unless a test asks
         for micro in range(self.accumulation):
             picked = mine[micro * cfg.per_device_batch : (micro + 1) * cfg.per_device_batch]
             cpu = self.cpu_batch([self.train_examples[i] for i in picked])
@@ -222,6 +223,8 @@ class TrialRun:
             real = float((cpu["input_ids"] != self.tokenizer.pad_token_id).sum())
             batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu.items()}
             loss = self.engine(**batch).loss
+            if injected != 1.0:
+                loss = loss * injected
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += loss.detach().double() * labels  # stays on the device: no sync per micro-batch
@@ -391,6 +394,14 @@ def _evaluate_and_report(
     if improved:
         state.best_probes = probes
     reason = policy.decide([e[1] for e in state.evaluations], [e[0] for e in state.evaluations]).reason
+    # DeepSpeed skips a step whose gradients are not finite; when it skipped every step since the
+    # last evaluation, the trial no longer trains (a NaN in every batch, or fp16's scale collapsed).
+    skipped = int(run.engine.skipped_steps)
+    evaluated_steps = [round(e[0] * run.steps_per_epoch) for e in state.evaluations]
+    interval = evaluated_steps[-1] - (evaluated_steps[-2] if len(evaluated_steps) > 1 else run.resumed_from_step)
+    if not reason and interval > 0 and skipped - state.skipped_at_last_evaluation >= interval:
+        reason = NON_FINITE
+    state.skipped_at_last_evaluation = skipped
     if not reason and epoch_end and state.epoch == cfg.epochs:
         reason = COMPLETED
     metrics = {
@@ -399,6 +410,8 @@ def _evaluate_and_report(
         "epoch_end": epoch_end,
         "epoch_progress": progress,
         "val_loss": val_loss,
+        # What Ray ranks checkpoints by: a NaN would compare as neither better nor worse.
+        "checkpoint_score": val_loss if math.isfinite(val_loss) else math.inf,
         "val_ppl": math.exp(val_loss) if val_loss < 50 else math.inf,
         "train_loss": state.epoch_loss_sum / max(state.epoch_label_tokens, 1),
         "best_val_loss": state.best_val_loss,
@@ -408,6 +421,7 @@ def _evaluate_and_report(
         "epoch_s": epoch_s,
         "stop_reason": reason,
         "resumed_from_step": run.resumed_from_step,
+        "skipped_steps": skipped,
         "train_s": state.train_seconds,
         "first_step_at": run.first_step_at,
         "truncated_rows": run.encode_report.truncated,

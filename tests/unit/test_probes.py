@@ -1,27 +1,22 @@
 """Generation probes: the scoring rules, batched greedy generation, and the stop-rate constraint
-as Optuna's TPE and the report use it."""
+as the report uses it (the searcher's side is in test_searcher.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 
-from gpt4all_ray.config import TrialConfig, load_spec
+from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
 from gpt4all_ray.data.encode import PromptEncoder
 from gpt4all_ray.model import build_model
 from gpt4all_ray.probes import EMBEDDED_EXACT, ProbeCounts, exact_sources, generate, repeated_ngrams, score
 from gpt4all_ray.results import TrialRecord, best_record
-from gpt4all_ray.searcher import make_searcher
-from gpt4all_ray.spaces import param_space
 
 CFG = TrialConfig(data_rows=300)
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +79,3 @@ def test_best_trial_is_the_lowest_loss_that_meets_the_stop_rate(tmp_path: Path) 
     assert (best.trial_id, met) == ("stops", True)  # type: ignore[union-attr]
     best, met = best_record(records, min_stop_rate=0.99)
     assert (best.trial_id, met) == ("low_loss_never_stops", False)  # type: ignore[union-attr]
-
-
-def test_searcher_tells_tpe_the_stop_rate_constraint(tmp_path: Path) -> None:
-    """The real searcher (Ray's OptunaSearch subclass) on a real SQLite study: a trial below the
-    required stop rate is infeasible for TPE, one above is feasible."""
-    spec = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")
-    spec = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, min_stop_rate=0.9))
-    searcher = make_searcher(spec, tmp_path / "exp", "best_val_loss", None)
-    searcher.set_search_properties("best_val_loss", "min", param_space(spec))
-    for trial_id, stop_rate in (("a", 0.5), ("b", 1.0)):
-        assert searcher.suggest(trial_id)
-        searcher.on_trial_complete(trial_id, {"best_val_loss": 3.0, "probe_stop_rate": stop_rate})
-    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}")
-    constraints = [t.constraints["min_stop_rate"] for t in study.trials]
-    assert constraints == [pytest.approx(0.4), pytest.approx(-0.1)]  # feasible when <= 0

@@ -1,0 +1,83 @@
+"""Numerics faults through the real DeepSpeed engine (GPT4ALL_RAY_FAULT=nan:step=S[:steps=N] or
+inf:..., multiplying the training loss): DeepSpeed skips a step whose gradients are not finite,
+and the worker counts it; one such step costs nothing, while a trial that skipped every step
+since its last evaluation stops with reason non_finite. The best checkpoint is always a finite
+one, and the searcher gets its finite value (a trial with no finite loss at all is a failure for
+Optuna: tests/unit/test_searcher.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from gpt4all_ray.evaluate import validation_loss
+from tests.conftest import Record
+from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, launch_ranks, subprocess_env
+
+pytestmark = pytest.mark.integration
+SPACE = "tests/integration/restart_space.yaml"  # 2 workers, 22 steps an epoch, evaluation every 5
+CASE = {"data_rows": 400, "val_fraction": 0.1, "epochs": 2, "eval_every_steps": 5, "learning_rate": 3e-3}
+
+
+def run_ranks(out: Path, fault: str) -> list[dict]:
+    procs = launch_ranks(out, {"trial": CASE}, world=2, env={"GPT4ALL_RAY_FAULT": fault})
+    for proc in procs:
+        output, _ = proc.communicate(timeout=SEARCH_TIMEOUT_S)
+        assert proc.returncode == 0, output[-3000:]
+    assert not (out / "trial" / "error.txt").exists(), (out / "trial" / "error.txt").read_text()[-3000:]
+    return [json.loads(line) for line in (out / "trial" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("fault", ["nan", "inf"])
+def test_one_non_finite_step_is_skipped_counted_and_the_trial_goes_on(
+    fault: str, tmp_path: Path, ledger: Record
+) -> None:
+    reports = run_ranks(tmp_path, f"{fault}:step=12")
+    assert [r["skipped_steps"] for r in reports if r["step"] < 12] == [0, 0]
+    assert all(r["skipped_steps"] == 1 for r in reports if r["step"] >= 12)  # DeepSpeed skipped it
+    assert all(math.isfinite(r["val_loss"]) for r in reports) and reports[-1]["stop_reason"] == "completed"
+    best = min(reports, key=lambda r: r["val_loss"])
+    assert validation_loss(tmp_path / "trial" / "model") == pytest.approx(best["val_loss"], rel=1e-4)
+    ledger(faults=1, kind=f"{fault} loss at one step, worker loop", trials_requested=1, trials_lost=0)
+
+
+def test_non_finite_loss_at_every_step_stops_the_trial_with_its_reason(tmp_path: Path, ledger: Record) -> None:
+    reports = run_ranks(tmp_path, "nan:step=12:steps=1000")
+    print([(r["step"], r["val_loss"], r["skipped_steps"], r["stop_reason"]) for r in reports])
+    last = reports[-1]
+    # Steps 12-15 are 4 of the 5 since the evaluation at 10; 16-20 are all 5 of theirs.
+    assert (last["step"], last["stop_reason"], last["skipped_steps"]) == (20, "non_finite", 9)
+    best = min(reports, key=lambda r: r["val_loss"])
+    assert (last["best_val_loss"], last["best_step"]) == (best["val_loss"], best["step"])
+    assert validation_loss(tmp_path / "trial" / "model") == pytest.approx(best["val_loss"], rel=1e-4)
+    ledger(faults=1, kind="nan loss from step 12 on, worker loop", trials_requested=1, trials_lost=0)
+
+
+def test_nan_in_a_real_search_keeps_the_best_checkpoint_and_tells_optuna_a_finite_value(
+    tmp_path: Path, ledger: Record
+) -> None:
+    env = subprocess_env() | {"GPT4ALL_RAY_FAULT": "nan:step=12:steps=1000"}
+    command = [sys.executable, "-m", "gpt4all_ray.tune", "--space", SPACE, "--results-dir", str(tmp_path)]
+    proc = subprocess.run(
+        [*command, "--name", "nan"], cwd=REPO, env=env, capture_output=True, text=True, timeout=SEARCH_TIMEOUT_S
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    exp = tmp_path / "nan"
+    with (exp / "leaderboard.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["stop_reason"] == "non_finite" and row["epochs_run"] == "1"
+    best = json.loads((exp / "best.json").read_text())
+    assert math.isfinite(best["best_val_loss"]) and best["best_step"] in (10, 15, 20)
+    # Ray's checkpoint manager kept the best (finite) checkpoint beside the non-finite latest.
+    assert validation_loss(exp / "best") == pytest.approx(best["best_val_loss"], rel=1e-4)
+    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{exp / 'optuna.db'}")
+    (trial,) = study.trials
+    assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(best["best_val_loss"])
+    ledger(faults=1, kind="nan loss from step 12 on, real search", trials_requested=1, trials_lost=0)
