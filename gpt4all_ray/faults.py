@@ -3,7 +3,9 @@
 GPT4ALL_RAY_FAULT="kill:rank=1:step=7" SIGKILLs rank 1's process right after optimizer step 7:
 a real process death, as a preempted node or an OOM-killer would cause. "nan:step=7" and
 "inf:step=7" multiply the training loss of step 7 by NaN or inf on every rank before the backward
-pass (":steps=N": steps 7 to 7+N-1), so the gradients go non-finite in the real engine. With
+pass (":steps=N": steps 7 to 7+N-1), so the gradients go non-finite in the real engine.
+"oom:rank=1:step=7" raises torch's OutOfMemoryError in rank 1 after step 7, as a GPU that ran
+out of memory would (every attempt reaches the step again, so the trial's restarts run out). With
 GPT4ALL_RAY_FAULT_ONCE=<file>, the fault fires only while <file> does not exist (it is created
 first), so the restarted worker runs on past the same step.
 """
@@ -19,9 +21,9 @@ FAULT_ENV = "GPT4ALL_RAY_FAULT"
 ONCE_ENV = "GPT4ALL_RAY_FAULT_ONCE"
 
 
-FIELDS = {"kill": {"rank", "step"}, "nan": {"step"}, "inf": {"step"}}
-OPTIONAL = {"kill": set(), "nan": {"steps"}, "inf": {"steps"}}
-USAGE = "expected kill:rank=R:step=S, nan:step=S[:steps=N] or inf:step=S[:steps=N]"
+FIELDS = {"kill": {"rank", "step"}, "oom": {"rank", "step"}, "nan": {"step"}, "inf": {"step"}}
+OPTIONAL = {"kill": set(), "oom": set(), "nan": {"steps"}, "inf": {"steps"}}
+USAGE = "expected kill:rank=R:step=S, oom:rank=R:step=S, nan:step=S[:steps=N] or inf:step=S[:steps=N]"
 
 
 def parse(spec: str) -> tuple[str, dict[str, int]]:
@@ -61,6 +63,10 @@ def _due(kind: str, rank: int, global_step: int) -> bool:
 def after_step(rank: int, global_step: int) -> None:
     if _due("kill", rank, global_step):
         os.kill(os.getpid(), signal.SIGKILL)
+    if _due("oom", rank, global_step):
+        import torch
+
+        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by {FAULT_ENV} after step {global_step})")
 
 
 def loss_factor(rank: int, global_step: int) -> float:

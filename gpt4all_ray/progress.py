@@ -3,8 +3,10 @@ stop decision, as it happens. The callback also keeps each trial's reported epoc
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.config import SearchSpec
@@ -17,6 +19,20 @@ def clock(t0: float) -> str:
 
 def short(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+OOM_HINT = "; lower per_device_batch (keeping global_batch), or turn on gradient_checkpointing, ZeRO-3 or offload"
+
+
+def failure_line(error_file: str | None) -> str:
+    """The error's last line (the exception), and what to change when it is out of memory."""
+    text = ""
+    if error_file:
+        with contextlib.suppress(OSError):
+            text = Path(error_file).read_text()
+    last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+    hint = OOM_HINT if "OutOfMemoryError" in text or "out of memory" in text else ""
+    return f"{last[-300:] or 'see Ray logs'}{hint} ({error_file or 'no error file'})"
 
 
 def progress_callback(spec: SearchSpec, t0: float) -> Any:
@@ -49,15 +65,17 @@ def progress_callback(spec: SearchSpec, t0: float) -> Any:
             )
             if "mfu" in result:
                 line += f", MFU {result['mfu']:.1%}"
+            if result.get("skipped_steps"):
+                line += f", {result['skipped_steps']} steps skipped (non-finite gradients)"
             reason = result.get("stop_reason")
             if reason == "diverged":
                 line += " -> stopped: validation loss rose above its best; best checkpoint kept"
             elif reason == "non_finite":
-                line += " -> stopped: loss is NaN/inf"
+                line += " -> stopped: loss or gradients are NaN/inf"
             print(line, flush=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.errors.add(trial.trial_id)
-            print(f"[{clock(t0)}] trial {trial.trial_id} FAILED: {trial.error_file or 'see Ray logs'}", flush=True)
+            print(f"[{clock(t0)}] trial {trial.trial_id} FAILED: {failure_line(trial.error_file)}", flush=True)
 
     return Progress()

@@ -81,3 +81,29 @@ def test_nan_in_a_real_search_keeps_the_best_checkpoint_and_tells_optuna_a_finit
     (trial,) = study.trials
     assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(best["best_val_loss"])
     ledger(faults=1, kind="nan loss from step 12 on, real search", trials_requested=1, trials_lost=0)
+
+
+def test_out_of_memory_fails_its_trial_after_its_restarts_and_the_search_goes_on(
+    tmp_path: Path, ledger: Record
+) -> None:
+    env = subprocess_env() | {"GPT4ALL_RAY_FAULT": "oom:rank=1:step=30"}
+    command = [sys.executable, "-m", "gpt4all_ray.tune", "--space", "tests/reliability/oom_space.yaml"]
+    proc = subprocess.run(
+        [*command, "--results-dir", str(tmp_path), "--name", "oom"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SEARCH_TIMEOUT_S,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    assert "OutOfMemoryError" in output and "lower per_device_batch" in output  # said, with what to change
+    with (tmp_path / "oom" / "leaderboard.csv").open() as f:
+        rows = {r["epochs"]: r for r in csv.DictReader(f)}
+    assert rows["2"]["stop_reason"] == "error" and rows["1"]["stop_reason"] == "completed"
+    best = json.loads((tmp_path / "oom" / "best.json").read_text())
+    assert best["params"]["epochs"] == 1
+    assert validation_loss(tmp_path / "oom" / "best") == pytest.approx(best["best_val_loss"], rel=1e-4)
+    # 1 + worker_restarts attempts each reached step 30 and ran out of memory there.
+    ledger(faults=2, kind="OutOfMemoryError in rank 1, twice (restart budget 1)", trials_requested=2, trials_lost=0)
