@@ -12,7 +12,8 @@ Figures, from the stored experiments alone:
 - compute to reach a target validation loss, in trial-epochs and worker-seconds (trials run one at
   a time, so compute is counted in start order up to the first evaluation at or under the target).
   Target: the median over seeds of random search's final best. Ratio ours / random per seed, and
-  its median (a run that never reaches the target counts as infinite);
+  its median (a run that never reaches the target spent infinite compute: 0 when only ours
+  reached it, inf when only random search did, 1 when neither did);
 - the divergence stopper replayed on random search's full curves (same trials, same policy as the
   product's): the fraction of trial-epochs it saves and its regret (best loss with stopping minus
   best loss without, per seed; it must be 0).
@@ -86,6 +87,15 @@ def to_target(points: list[Evaluation], target: float) -> tuple[float, float]:
         if p.val_loss <= target:
             return p.epochs, p.worker_s
     return math.inf, math.inf
+
+
+def ratio(ours: float, baseline: float) -> float:
+    """Compute to target, ours over the baseline's; a run that never reaches the target spent
+    infinite compute on it: 0 when only ours reached it, inf when only the baseline did, and 1
+    (a tie) when neither did."""
+    if math.isinf(ours) and math.isinf(baseline):
+        return 1.0
+    return ours / baseline
 
 
 def replay_stopper(curves: list[list[tuple[float, float]]], policy: Any) -> tuple[float, float, float, float]:
@@ -164,17 +174,17 @@ def main() -> int:
                 "random_best": finals["random", seed],
                 "ours_epochs_to_target": ours[0],
                 "random_epochs_to_target": rand[0],
-                "epochs_ratio": ours[0] / rand[0] if math.isfinite(rand[0]) else math.nan,
+                "epochs_ratio": ratio(ours[0], rand[0]),
                 "ours_worker_s_to_target": ours[1],
                 "random_worker_s_to_target": rand[1],
-                "worker_s_ratio": ours[1] / rand[1] if math.isfinite(rand[1]) else math.nan,
+                "worker_s_ratio": ratio(ours[1], rand[1]),
                 "ours_total_epochs": max(p.epochs for p in runs["ours", seed][0]),
                 "random_total_epochs": full,
                 "replayed_stopper_epochs": stopped,
                 "stopper_regret": best_stopped - best_full,
             }
         )
-    ratios = sorted(r["epochs_ratio"] for r in rows)  # NaN and inf sort last: they count as worst
+    ratios = sorted(r["epochs_ratio"] for r in rows)
     seconds = sorted(r["worker_s_ratio"] for r in rows)
     saved = 1 - sum(r["replayed_stopper_epochs"] for r in rows) / sum(r["random_total_epochs"] for r in rows)
     summary = {
