@@ -394,12 +394,15 @@ def _evaluate_and_report(
     if improved:
         state.best_probes = probes
     reason = policy.decide([e[1] for e in state.evaluations], [e[0] for e in state.evaluations]).reason
-    # DeepSpeed skips a step whose gradients are not finite; when it skipped every step since the
-    # last evaluation, the trial no longer trains (a NaN in every batch, or fp16's scale collapsed).
+    # DeepSpeed skips a step whose gradients are not finite. Without fp16's loss scaling (whose
+    # first steps skip by design; DeepSpeed itself gives up when the scale collapses) a skipped
+    # step is a real NaN/inf, and when every step since the last evaluation was skipped the trial
+    # no longer trains.
     skipped = int(run.engine.skipped_steps)
     evaluated_steps = [round(e[0] * run.steps_per_epoch) for e in state.evaluations]
     interval = evaluated_steps[-1] - (evaluated_steps[-2] if len(evaluated_steps) > 1 else run.resumed_from_step)
-    if not reason and interval > 0 and skipped - state.skipped_at_last_evaluation >= interval:
+    all_skipped = interval > 0 and skipped - state.skipped_at_last_evaluation >= interval
+    if not reason and all_skipped and cfg.precision != "fp16":
         reason = NON_FINITE
     state.skipped_at_last_evaluation = skipped
     if not reason and epoch_end and state.epoch == cfg.epochs:
