@@ -66,7 +66,9 @@ def record_from_history(
         record.stop_reason = last.get("stop_reason") or "stopped"
         record.wall_s = float(last.get("time_total_s", 0.0))
         record.probes = {k.removeprefix("probe_"): float(v) for k, v in last.items() if k.startswith("probe_")}
-        at_best = [h for h in reported if h.get("checkpoint_path") and h["val_loss"] == record.best_val_loss]
+        # The evaluation that set the best holds the exported model (a later tie does not).
+        at_best = [h for h in reported if h.get("checkpoint_path") and h.get("step") == record.best_step]
+        at_best = at_best or [h for h in reported if h.get("checkpoint_path") and h["val_loss"] == record.best_val_loss]
         record.checkpoint_path = at_best[-1]["checkpoint_path"] if at_best else None
     if error:
         record.stop_reason = ERROR

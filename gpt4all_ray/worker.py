@@ -413,8 +413,9 @@ def _evaluate_and_report(
         "epoch_end": epoch_end,
         "epoch_progress": progress,
         "val_loss": val_loss,
-        # What Ray ranks checkpoints by: a NaN would compare as neither better nor worse.
-        "checkpoint_score": val_loss if math.isfinite(val_loss) else math.inf,
+        # What Ray ranks checkpoints by to keep the best: only an evaluation that improved holds
+        # the exported model, so every other one (a tie, a rise, a NaN) scores inf.
+        "checkpoint_score": val_loss if improved else math.inf,
         "val_ppl": math.exp(val_loss) if val_loss < 50 else math.inf,
         "train_loss": state.epoch_loss_sum / max(state.epoch_label_tokens, 1),
         "best_val_loss": state.best_val_loss,

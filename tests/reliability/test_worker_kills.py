@@ -21,7 +21,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 KILLS = 20
 INTERVAL = 5  # eval_every_steps: a checkpoint every 5 optimizer steps
-CASE = {"data_rows": 400, "val_fraction": 0.1, "epochs": 5, "eval_every_steps": INTERVAL, "learning_rate": 3e-3}
+# Divergence stopping off: the run must reach its last step whatever its loss does in epoch 5.
+CASE = {
+    "data_rows": 400,
+    "val_fraction": 0.1,
+    "epochs": 5,
+    "eval_every_steps": INTERVAL,
+    "learning_rate": 3e-3,
+    "stop_on_divergence": False,
+}
 STEPS_PER_EPOCH = 22
 
 

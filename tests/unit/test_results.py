@@ -137,3 +137,17 @@ def test_parameter_importances_are_plotted_from_five_completed_trials(tmp_path: 
     assert importances is not None and set(importances) == {"learning_rate", "epochs"}
     assert importances["learning_rate"] > importances["epochs"]  # the value depends on it alone
     assert (tmp_path / "importances.png").stat().st_size > 1000
+
+
+def test_a_later_tie_does_not_take_the_best_checkpoint(tmp_path: Path) -> None:
+    """Weights frozen by skipped steps evaluate to the best loss again; only the evaluation that
+    set the best exported the model, so its checkpoint is the one kept and copied."""
+    history = [
+        {"step": 5, "epoch": 1, "val_loss": 3.0, "best_val_loss": 3.0, "best_epoch": 1, "best_step": 5},
+        {"step": 10, "epoch": 1, "val_loss": 2.5, "best_val_loss": 2.5, "best_epoch": 1, "best_step": 10},
+        {"step": 15, "epoch": 1, "val_loss": 2.5, "best_val_loss": 2.5, "best_epoch": 1, "best_step": 10},
+    ]
+    for h in history:
+        h["checkpoint_path"] = str(tmp_path / f"step-{h['step']}")
+    record = record_from_history("a", {}, history, error=False)
+    assert record.checkpoint_path == str(tmp_path / "step-10")
