@@ -30,7 +30,7 @@ CASE = {
     "learning_rate": 3e-3,
     "stop_on_divergence": False,
 }
-STEPS_PER_EPOCH = 22
+STEPS_PER_EPOCH = 21  # 339 training rows // global batch 16
 
 
 def newest_checkpoint(out: Path) -> tuple[int, Path | None]:
@@ -77,6 +77,7 @@ def test_twenty_random_worker_kills_lose_at_most_one_interval_each(tmp_path: Pat
     reports = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = reports[-1]
     assert final["stop_reason"] == "completed" and final["step"] == total_steps and final["epoch"] == CASE["epochs"]
+    assert [r["step"] for r in reports if r["epoch_end"]][:1] == [STEPS_PER_EPOCH]
     epochs_seen = [r["epoch"] for r in reports]
     assert epochs_seen == sorted(epochs_seen)  # no epoch counter reset across 20 resumes
     assert max(lost) <= INTERVAL, lost  # killed before a due evaluation: that interval is redone
