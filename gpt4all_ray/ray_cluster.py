@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from pathlib import Path
 
 import ray
@@ -58,6 +59,9 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+STALE_LOCK_S = 600  # the op builds in about a minute; a lock this old was left by a killed build
+
+
 def warn_if_deepspeed_op_unbuilt(resources: Resources) -> None:
     # Otherwise the first trial is a minute of silence on a new machine.
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
@@ -67,3 +71,13 @@ def warn_if_deepspeed_op_unbuilt(resources: Resources) -> None:
             "(about a minute; cached afterwards)",
             flush=True,
         )
+    # torch's build lock outlives a build that was killed, and every later worker waits on it
+    # forever, silently.
+    for lock in root.glob("*/deepspeed_shm_comm/lock"):
+        age = time.time() - lock.stat().st_mtime
+        if resources.gpus_per_worker == 0 and age > STALE_LOCK_S:
+            print(
+                f"note: {lock} is a DeepSpeed build lock {age / 60:.0f} min old, left by a build that was "
+                f"killed; workers will wait on it forever. If no build is running, remove it: rm {lock}",
+                flush=True,
+            )
