@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from gpt4all_ray.config import TrialConfig  # noqa: E402
 from gpt4all_ray.data.collate import pack, packed_rows, pad_to_longest  # noqa: E402
 from gpt4all_ray.data.encode import IGNORE, Example  # noqa: E402
+from gpt4all_ray.loss import token_losses  # noqa: E402
 from gpt4all_ray.model import padded_vocab, tiny_config  # noqa: E402
 
 VOCAB = 2000
@@ -72,10 +73,7 @@ def example_losses(model: torch.nn.Module, name: str, examples: list[Example], m
     batch = collate(name, examples, max_length)
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    targets = batch["labels"][:, 1:]
-    per_token = torch.nn.functional.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), targets, ignore_index=IGNORE, reduction="none"
-    )
+    per_token, targets = token_losses(logits, batch["labels"])
     spans = []  # (row, start, end) of each example
     if name == "pack":
         for r, row in enumerate(packed_rows([len(e.input_ids) for e in examples], max_length)):

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from gpt4all_ray.data.collate import pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, Example
+from gpt4all_ray.loss import token_losses
 
 
 @dataclass
@@ -43,11 +43,8 @@ def example_losses(
             result = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
             )
-            targets = batch["labels"][:, 1:]
-            token_losses = F.cross_entropy(
-                result.logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
-            )
-            sums = token_losses.sum(dim=1)
+            losses, targets = token_losses(result.logits, batch["labels"])
+            sums = losses.sum(dim=1)
             counts = (targets != IGNORE).sum(dim=1)
             mask = batch["attention_mask"].unsqueeze(-1).float()
             hidden = result.hidden_states[-1].float()

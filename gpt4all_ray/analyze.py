@@ -248,12 +248,11 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.manual_seed(0)
     model, tokenizer, cfg = load_checkpoint(args.checkpoint)
-    exact = cfg.exact_answer_sources if args.exact_sources is None else args.exact_sources
-    if args.data is not None and args.exact_sources is None:
-        exact = ""  # another data set: no exact answers unless named
-    cfg = dataclasses.replace(cfg, probe_max_new_tokens=args.max_new_tokens, exact_answer_sources=exact)
-    if args.data is not None and not exact:
-        cfg = dataclasses.replace(cfg, data=args.data)  # so the embedded data's exact families do not apply
+    cfg = dataclasses.replace(cfg, probe_max_new_tokens=args.max_new_tokens)
+    if args.data is not None:  # another data set: no exact answers unless named
+        cfg = dataclasses.replace(cfg, data=args.data, exact_answer_sources=args.exact_sources or "")
+    elif args.exact_sources is not None:
+        cfg = dataclasses.replace(cfg, exact_answer_sources=args.exact_sources)
     rows, label, cleaning = load_analysis_rows(cfg, args.data, args.limit)
     models = {"tuned": model} | ({} if args.no_base else {"base": base_of(cfg, tokenizer)})
     scored, encoded = {}, None

@@ -21,3 +21,10 @@ def loss_sum_and_count(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torc
         reduction="sum",
     )
     return loss.double(), (targets != IGNORE).sum().double()
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each target's loss, 0 where masked; the targets): per position, for per-example sums."""
+    targets = labels[:, 1:]
+    losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+    return losses, targets

@@ -273,8 +273,8 @@ class TrialRun:
             self.world,
             synced=self.cfg.zero_stage == 3,
         )
-        names = list(asdict(counts))
-        return ProbeCounts(**dict(zip(names, self.all_reduced(*asdict(counts).values()), strict=True))).scores()
+        mine = asdict(counts)
+        return ProbeCounts(**dict(zip(mine, self.all_reduced(*mine.values()), strict=True))).scores()
 
     def evaluate(self) -> float:
         """Token-weighted validation loss over all workers' shards."""
