@@ -1,7 +1,9 @@
 """Fault injection for recovery tests: off unless GPT4ALL_RAY_FAULT is set.
 
 GPT4ALL_RAY_FAULT="kill:rank=1:step=7" SIGKILLs rank 1's process right after optimizer step 7:
-a real process death, as a preempted node or an OOM-killer would cause. "nan:step=7" and
+a real process death, as a preempted node or an OOM-killer would cause; with ":micro=M" it dies
+inside step 7 instead, after the backward pass of micro-batch M (1-based) of its gradient
+accumulation and before the optimizer update. "nan:step=7" and
 "inf:step=7" multiply the training loss of step 7 by NaN or inf on every rank before the backward
 pass (":steps=N": steps 7 to 7+N-1), so the gradients go non-finite in the real engine.
 "oom:rank=1:step=7" raises torch's OutOfMemoryError in rank 1 after step 7, as a GPU that ran
@@ -22,8 +24,8 @@ ONCE_ENV = "GPT4ALL_RAY_FAULT_ONCE"
 
 
 FIELDS = {"kill": {"rank", "step"}, "oom": {"rank", "step"}, "nan": {"step"}, "inf": {"step"}}
-OPTIONAL = {"kill": set(), "oom": set(), "nan": {"steps"}, "inf": {"steps"}}
-USAGE = "expected kill:rank=R:step=S, oom:rank=R:step=S, nan:step=S[:steps=N] or inf:step=S[:steps=N]"
+OPTIONAL = {"kill": {"micro"}, "oom": set(), "nan": {"steps"}, "inf": {"steps"}}
+USAGE = "expected kill:rank=R:step=S[:micro=M], oom:rank=R:step=S, nan:step=S[:steps=N] or inf:step=S[:steps=N]"
 
 
 def parse(spec: str) -> tuple[str, dict[str, int]]:
@@ -41,14 +43,17 @@ def parse(spec: str) -> tuple[str, dict[str, int]]:
     return kind, where
 
 
-def _due(kind: str, rank: int, global_step: int) -> bool:
-    """Whether the configured fault of this kind fires at this rank and step (once, if asked)."""
+def _due(kind: str, rank: int, global_step: int, micro: int | None = None) -> bool:
+    """Whether the configured fault of this kind fires at this rank and step (once, if asked);
+    `micro` is given only inside a step, and matches only a fault that names one."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return False
     configured, where = parse(spec)
     first, count = where["step"], where.get("steps", 1)
     if configured != kind or not first <= global_step < first + count or where.get("rank", rank) != rank:
+        return False
+    if where.get("micro") != micro:
         return False
     once = os.environ.get(ONCE_ENV)
     if once:
@@ -58,6 +63,12 @@ def _due(kind: str, rank: int, global_step: int) -> bool:
         if rank == 0 or kind == "kill":
             marker.write_text(f"{'killed' if kind == 'kill' else kind} rank {rank} after step {global_step}\n")
     return True
+
+
+def after_micro_batch(rank: int, global_step: int, micro: int) -> None:
+    """Inside optimizer step `global_step` (1-based), after micro-batch `micro` (1-based)."""
+    if _due("kill", rank, global_step, micro):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def after_step(rank: int, global_step: int) -> None:

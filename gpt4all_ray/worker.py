@@ -227,6 +227,7 @@ class TrialRun:
                 loss = loss * injected
             self.engine.backward(loss)
             self.engine.step()
+            faults.after_micro_batch(self.rank, state.global_step + 1, micro + 1)
             loss_sum += loss.detach().double() * labels  # stays on the device: no sync per micro-batch
             label_tokens += labels
             window.tokens += real

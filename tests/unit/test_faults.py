@@ -33,3 +33,18 @@ def test_kills_its_process_at_the_step_and_only_once(tmp_path: Path) -> None:
     assert marker.read_text().startswith("killed rank 1 after step 3")
     again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.split() == ["1", "2", "3", "4", "5"]
+
+
+def test_a_micro_batch_kill_fires_inside_its_step_only(tmp_path: Path) -> None:
+    code = (
+        "from gpt4all_ray import faults\nfor s in range(1, 4):\n    for m in range(1, 4):\n"
+        "        faults.after_micro_batch(0, s, m)\n        print(f'{s}.{m}', flush=True)\n"
+        "    faults.after_step(0, s)\n"
+    )
+    env = {faults.FAULT_ENV: "kill:rank=0:step=2:micro=2"}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9 and killed.stdout.split() == ["1.1", "1.2", "1.3", "2.1"]
+    whole_step = subprocess.run(
+        [sys.executable, "-c", code], env={faults.FAULT_ENV: "kill:rank=0:step=2"}, capture_output=True, text=True
+    )
+    assert whole_step.returncode == -9 and whole_step.stdout.split()[-1] == "2.3"  # after the step, not inside
