@@ -42,20 +42,28 @@ class FolderReporter:
             shutil.copytree(checkpoint_dir, os.path.join(out, "checkpoint"), dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("resume"))
 
-def run():
-    train(cfg, FolderReporter(), tb_dir=os.path.join(out, "tb"), threads=4)
+def run(on_step=None):
+    train(cfg, FolderReporter(), tb_dir=os.path.join(out, "tb"), threads=4, on_step=on_step)
 
-if os.environ.get("PROFILE"):  # where the time goes: kernels and CPU ops, whole run
+if os.environ.get("PROFILE"):  # where the time goes: kernels and CPU ops over optimizer steps 4-6
     import torch
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts) as prof:
-        run()
-    for key in ("self_cuda_time_total", "self_cpu_time_total"):
-        table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
-        with open(os.path.join(out, "profile.txt"), "a") as f:
-            f.write(table + "\\n")
+    steps = torch.profiler.schedule(wait=3, warmup=1, active=3, repeat=1)
+    with torch.profiler.profile(activities=acts, schedule=steps) as prof:
+        run(on_step=lambda *_: prof.step())
+    with open(os.path.join(out, "profile.txt"), "a") as f:
+        try:
+            for key in ("self_device_time_total", "cpu_time_total"):
+                f.write(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90) + "\\n")
+        except AssertionError as e:  # fewer steps than the schedule's 7
+            f.write(f"no profile: {e}\\n")
 else:
     run()
+
+import torch
+if torch.cuda.is_available():
+    with open(os.path.join(out, "memory.json"), "w") as f:
+        json.dump({"max_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}, f)
 """
 
 
@@ -87,6 +95,17 @@ def build_model_folder(folder: Path, tiny: bool, layers: int) -> None:
     torch.manual_seed(0)
     GPTJForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def variant_folder(base: Path, folder: Path, overrides: dict) -> None:
+    """The base model with config fields changed that leave its weights as they are (such as the
+    activation function): the weight files are hard links, only config.json differs."""
+    folder.mkdir()
+    for f in base.iterdir():
+        if f.name != "config.json":
+            os.link(f, folder / f.name)
+    config = json.loads((base / "config.json").read_text()) | overrides
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def write_long_rows(path: Path, rows: int) -> None:
@@ -136,6 +155,8 @@ def run_case(name: str, cfg: dict, out: Path, profile: bool = False) -> dict:
         k: last.get(k) for k in ("grad_norm", "loss_scale", "val_loss", "train_loss", "step")
     }
     result["val_losses"] = [m["val_loss"] for m in metrics]
+    if (folder / "memory.json").is_file():
+        result |= json.loads((folder / "memory.json").read_text())
     result |= steady_state(folder / "tb")
     return result
 
@@ -170,6 +191,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tiny", action="store_true", help="tiny width, CPU: check the script itself")
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--model-set", default="{}", help='JSON over config.json, e.g. {"activation_function": ...}')
     p.add_argument("--cases", default="full_bf16,lora_bf16,full_fp16,lora_zero3_gc_bf16")
     p.add_argument("--rows", type=int, default=700)
     p.add_argument("--set", default="{}", help="JSON of trial settings over the base, e.g. collate")
@@ -178,9 +200,14 @@ def main() -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
-    model_dir, data = out / "gptj_shaped", out / "long_rows.jsonl"
-    if not (model_dir / "config.json").is_file():  # kept between invocations on one --out
-        build_model_folder(model_dir, args.tiny, args.layers)
+    overrides = json.loads(args.model_set)
+    suffix = "".join(f"_{v}" for v in overrides.values())
+    base_model_dir, data = out / f"gptj_shaped_{args.layers}l", out / "long_rows.jsonl"
+    if not (base_model_dir / "config.json").is_file():  # kept between invocations on one --out
+        build_model_folder(base_model_dir, args.tiny, args.layers)
+    model_dir = base_model_dir.with_name(base_model_dir.name + suffix)
+    if not (model_dir / "config.json").is_file():
+        variant_folder(base_model_dir, model_dir, overrides)
     write_long_rows(data, args.rows)
     base = {
         "model": str(model_dir),
@@ -195,7 +222,7 @@ def main() -> int:
         "warmup_steps": 2,
         "weight_decay": 0.01,
         "zero_stage": 2,
-        "log_every_steps": 4,
+        "log_every_steps": 2,
     } | json.loads(args.set)
     cases = {
         "full_bf16": {"method": "full", "precision": "bf16"},
@@ -207,10 +234,11 @@ def main() -> int:
         cases["full_fp16"]["precision"] = "fp32"
     results = []
     for name in args.cases.split(","):
-        folder_name = name + ("_profile" if args.profile else "")
+        folder_name = name + suffix + ("_profile" if args.profile else "")
         result = run_case(folder_name, base | cases[name], out, args.profile)
         if "error" not in result and name.startswith("lora"):
             result["reloaded_val_loss"] = reload_loss(out / folder_name)
+        result |= {"layers": args.layers, "model_set": overrides, "set": json.loads(args.set)}
         shutil.rmtree(out / folder_name / "checkpoint", ignore_errors=True)  # a 6B-wide model fills disks
         print(json.dumps(result), flush=True)
         with (out / "results.jsonl").open("a") as f:
@@ -219,7 +247,8 @@ def main() -> int:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    summary = {"device": device, "layers": args.layers, "tiny": args.tiny, "base": base, "results": results}
+    summary = {"device": device, "layers": args.layers, "model_set": overrides, "tiny": args.tiny, "base": base}
+    summary["results"] = results
     (out / "gpu_worker.json").write_text(json.dumps(summary, indent=2))
     return 0 if all("error" not in r for r in results) else 1
 

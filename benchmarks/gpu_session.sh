@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU check of issue 7 as one prepared script, for a lent machine with CUDA PyTorch and no
+# package index (wheels from benchmarks/gpu_carry.sh in .whl/). Writes under ${OUT:-/tmp/gpu-out}.
+# Cases: the packed full fine-tune as measured before, a profile of its steps 4-6, the same with
+# GELU's fused tanh kernel (the same function as GPT-J's gelu_new), and LoRA.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-/tmp/gpu-out}"
+mkdir -p "$OUT"
+if [ -z "${SKIP_WHEELS:-}" ]; then  # set it where the packages are installed already
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/device.txt"
+python3 -c "import torch, deepspeed, transformers; print(torch.__version__, deepspeed.__version__, transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/device.txt"
+packed='{"collate":"pack","per_device_batch":32,"global_batch":128}'
+fused='{"activation_function":"gelu_pytorch_tanh"}'
+gw() { timeout "$1" python3 benchmarks/gpu_worker.py --out /tmp/gw "${@:2}" ${GW_ARGS:-} 2>&1 | grep -v -i "warn" | tail -3; }
+gw 200 --rows 1800 --cases full_bf16 --set "$packed"
+gw 150 --rows 1000 --cases full_bf16 --set "$packed" --profile
+cp /tmp/gw/full_bf16_profile/profile.txt "$OUT/profile_full_bf16.txt"
+gw 200 --rows 1800 --cases full_bf16 --set "$packed" --model-set "$fused"
+gw 150 --rows 1800 --cases lora_bf16 --set "$packed" --model-set "$fused"
+cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
