@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check of issue 7 as one prepared script, for a lent machine with CUDA PyTorch and no
 # package index (wheels from benchmarks/gpu_carry.sh in .whl/). Writes under ${OUT:-/tmp/gpu-out}.
-# Cases: the packed full fine-tune as measured before, a profile of its steps 4-6, the same with
-# GELU's fused tanh kernel (the same function as GPT-J's gelu_new), and LoRA.
+# `gpu_session.sh profile`: the packed full fine-tune as measured before, a profile of its steps
+# 4-6, the same with GELU's fused tanh kernel (the same function as GPT-J's gelu_new), and LoRA.
+# `gpu_session.sh final`: what the profile pointed to: fused GELU and 64 examples a micro-batch
+# (half the micro-batches, so half the host work and syncs a step), full and LoRA, and the full
+# fine-tune with SDPA limited to the memory-efficient kernel (cuDNN's costs ~5 ms of host time a call).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-/tmp/gpu-out}"
@@ -17,9 +20,19 @@ python3 -c "import torch, deepspeed, transformers; print(torch.__version__, deep
 packed='{"collate":"pack","per_device_batch":32,"global_batch":128}'
 fused='{"activation_function":"gelu_pytorch_tanh"}'
 gw() { timeout "$1" python3 benchmarks/gpu_worker.py --out /tmp/gw "${@:2}" ${GW_ARGS:-} 2>&1 | grep -v -i "warn" | tail -3; }
-gw 200 --rows 1800 --cases full_bf16 --set "$packed"
-gw 150 --rows 1000 --cases full_bf16 --set "$packed" --profile
-cp /tmp/gw/full_bf16_profile/profile.txt "$OUT/profile_full_bf16.txt"
-gw 200 --rows 1800 --cases full_bf16 --set "$packed" --model-set "$fused"
-gw 150 --rows 1800 --cases lora_bf16 --set "$packed" --model-set "$fused"
+if [ "${1:-profile}" = profile ]; then
+  gw 200 --rows 1800 --cases full_bf16 --set "$packed"
+  gw 150 --rows 1000 --cases full_bf16 --set "$packed" --profile
+  cp /tmp/gw/full_bf16_profile/profile.txt "$OUT/profile_full_bf16.txt"
+  gw 200 --rows 1800 --cases full_bf16 --set "$packed" --model-set "$fused"
+  gw 150 --rows 1800 --cases lora_bf16 --set "$packed" --model-set "$fused"
+else
+  big='{"collate":"pack","per_device_batch":64,"global_batch":128}'
+  gw 150 --rows 1800 --cases full_bf16 --set "$big" --model-set "$fused"
+  cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
+  gw 100 --rows 1800 --cases lora_bf16 --set "$big" --model-set "$fused"
+  cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
+  export SDPA=efficient
+  gw 150 --rows 1800 --cases full_bf16 --set "$big" --model-set "$fused"
+fi
 cp /tmp/gw/results.jsonl "$OUT/results.jsonl"

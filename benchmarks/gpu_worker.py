@@ -43,7 +43,13 @@ class FolderReporter:
                             ignore=shutil.ignore_patterns("resume"))
 
 def run(on_step=None):
-    train(cfg, FolderReporter(), tb_dir=os.path.join(out, "tb"), threads=4, on_step=on_step)
+    import contextlib
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    # SDPA=efficient: attention by the memory-efficient kernel only (not cuDNN's)
+    only = sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]) if os.environ.get("SDPA") == "efficient" else None
+    with only or contextlib.nullcontext():
+        train(cfg, FolderReporter(), tb_dir=os.path.join(out, "tb"), threads=4, on_step=on_step)
 
 if os.environ.get("PROFILE"):  # where the time goes: kernels and CPU ops over optimizer steps 4-6
     import torch
@@ -235,6 +241,8 @@ def main() -> int:
     results = []
     for name in args.cases.split(","):
         folder_name = name + suffix + ("_profile" if args.profile else "")
+        folder_name += f"_sdpa_{os.environ['SDPA']}" if os.environ.get("SDPA") else ""
+        folder_name += f"_mb{base['per_device_batch']}" if base["per_device_batch"] != 32 else ""
         result = run_case(folder_name, base | cases[name], out, args.profile)
         if "error" not in result and name.startswith("lora"):
             result["reloaded_val_loss"] = reload_loss(out / folder_name)
