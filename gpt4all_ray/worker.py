@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 from gpt4all_ray import faults
-from gpt4all_ray.checkpoint import LoopState, load_state, save_model, save_state
+from gpt4all_ray.checkpoint import LoopState, ResumePoint, load_state, pick_resumable, save_model, save_state
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import load_split
 from gpt4all_ray.data.collate import pack, pad_to_longest
@@ -176,6 +176,7 @@ class TrialRun:
         check_hyperparameters(ds_optimizer, cfg, multiplier, self.scheduler, total_steps)
         self.probe_rows = probe_rows(self.data.val, cfg.probe_prompts, cfg.data_seed)
         self.resumed_from_step = 0  # the checkpoint's step when this attempt resumed a killed one
+        self.resume_fallbacks = 0  # newer checkpoints passed over as broken when it resumed
         self.first_step_at: float | None = None  # Unix time this attempt's first optimizer step ended
 
     def _peak_flops(self) -> float | None:
@@ -331,17 +332,27 @@ def train(
     """Train for cfg.epochs, evaluating at each epoch end (and every eval_every_steps), each
     evaluation reported with a checkpoint that resumes the run; the model itself is exported only
     when validation loss improved. Stops on all ranks at once when the divergence policy says so."""
+    # The newest valid checkpoint, picked before the engine is built: with none usable the trial
+    # fails at once, naming each, instead of loading a broken one or starting over from step 0.
+    point = pick_resumable(Path(resume_from)) if resume_from else None
     run = TrialRun(cfg, threads)
-    state = load_state(run.engine, Path(resume_from), run.rank) if resume_from else LoopState()
+    state = LoopState()
+    if point:
+        _same_pick_on_every_rank(run, point)
+        if run.rank == 0:
+            for line in point.fallback_lines():
+                print(line, flush=True)
+        state = load_state(run.engine, point.folder, run.rank)
+        run.resume_fallbacks = len(point.skipped)
     run.resumed_from_step = state.global_step
     writer = None
     if run.rank == 0 and tb_dir:
         # After a restart, drop what the killed attempt logged past the checkpoint.
-        writer = SummaryWriter(tb_dir, purge_step=state.global_step + 1 if resume_from else None)
-        if hparams and not resume_from:
+        writer = SummaryWriter(tb_dir, purge_step=state.global_step + 1 if point else None)
+        if hparams and not point:
             write_hparams(writer, hparams)
-        if resume_from:
-            print(f"resumed at epoch {state.epoch}, step {state.global_step} from {resume_from}", flush=True)
+        if point:
+            print(f"resumed at epoch {state.epoch}, step {state.global_step} from {point.folder}", flush=True)
     policy = DivergencePolicy.for_trial(cfg)
     window, stopped = Window(), False
     while state.epoch <= cfg.epochs and not stopped:
@@ -369,6 +380,21 @@ def train(
             state.next_epoch()
     if writer:
         writer.close()
+
+
+def _same_pick_on_every_rank(run: TrialRun, point: ResumePoint) -> None:
+    # The pick is a function of the files alone; ranks that see different files (storage not
+    # shared) would load different states, so every rank stops instead.
+    if not dist.is_initialized():
+        return
+    mine = torch.tensor([point.step, -point.step, len(point.skipped), -len(point.skipped)], device=run.device)
+    widest = mine.clone()
+    dist.all_reduce(widest, op=dist.ReduceOp.MAX)
+    if not torch.equal(widest, mine):
+        raise RuntimeError(
+            f"rank {run.rank} would resume from {point.folder} (step {point.step}), another rank from another "
+            "checkpoint: the ranks do not see the same checkpoint files"
+        )
 
 
 def _evaluate_and_report(
@@ -426,6 +452,7 @@ def _evaluate_and_report(
         "epoch_s": epoch_s,
         "stop_reason": reason,
         "resumed_from_step": run.resumed_from_step,
+        "resume_fallbacks": run.resume_fallbacks,
         "skipped_steps": skipped,
         "train_s": state.train_seconds,
         "first_step_at": run.first_step_at,
@@ -463,7 +490,9 @@ class RayTrainReporter:
 
 def ray_train_loop(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker; after a worker failure Ray Train restarts the group
-    and hands every worker the last reported checkpoint."""
+    and hands every worker the last reported checkpoint. If that one is broken, train() falls
+    back to the newest valid checkpoint_* beside it (Ray keeps the best one too); on local or
+    mounted storage, that is: as_directory() of remote storage downloads the handed one alone."""
     import ray.train
     from ray.train.v2._internal.execution import context
 
