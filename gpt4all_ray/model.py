@@ -106,21 +106,32 @@ def base_model(cfg: TrialConfig, tokenizer: Any) -> tuple[Any, bool]:
     """The seeded base model with embeddings fitted to the tokenizer, and whether they grew (a
     LoRA checkpoint must then carry them)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(cfg.seed)
     if is_builtin(cfg):
         config = tiny_config(cfg.model, padded_vocab(len(tokenizer)))
         config.eos_token_id = config.bos_token_id = tokenizer.eos_token_id
         config.pad_token_id = tokenizer.pad_token_id
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(fused_gelu(config))
     else:
+        config = fused_gelu(AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code))
         # fp32 master weights (DeepSpeed casts for bf16/fp16); under ZeRO-3 they are partitioned
         # as they load when an HfDeepSpeedConfig is alive (worker.py keeps one).
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.model, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
+            cfg.model, config=config, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
         )
     return model, fit_embeddings(model, tokenizer)
+
+
+def fused_gelu(config: Any) -> Any:
+    """GPT-J's and GPT-2's "gelu_new" is the tanh approximation of GELU written as eight
+    elementwise ops; "gelu_pytorch_tanh" is the same function in one fused kernel (+6% MFU on an
+    H100, results/benchmarks.md). The exported config then names the fused one."""
+    for key in ("activation_function", "hidden_act"):
+        if getattr(config, key, None) == "gelu_new":
+            setattr(config, key, "gelu_pytorch_tanh")
+    return config
 
 
 def trainable(model: Any, cfg: TrialConfig) -> Any:

@@ -135,3 +135,23 @@ def test_a_hugging_face_model_loads_by_local_path_with_its_own_tokenizer(tmp_pat
     weights = {n.replace(".base_layer", ""): p for n, p in base.named_parameters() if "lora_" not in n}
     assert weights.keys() == dict(saved.named_parameters()).keys()
     assert all((weights[n] == p).all() for n, p in saved.named_parameters())
+
+
+def test_gelu_new_loads_as_the_same_function_in_one_fused_kernel(tmp_path, tokenizer) -> None:  # noqa: ANN001
+    import torch
+    from transformers import GPTJForCausalLM
+
+    from gpt4all_ray.model import base_model
+
+    reference = build_model(TrialConfig(model="tiny-gptj"), tokenizer)
+    reference.config.activation_function = "gelu_new"  # as GPT-J-6B's own config.json says
+    reference.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    as_written = GPTJForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    loaded, _ = base_model(TrialConfig(model=str(tmp_path)), tokenizer)
+    assert type(as_written.transformer.h[0].mlp.act).__name__ == "NewGELUActivation"
+    assert type(loaded.transformer.h[0].mlp.act).__name__ == "GELUTanh"
+    assert loaded.config.activation_function == "gelu_pytorch_tanh"
+    ids = torch.randint(0, len(tokenizer), (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, as_written(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
