@@ -6,7 +6,8 @@ inside step 7 instead, after the backward pass of micro-batch M (1-based) of its
 accumulation and before the optimizer update. "nan:step=7" and
 "inf:step=7" multiply the training loss of step 7 by NaN or inf on every rank before the backward
 pass (":steps=N": steps 7 to 7+N-1), so the gradients go non-finite in the real engine.
-"oom:rank=1:step=7" raises torch's OutOfMemoryError in rank 1 after step 7, as a GPU that ran
+"spike:step=7" multiplies the loss of step 7 by 10 (":factor=F", ":steps=N"): a finite loss spike,
+as a bad batch gives. "oom:rank=1:step=7" raises torch's OutOfMemoryError in rank 1 after step 7, as a GPU that ran
 out of memory would (every attempt reaches the step again, so the trial's restarts run out). With
 GPT4ALL_RAY_FAULT_ONCE=<file>, the fault fires only while <file> does not exist (it is created
 first), so the restarted worker runs on past the same step.
@@ -23,9 +24,12 @@ FAULT_ENV = "GPT4ALL_RAY_FAULT"
 ONCE_ENV = "GPT4ALL_RAY_FAULT_ONCE"
 
 
-FIELDS = {"kill": {"rank", "step"}, "oom": {"rank", "step"}, "nan": {"step"}, "inf": {"step"}}
-OPTIONAL = {"kill": {"micro"}, "oom": set(), "nan": {"steps"}, "inf": {"steps"}}
-USAGE = "expected kill:rank=R:step=S[:micro=M], oom:rank=R:step=S, nan:step=S[:steps=N] or inf:step=S[:steps=N]"
+FIELDS = {"kill": {"rank", "step"}, "oom": {"rank", "step"}, "nan": {"step"}, "inf": {"step"}, "spike": {"step"}}
+OPTIONAL = {"kill": {"micro"}, "oom": set(), "nan": {"steps"}, "inf": {"steps"}, "spike": {"steps", "factor"}}
+USAGE = (
+    "expected kill:rank=R:step=S[:micro=M], oom:rank=R:step=S, nan|inf:step=S[:steps=N] "
+    "or spike:step=S[:steps=N][:factor=F]"
+)
 
 
 def parse(spec: str) -> tuple[str, dict[str, int]]:
@@ -81,8 +85,11 @@ def after_step(rank: int, global_step: int) -> None:
 
 
 def loss_factor(rank: int, global_step: int) -> float:
-    """1.0, or NaN / inf when a numerics fault is set for this (1-based) optimizer step."""
+    """1.0, or NaN / inf / the spike's factor when a numerics fault is set for this (1-based)
+    optimizer step."""
     for kind, factor in (("nan", math.nan), ("inf", math.inf)):
         if _due(kind, rank, global_step):
             return factor
+    if _due("spike", rank, global_step):
+        return float(parse(os.environ[FAULT_ENV])[1].get("factor", 10))
     return 1.0

@@ -48,3 +48,10 @@ def test_a_micro_batch_kill_fires_inside_its_step_only(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env={faults.FAULT_ENV: "kill:rank=0:step=2"}, capture_output=True, text=True
     )
     assert whole_step.returncode == -9 and whole_step.stdout.split()[-1] == "2.3"  # after the step, not inside
+
+
+def test_a_loss_spike_multiplies_only_its_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(faults.FAULT_ENV, "spike:step=3:steps=2")
+    assert [faults.loss_factor(0, s) for s in range(1, 6)] == [1.0, 1.0, 10.0, 10.0, 1.0]  # 10x unless told
+    monkeypatch.setenv(faults.FAULT_ENV, "spike:step=2:factor=7")
+    assert [faults.loss_factor(1, s) for s in range(1, 4)] == [1.0, 7.0, 1.0]
