@@ -38,8 +38,9 @@ def newest_checkpoint(out: Path) -> tuple[int, Path | None]:
     return (int(folders[-1].name.split("-")[1]), folders[-1]) if folders else (0, None)
 
 
-def attempt(out: Path, env: dict[str, str], resume_from: Path | None) -> list[int]:
-    procs = launch_ranks(out.parent, {out.name: CASE}, world=2, env=env, resume_from=resume_from)
+def attempt(out: Path, env: dict[str, str], resume_from: Path | None, case: dict | None = None) -> list[int]:
+    """One 2-rank attempt of the run in `out`; the ranks' exit codes (-9: SIGKILLed)."""
+    procs = launch_ranks(out.parent, {out.name: case or CASE}, world=2, env=env, resume_from=resume_from)
     deadline = time.time() + SEARCH_TIMEOUT_S
     while all(p.poll() is None for p in procs) and time.time() < deadline:
         time.sleep(0.2)
