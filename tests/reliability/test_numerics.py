@@ -1,5 +1,5 @@
-"""Numerics faults through the real DeepSpeed engine (GPT4ALL_RAY_FAULT=nan:step=S[:steps=N] or
-inf:..., multiplying the training loss): DeepSpeed skips a step whose gradients are not finite,
+"""Numerics faults through the real DeepSpeed engine (GPT4ALL_RAY_FAULT=nan:step=S[:steps=N],
+inf:... or spike:..., multiplying the training loss): DeepSpeed skips a step whose gradients are not finite,
 and the worker counts it; one such step costs nothing, while a trial that skipped every step
 since its last evaluation stops with reason non_finite. The best checkpoint is always a finite
 one, and the searcher gets its finite value (a trial with no finite loss at all is a failure for
@@ -46,6 +46,29 @@ def test_one_non_finite_step_is_skipped_counted_and_the_trial_goes_on(
     best = min(reports, key=lambda r: r["val_loss"])
     assert validation_loss(tmp_path / "trial" / "model") == pytest.approx(best["val_loss"], rel=1e-4)
     ledger(faults=1, kind=f"{fault} loss at one step, worker loop", trials_requested=1, trials_lost=0)
+
+
+def test_a_tenfold_loss_spike_shows_in_the_train_loss_and_never_reaches_the_best(
+    tmp_path: Path, ledger: Record
+) -> None:
+    """A finite spike (a bad batch): the step is taken (not skipped), the spiked window's train
+    loss shows it, validation loss alone decides the stop and the best, all finite."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reports = run_ranks(tmp_path, "spike:step=12:factor=10")
+    events = EventAccumulator(str(tmp_path / "trial" / "tb"))
+    events.Reload()
+    windows = {e.step: e.value for e in events.Scalars("train/loss")}
+    spiked = min(step for step in windows if step >= 12)  # the log window that holds step 12
+    calm = sorted(v for step, v in windows.items() if step != spiked and step > 5)
+    print(f"train loss by window end: {windows}")
+    assert windows[spiked] > 3 * calm[len(calm) // 2]  # 10x one step in a window of a few
+    assert all(r["skipped_steps"] == 0 for r in reports)  # finite: the optimizer took the step
+    assert all(math.isfinite(r["val_loss"]) for r in reports)
+    last, best = reports[-1], min(reports, key=lambda r: r["val_loss"])
+    assert last["stop_reason"] in ("completed", "diverged") and last["best_val_loss"] == best["val_loss"]
+    assert validation_loss(tmp_path / "trial" / "model") == pytest.approx(best["val_loss"], rel=1e-4)
+    ledger(faults=1, kind=f"10x loss spike at one step ({last['stop_reason']}), worker loop", trials_requested=1)
 
 
 def test_non_finite_loss_at_every_step_stops_the_trial_with_its_reason(tmp_path: Path, ledger: Record) -> None:
