@@ -11,6 +11,11 @@ as a bad batch gives. "oom:rank=1:step=7" raises torch's OutOfMemoryError in ran
 out of memory would (every attempt reaches the step again, so the trial's restarts run out). With
 GPT4ALL_RAY_FAULT_ONCE=<file>, the fault fires only while <file> does not exist (it is created
 first), so the restarted worker runs on past the same step.
+
+"driver:results=N" SIGKILLs the experiment's driver (`python -m gpt4all_ray.tune`) and its
+process group, which holds the local Ray it started, right after Tune delivered the N-th trial
+result in total; "driver:trials=N" right after the N-th trial completed (N = the trials requested:
+after the last one, before the driver writes its reports). Workers ignore a driver fault.
 """
 
 from __future__ import annotations
@@ -24,11 +29,26 @@ FAULT_ENV = "GPT4ALL_RAY_FAULT"
 ONCE_ENV = "GPT4ALL_RAY_FAULT_ONCE"
 
 
-FIELDS = {"kill": {"rank", "step"}, "oom": {"rank", "step"}, "nan": {"step"}, "inf": {"step"}, "spike": {"step"}}
-OPTIONAL = {"kill": {"micro"}, "oom": set(), "nan": {"steps"}, "inf": {"steps"}, "spike": {"steps", "factor"}}
+FIELDS = {
+    "kill": {"rank", "step"},
+    "oom": {"rank", "step"},
+    "nan": {"step"},
+    "inf": {"step"},
+    "spike": {"step"},
+    "driver": set(),
+}
+OPTIONAL = {
+    "kill": {"micro"},
+    "oom": set(),
+    "nan": {"steps"},
+    "inf": {"steps"},
+    "spike": {"steps", "factor"},
+    "driver": {"results", "trials"},
+}
+ONE_OF = {"driver": {"results", "trials"}}  # exactly one of these
 USAGE = (
-    "expected kill:rank=R:step=S[:micro=M], oom:rank=R:step=S, nan|inf:step=S[:steps=N] "
-    "or spike:step=S[:steps=N][:factor=F]"
+    "expected kill:rank=R:step=S[:micro=M], oom:rank=R:step=S, nan|inf:step=S[:steps=N], "
+    "spike:step=S[:steps=N][:factor=F], driver:results=N or driver:trials=N"
 )
 
 
@@ -42,9 +62,21 @@ def parse(spec: str) -> tuple[str, dict[str, int]]:
         if key not in FIELDS[kind] | OPTIONAL[kind] or not value.isdigit():
             raise ValueError(f"{FAULT_ENV}={spec!r}: bad field {field!r}; {USAGE}")
         where[key] = int(value)
-    if not FIELDS[kind] <= set(where):
+    if not FIELDS[kind] <= set(where) or (kind in ONE_OF and len(ONE_OF[kind] & set(where)) != 1):
         raise ValueError(f"{FAULT_ENV}={spec!r}: {USAGE}")
     return kind, where
+
+
+def driver_fault() -> tuple[str, int] | None:
+    """("results" or "trials", N) when GPT4ALL_RAY_FAULT names a driver fault; None otherwise."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    kind, where = parse(spec)
+    if kind != "driver":
+        return None
+    ((event, count),) = where.items()
+    return event, count
 
 
 def _due(kind: str, rank: int, global_step: int, micro: int | None = None) -> bool:
@@ -54,8 +86,10 @@ def _due(kind: str, rank: int, global_step: int, micro: int | None = None) -> bo
     if not spec:
         return False
     configured, where = parse(spec)
+    if configured != kind:  # a driver fault, or another kind: nothing for this check
+        return False
     first, count = where["step"], where.get("steps", 1)
-    if configured != kind or not first <= global_step < first + count or where.get("rank", rank) != rank:
+    if not first <= global_step < first + count or where.get("rank", rank) != rank:
         return False
     if where.get("micro") != micro:
         return False
@@ -93,3 +127,19 @@ def loss_factor(rank: int, global_step: int) -> float:
     if _due("spike", rank, global_step):
         return float(parse(os.environ[FAULT_ENV])[1].get("factor", 10))
     return 1.0
+
+
+def kill_driver(event: str, count: int) -> None:
+    """SIGKILL the driver and, when it leads its process group (started in a session of its own),
+    the whole group: the local Ray it started dies with it, as when its machine goes. A driver
+    that does not lead its group kills only itself, never the shell or test runner above it."""
+    once = os.environ.get(ONCE_ENV)
+    what = f"killed the driver after {count} trial {event}"
+    if once:
+        if Path(once).exists():
+            return
+        Path(once).write_text(what + "\n")
+    print(f"{FAULT_ENV}: {what}", flush=True)
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
