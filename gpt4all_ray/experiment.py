@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 SPACE_COPY = "space.yaml"  # the search space as the experiment ran it, for --resume and the record
+SETTINGS = "experiment.json"  # what the command line set: trials requested, --storage
 TRIAL_DIR = re.compile(r"^trial_driver_(?P<id>[0-9a-f]+)_(?P<index>\d+)_")
 
 
@@ -28,6 +29,14 @@ class StoredTrial:
 
 def tune_dir(exp_dir: Path) -> Path:
     return exp_dir / "ray" / "tune"
+
+
+def storage_root(exp_dir: Path) -> str:
+    """Where Ray keeps this experiment's tune/ and train/ (gpt4all_ray.storage)."""
+    from gpt4all_ray.storage import ray_root
+
+    settings = _json(exp_dir / SETTINGS) or {}
+    return ray_root(settings.get("storage"), exp_dir)
 
 
 def default_storage_url(exp_dir: Path) -> str:

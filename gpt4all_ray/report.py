@@ -24,6 +24,7 @@ from gpt4all_ray.experiment import (
     load_study,
     min_stop_rate,
     searcher_values,
+    storage_root,
     stored_trials,
 )
 from gpt4all_ray.results import TrialRecord, evaluations, ranked, record_from_history, write_report
@@ -196,7 +197,7 @@ def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any
         records.append(record)
     names = sorted({k for t in trials for k in t.params})
     configs = {t.trial_id: t.config for t in trials if t.config}
-    best = write_report(exp_dir, records, names, configs, min_stop_rate(exp_dir))
+    best = write_report(exp_dir, records, names, configs, min_stop_rate(exp_dir), storage_root(exp_dir))
 
     curves = plot_curves(trials, records, exp_dir / "val_loss.png")
     (exp_dir / "figures.json").write_text(json.dumps({"val_loss": curves}, indent=1))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.checkpoint import RESUME_DIR
+from gpt4all_ray.storage import fetch_checkpoint
 
 ERROR = "error"
 NO_RESULT = "no_result"
@@ -124,8 +125,10 @@ def write_report(
     param_names: list[str],
     trial_configs: dict[str, dict[str, Any]],
     min_stop_rate: float = 0.0,
+    storage_root: str | None = None,
 ) -> dict[str, Any] | None:
-    """Write the leaderboard and, when some trial has a checkpoint, best.json and best/."""
+    """Write the leaderboard and, when some trial has a checkpoint, best.json and best/ (copied
+    through the filesystem of storage_root, Ray's storage; local when None)."""
     exp_dir.mkdir(parents=True, exist_ok=True)
     rows = [_row(r, param_names) for r in ranked(records)]
     columns = list(rows[0]) if rows else ["trial_id"]
@@ -145,7 +148,7 @@ def write_report(
     if best_dir.exists():
         shutil.rmtree(best_dir)
     # The model, not the resume state (optimizer moments are 2-3x the model's size).
-    shutil.copytree(best.checkpoint_path, best_dir, ignore=shutil.ignore_patterns(RESUME_DIR))  # type: ignore[arg-type]
+    fetch_checkpoint(storage_root or str(exp_dir), best.checkpoint_path, best_dir, skip=RESUME_DIR)  # type: ignore[arg-type]
     summary = {
         "trial_id": best.trial_id,
         "params": best.params,

@@ -22,7 +22,7 @@ from gpt4all_ray.config import SearchSpec, SpecError, load_spec
 from gpt4all_ray.data import load_split
 from gpt4all_ray.data.pipeline import DataReport
 from gpt4all_ray.data.sources import DataError
-from gpt4all_ray.experiment import SPACE_COPY
+from gpt4all_ray.experiment import SETTINGS, SPACE_COPY
 from gpt4all_ray.progress import clock, short
 
 DEFAULT_SPACE = "search_spaces/tiny_cpu.yaml"
@@ -142,6 +142,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mfu", type=float, default=0.35, help="dry run: assumed model FLOPs utilisation")
     p.add_argument("--usd-per-gpu-hour", type=float, default=4.10, help="dry run: price of a GPU-hour")
     p.add_argument(
+        "--storage",
+        metavar="URI",
+        help="where Ray keeps trial folders and checkpoints, if not in the experiment folder: a URI every node "
+        "reaches (s3://, gs://, hdfs://, file://); the report and best/ still go to --results-dir",
+    )
+    p.add_argument(
         "--resume",
         metavar="EXPERIMENT",
         help="continue a stopped or killed experiment: its folder, or its name under --results-dir",
@@ -149,17 +155,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-SETTINGS = "experiment.json"
+def settings_storage(exp_dir: Path) -> str | None:
+    return json.loads((exp_dir / SETTINGS).read_text()).get("storage")
 
 
 def experiment_spec(args: argparse.Namespace) -> tuple[SearchSpec, Path]:
     """The spec and folder of a new experiment, or of the one --resume names."""
     if args.resume:
         exp_dir = Path(args.resume) if Path(args.resume).is_dir() else args.results_dir / args.resume
-        if not (exp_dir / SPACE_COPY).is_file() or not (exp_dir / "ray" / "tune").is_dir():
-            raise SpecError(f"--resume: {exp_dir} holds no experiment to resume ({SPACE_COPY} or ray/tune/ missing)")
+        if not (exp_dir / SPACE_COPY).is_file() or not (exp_dir / SETTINGS).is_file():
+            raise SpecError(f"--resume: {exp_dir} holds no experiment to resume ({SPACE_COPY} or {SETTINGS} missing)")
         spec = load_spec(exp_dir / SPACE_COPY)
         settings = json.loads((exp_dir / SETTINGS).read_text())
+        if not settings.get("storage") and not (exp_dir / "ray" / "tune").is_dir():
+            raise SpecError(f"--resume: {exp_dir} holds no experiment to resume (ray/tune/ missing)")
         return dataclasses.replace(
             spec, tune=dataclasses.replace(spec.tune, num_trials=settings["num_trials"])
         ), exp_dir
@@ -192,7 +201,9 @@ def make_scheduler(spec: SearchSpec) -> Any:
     )
 
 
-def run(spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False) -> dict[str, Any] | None:
+def run(
+    spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False, storage: str | None = None
+) -> dict[str, Any] | None:
     # The legacy Tune console output honours verbose=0; the new one prints a status box anyway.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import optuna
@@ -200,6 +211,7 @@ def run(spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False) 
     from ray.tune.search import ConcurrencyLimiter
 
     from gpt4all_ray.divergence import DivergencePolicy
+    from gpt4all_ray.driver_faults import driver_fault_callbacks
     from gpt4all_ray.experiment import stored_trials, tune_dir
     from gpt4all_ray.progress import progress_callback
     from gpt4all_ray.ray_cluster import warn_if_deepspeed_op_unbuilt
@@ -207,16 +219,17 @@ def run(spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False) 
     from gpt4all_ray.searcher import make_searcher, storage_url
     from gpt4all_ray.spaces import param_space, warm_starts
     from gpt4all_ray.stopping import DivergenceStopper, GpuHourBudget
+    from gpt4all_ray.storage import mirror_tune, ray_root
     from gpt4all_ray.trial import trial_driver
 
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     warn_if_deepspeed_op_unbuilt(spec.resources)
-    storage = exp_dir.resolve() / "ray"
+    root = ray_root(storage, exp_dir.resolve())
     trainable = tune.with_resources(
         tune.with_parameters(
-            trial_driver, spec=spec, storage=str(storage / "train"), tb_root=str(exp_dir.resolve() / "tensorboard")
+            trial_driver, spec=spec, storage=f"{root}/train", tb_root=str(exp_dir.resolve() / "tensorboard")
         ),
         {"CPU": spec.resources.driver_cpus},
     )
@@ -224,8 +237,8 @@ def run(spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False) 
         # Tune restores its trials, the searcher (with the Optuna study) and the stopper from the
         # experiment state; an unfinished trial restarts its TorchTrainer under the same name,
         # which Ray Train resumes from the trial's last checkpoint.
-        tuner = tune.Tuner.restore(str(tune_dir(exp_dir)), trainable, resume_unfinished=True, resume_errored=True)
-        print(f"[{clock(t0)}] resuming {spec.name} from {tune_dir(exp_dir)}", flush=True)
+        tuner = tune.Tuner.restore(f"{root}/tune", trainable, resume_unfinished=True, resume_errored=True)
+        print(f"[{clock(t0)}] resuming {spec.name} from {root}/tune", flush=True)
     else:
         # The workers stop a diverging trial themselves; the same policy as a Tune Stopper also
         # stops one whose workers do not (and composes with other stoppers).
@@ -247,8 +260,10 @@ def run(spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False) 
             ),
             run_config=tune.RunConfig(
                 name="tune",
-                storage_path=str(storage),
-                callbacks=[progress_callback(spec, t0)],
+                storage_path=root,
+                # What each trial writes beside its results (its configs) goes to the storage too.
+                sync_config=tune.SyncConfig(sync_artifacts=bool(storage)),
+                callbacks=[progress_callback(spec, t0), *driver_fault_callbacks()],  # the latter: tests only
                 stop=stoppers[0] if len(stoppers) == 1 else tune.stopper.CombinedStopper(*stoppers),
                 verbose=0,
             ),
@@ -259,7 +274,8 @@ def run(spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False) 
             flush=True,
         )
     grid = tuner.fit()
-
+    if storage:  # the report reads Tune's trial folders from a local mirror
+        mirror_tune(root, tune_dir(exp_dir))
     best = build_report(exp_dir, storage_url(spec, exp_dir))
     reported = len(stored_trials(exp_dir))
     if reported != len(grid):
@@ -303,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     made_here = not exp_dir.exists()
     try:
         check_results_dir(exp_dir)
+        storage = settings_storage(exp_dir) if args.resume else args.storage
+        if storage:
+            from gpt4all_ray.storage import check_storage
+
+            check_storage(storage)
         from gpt4all_ray.ray_cluster import connect_ray
 
         connect_ray(spec.resources)
@@ -314,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Experiment {exp_dir.name}: results in {exp_dir}", flush=True)
     if not args.resume:
         (exp_dir / SPACE_COPY).write_text(spec.path.read_text())
-        (exp_dir / SETTINGS).write_text(json.dumps({"space": str(spec.path), "num_trials": spec.tune.num_trials}))
+        settings = {"space": str(spec.path), "num_trials": spec.tune.num_trials, "storage": args.storage}
+        (exp_dir / SETTINGS).write_text(json.dumps(settings))
     if not args.results_dir.is_absolute() and "runtime_resources" in Path.cwd().parts:
         print(
             "note: this runs in Ray's copy of the job's working directory; pass --results-dir with an "
@@ -322,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     try:
-        best = run(spec, exp_dir, data_report.train_rows, resume=bool(args.resume))
+        best = run(spec, exp_dir, data_report.train_rows, resume=bool(args.resume), storage=storage)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

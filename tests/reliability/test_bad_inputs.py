@@ -100,6 +100,18 @@ CASES: dict[str, tuple[Any, str]] = {
         lambda t: [*_space_args(t), "--results-dir", str(_write(t / "a_file", "") / "results")],
         "--results-dir: cannot write",
     ),
+    "flag: --storage memory://": (
+        lambda t: [*_space_args(t), "--storage", "memory://bucket/exp"],
+        "--storage memory://bucket/exp: an in-memory filesystem lives inside one process",
+    ),
+    "flag: --storage not writable": (
+        lambda t: [*_space_args(t), "--storage", f"file://{_write(t / 'a_file', '')}/store"],
+        "cannot write there",
+    ),
+    "flag: --storage of no known filesystem": (
+        lambda t: [*_space_args(t), "--storage", "bogus://bucket/exp"],
+        "pyarrow cannot open it",
+    ),
     "flag: unknown flag": (lambda t: [*_space_args(t), "--num-trails", "3"], "unrecognized arguments: --num-trails"),
     # environment
     "env: RAY_ADDRESS where nothing listens": (lambda t: _space_args(t), "RAY_ADDRESS=127.0.0.1:1: nothing answers"),

@@ -1,0 +1,80 @@
+"""Where Ray keeps an experiment's trial folders and checkpoints: the experiment's own ray/ folder
+by default (a local path, or shared storage every node mounts), or `--storage URI`: any
+filesystem pyarrow opens from a URI (s3://, gs://, hdfs://, file://) that every node reaches.
+
+The report reads a local mirror of Tune's trial folders (results and configs, no checkpoints),
+and best/ is copied from the best checkpoint through the same filesystem, without its resume
+state, so the same code serves a local folder and a bucket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gpt4all_ray.config import SpecError
+
+# Filesystems that live in one process's memory: Ray's trial and worker processes cannot see them.
+IN_PROCESS = ("memory://", "mock://")
+EXPECTED = "a URI every node reaches, such as s3://bucket/path, gs://bucket/path, hdfs://host/path or file:///abs/path"
+
+
+def ray_root(storage: str | None, exp_dir: Path) -> str:
+    """The folder (path or URI) that holds Ray's tune/ and train/ for this experiment."""
+    return f"{storage.rstrip('/')}/{exp_dir.name}/ray" if storage else str(exp_dir / "ray")
+
+
+def filesystem(root: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(root)
+
+
+def check_storage(storage: str) -> None:
+    """Before Ray starts: the URI opens, is not in-process, and takes a file."""
+    if storage.startswith(IN_PROCESS):
+        raise SpecError(
+            f"--storage {storage}: an in-memory filesystem lives inside one process, and Ray's trial and "
+            f"worker processes could not see what the others wrote; expected {EXPECTED}"
+        )
+    try:
+        fs, path = filesystem(storage)
+    except Exception as err:  # noqa: BLE001 (pyarrow raises ArrowInvalid, OSError, ValueError...)
+        raise SpecError(f"--storage {storage}: pyarrow cannot open it ({err}); expected {EXPECTED}") from None
+    probe = f"{path.rstrip('/')}/.gpt4all_ray_write_check"
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except Exception as err:  # noqa: BLE001
+        raise SpecError(f"--storage {storage}: cannot write there ({err})") from None
+
+
+def mirror_tune(root: str, local_tune_dir: Path) -> None:
+    """Copy Tune's experiment folder (trial results and configs; checkpoints live under train/)
+    next to the report, where a later `python -m gpt4all_ray.report` reads it."""
+    import pyarrow.fs
+
+    fs, path = filesystem(root)
+    local_tune_dir.mkdir(parents=True, exist_ok=True)
+    pyarrow.fs.copy_files(
+        f"{path}/tune", str(local_tune_dir), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
+    )
+
+
+def fetch_checkpoint(root: str, checkpoint_path: str, dest: Path, skip: str) -> None:
+    """Copy a checkpoint (a path in the storage's filesystem, as Ray reports it) to a local
+    folder, leaving out its `skip` subfolder."""
+    import pyarrow.fs
+
+    fs, _ = filesystem(root)
+    base = checkpoint_path.rstrip("/")
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(base, recursive=True)):
+        relative = info.path[len(base) + 1 :]
+        if info.type != pyarrow.fs.FileType.File or relative.split("/")[0] == skip:
+            continue
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, target.open("wb") as out:
+            while chunk := src.read(1 << 24):
+                out.write(chunk)

@@ -1,0 +1,62 @@
+"""--storage: checked before Ray starts; checkpoints and Tune's folders read back through pyarrow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpt4all_ray.config import SpecError
+from gpt4all_ray.storage import check_storage, fetch_checkpoint, mirror_tune, ray_root
+
+
+def test_ray_root_is_the_experiment_folder_or_a_folder_named_after_it_in_the_storage(tmp_path: Path) -> None:
+    exp = tmp_path / "results" / "exp1"
+    assert ray_root(None, exp) == str(exp / "ray")
+    assert ray_root("s3://bucket/searches/", exp) == "s3://bucket/searches/exp1/ray"
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("memory://bucket/x", "an in-memory filesystem lives inside one process"),
+        ("mock://x", "an in-memory filesystem lives inside one process"),
+        ("bogus://bucket/x", "pyarrow cannot open it"),
+    ],
+)
+def test_storage_that_the_workers_cannot_share_or_open_is_refused(uri: str, says: str) -> None:
+    with pytest.raises(SpecError, match=says) as err:
+        check_storage(uri)
+    assert f"--storage {uri}" in str(err.value) and "s3://" in str(err.value)  # what was expected
+
+
+def test_storage_where_nothing_can_be_written_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SpecError, match="cannot write there"):
+        check_storage(f"file://{blocker}/store")
+
+
+def test_writable_storage_passes_and_keeps_no_probe(tmp_path: Path) -> None:
+    check_storage(f"file://{tmp_path}/store")
+    assert (tmp_path / "store").is_dir() and not any((tmp_path / "store").iterdir())
+
+
+def test_checkpoints_and_tune_folders_come_back_through_the_filesystem(tmp_path: Path) -> None:
+    root = tmp_path / "store" / "exp" / "ray"
+    checkpoint = root / "train" / "t1" / "checkpoint_0"
+    for relative, text in {"model.safetensors": "w", "sub/config.json": "{}", "resume/engine/opt.pt": "big"}.items():
+        (checkpoint / relative).parent.mkdir(parents=True, exist_ok=True)
+        (checkpoint / relative).write_text(text)
+    (root / "tune" / "trial_driver_1").mkdir(parents=True)
+    (root / "tune" / "trial_driver_1" / "result.json").write_text("{}\n")
+
+    best = tmp_path / "best"
+    fetch_checkpoint(f"file://{root}", str(checkpoint), best, skip="resume")
+    assert sorted(str(p.relative_to(best)) for p in best.rglob("*") if p.is_file()) == [
+        "model.safetensors",
+        "sub/config.json",
+    ]
+    mirror = tmp_path / "results" / "exp" / "ray" / "tune"
+    mirror_tune(f"file://{root}", mirror)
+    assert (mirror / "trial_driver_1" / "result.json").read_text() == "{}\n"
