@@ -134,7 +134,7 @@ def kill_driver(event: str, count: int) -> None:
     the whole group: the local Ray it started dies with it, as when its machine goes. A driver
     that does not lead its group kills only itself, never the shell or test runner above it."""
     once = os.environ.get(ONCE_ENV)
-    what = f"killed the driver after {count} trial {event}"
+    what = f"killed the driver after {count} " + ("trial results" if event == "results" else "completed trials")
     if once:
         if Path(once).exists():
             return

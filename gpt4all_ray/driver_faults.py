@@ -1,0 +1,54 @@
+"""The driver fault of faults.py (GPT4ALL_RAY_FAULT="driver:results=N" or "driver:trials=N") as a
+Tune callback: the driver SIGKILLs itself and its process group right after Tune processed the
+N-th trial result, or completed the N-th trial: at the end of that step of Tune's loop, when its
+own loggers have written the result, as a crash between two events would find them. Only a run
+with a driver fault set gets the callback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpt4all_ray import faults
+
+
+def driver_fault_callbacks() -> list[Any]:
+    """[the callback] when GPT4ALL_RAY_FAULT names a driver fault, else []: a normal search runs
+    without it."""
+    fault = faults.driver_fault()
+    if fault is None:
+        return []
+    from ray.tune import Callback
+
+    event, count = fault
+
+    class DriverFault(Callback):
+        """Counts the trial results this driver received, or the experiment's completed trials.
+        It is pickled with the Tuner and comes back on --resume, so it fires only while the
+        variable still names its fault."""
+
+        def __init__(self) -> None:
+            self.seen = 0
+            self.due = False
+
+        def _saw(self, what: str, seen: int) -> None:
+            if what == event:
+                self.seen = seen
+                self.due = self.due or seen == count
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            # Tune's loggers run after the user's callbacks: killing in on_trial_result would
+            # lose the result from result.json, which a crash just after it does not.
+            if self.due and faults.driver_fault() == fault:
+                faults.kill_driver(event, count)
+            self.due = False
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            self._saw("results", self.seen + 1)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            # The experiment's completed trials, those a --resume restored included (this one is
+            # still RUNNING here).
+            done = {t.trial_id for t in trials if t.status == "TERMINATED"} | {trial.trial_id}
+            self._saw("trials", len(done))
+
+    return [DriverFault()]
