@@ -10,7 +10,7 @@ from typing import Any
 import ray.train
 from ray import tune
 from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from gpt4all_ray.config import SearchSpec
 from gpt4all_ray.ds_config import deepspeed_config
@@ -58,4 +58,20 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    trainer.fit()
+    before = _checkpoint_names(f"{storage}/{trial_id}")
+    result = trainer.fit()
+    if result.checkpoint is not None and Path(result.checkpoint.path).name in before:
+        # Nothing was reported in this attempt: the run had ended at the checkpoint it resumed
+        # from (the driver was killed after the trial's last report, before Tune recorded the
+        # trial finished). Tune gets that last report again instead of a result without metrics.
+        tune.report({**(result.metrics or {}), CHECKPOINT_PATH_KEY: result.checkpoint.path})
+
+
+def _checkpoint_names(run_dir: str) -> set[str]:
+    """The checkpoint folders a Ray Train run already holds (a local path or a storage URI)."""
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(run_dir)
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    folders = (info for info in listing if info.type == pyarrow.fs.FileType.Directory)
+    return {info.base_name for info in folders if info.base_name.startswith("checkpoint_")}
