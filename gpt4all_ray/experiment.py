@@ -49,13 +49,18 @@ def _json(path: Path) -> Any:
 
 
 def stored_trials(exp_dir: Path) -> list[StoredTrial]:
-    trials = []
+    """Each trial's history is its durable reports (durable_reports.py) followed by Tune's
+    result.json: where both hold a step, Tune's (with its timings) comes last and wins."""
+    from gpt4all_ray.durable_reports import saved_reports
+
+    trials, train_root = [], f"{storage_root(exp_dir)}/train"
     for folder in tune_dir(exp_dir).iterdir():
         match = TRIAL_DIR.match(folder.name)
         if not folder.is_dir() or not match:
             continue
         results = folder / "result.json"
-        history = (
+        history = saved_reports(f"{train_root}/{match['id']}")
+        history += (
             [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
         )
         trials.append(

@@ -14,11 +14,25 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 
 from gpt4all_ray.config import SearchSpec
 from gpt4all_ray.ds_config import deepspeed_config
+from gpt4all_ray.durable_reports import save_report
 from gpt4all_ray.worker import ray_train_loop
 
 
+class DurableReportCallback(TuneReportCallback):
+    """Tune's bridge from Ray Train (rank 0's metrics and the checkpoint's path), writing each
+    report to the trial's folder in the storage first (durable_reports.py)."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        save_report(self.run_dir, metrics[0] | ({CHECKPOINT_PATH_KEY: checkpoint.path} if checkpoint else {}))
+        super().after_report(run_context, metrics, checkpoint)
+
+
 def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_root: str) -> None:
-    """The Tune trainable. Train V2 runs the workers; TuneReportCallback forwards rank 0's
+    """The Tune trainable. Train V2 runs the workers; DurableReportCallback forwards rank 0's
     reports (and each checkpoint's path) to Tune."""
     context = tune.get_context()
     trial_id = context.get_trial_id()
@@ -46,7 +60,7 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
         run_config=ray.train.RunConfig(  # type: ignore[call-arg]
             name=trial_id,
             storage_path=storage,
-            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
+            callbacks=[DurableReportCallback(f"{storage}/{trial_id}")],  # type: ignore[list-item]
             # Every evaluation reports a resumable checkpoint; Ray keeps the best by val_loss (the
             # one holding the exported model) and, always, the latest (to resume from).
             checkpoint_config=ray.train.CheckpointConfig(
