@@ -5,6 +5,7 @@
 source "$(dirname "$0")/setup.sh"
 ledger="$(mktemp)"
 GPT4ALL_RAY_LEDGER="$ledger" python -m pytest tests/reliability tests/integration/test_resume.py \
-    tests/integration/test_worker_restart.py tests/integration/test_resume_experiment.py "$@"
+    tests/integration/test_worker_restart.py tests/integration/test_resume_experiment.py \
+    tests/integration/test_storage.py "$@"
 python -m tests.reliability.summary "$ledger" "bash scripts/reliability.sh $*" > results/reliability.md
 cat results/reliability.md
