@@ -169,6 +169,9 @@ def experiment_spec(args: argparse.Namespace) -> tuple[SearchSpec, Path]:
         settings = json.loads((exp_dir / SETTINGS).read_text())
         if not settings.get("storage") and not (exp_dir / "ray" / "tune").is_dir():
             raise SpecError(f"--resume: {exp_dir} holds no experiment to resume (ray/tune/ missing)")
+        if args.storage and args.storage != settings.get("storage"):
+            kept = settings.get("storage") or f"{exp_dir / 'ray'}"
+            raise SpecError(f"--storage: a resumed experiment keeps its storage ({kept}); leave --storage out")
         return dataclasses.replace(
             spec, tune=dataclasses.replace(spec.tune, num_trials=settings["num_trials"])
         ), exp_dir

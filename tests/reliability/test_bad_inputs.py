@@ -112,6 +112,10 @@ CASES: dict[str, tuple[Any, str]] = {
         lambda t: [*_space_args(t), "--storage", "bogus://bucket/exp"],
         "pyarrow cannot open it",
     ),
+    "flag: --storage with --resume": (
+        lambda t: ["--resume", str(_resumable(t)), "--storage", f"file://{t}/elsewhere"],
+        "--storage: a resumed experiment keeps its storage",
+    ),
     "flag: unknown flag": (lambda t: [*_space_args(t), "--num-trails", "3"], "unrecognized arguments: --num-trails"),
     # environment
     "env: RAY_ADDRESS where nothing listens": (lambda t: _space_args(t), "RAY_ADDRESS=127.0.0.1:1: nothing answers"),
@@ -127,6 +131,15 @@ ENV = {
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def _resumable(tmp: Path) -> Path:
+    """An experiment folder as a run that started leaves it (no storage given)."""
+    exp = tmp / "earlier"
+    (exp / "ray" / "tune").mkdir(parents=True)
+    (exp / "space.yaml").write_text(space(tmp).read_text())
+    (exp / "experiment.json").write_text('{"space": "s", "num_trials": 1, "storage": null}')
+    return exp
 
 
 def _space_args(tmp: Path) -> list[str]:
