@@ -1,8 +1,8 @@
 """The driver fault of faults.py (GPT4ALL_RAY_FAULT="driver:results=N" or "driver:trials=N") as a
 Tune callback: the driver SIGKILLs itself and its process group right after Tune processed the
 N-th trial result, or completed the N-th trial: at the end of that step of Tune's loop, when its
-own loggers have written the result, as a crash between two events would find them. Only a run
-with a driver fault set gets the callback."""
+own loggers have written the result, as a crash between two events would find them. Only an
+experiment started with a driver fault set gets the callback."""
 
 from __future__ import annotations
 
@@ -14,36 +14,32 @@ from gpt4all_ray import faults
 def driver_fault_callbacks() -> list[Any]:
     """[the callback] when GPT4ALL_RAY_FAULT names a driver fault, else []: a normal search runs
     without it."""
-    fault = faults.driver_fault()
-    if fault is None:
+    if faults.driver_fault() is None:
         return []
     from ray.tune import Callback
 
-    event, count = fault
-
     class DriverFault(Callback):
-        """Counts the trial results this driver received, or the experiment's completed trials.
-        It is pickled with the Tuner and comes back on --resume, so it fires only while the
-        variable still names its fault."""
+        """Counts the trial results this driver received and the experiment's completed trials.
+        It is pickled with the Tuner and comes back on --resume, where it reads the variable as it
+        is then: each resume of one experiment can be killed at a point of its own, or not at all."""
 
         def __init__(self) -> None:
-            self.seen = 0
-            self.due = False
+            self.results = 0
+            self.due: tuple[str, int] | None = None
 
-        def _saw(self, what: str, seen: int) -> None:
-            if what == event:
-                self.seen = seen
-                self.due = self.due or seen == count
+        def _saw(self, event: str, count: int) -> None:
+            if faults.driver_fault() == (event, count):
+                self.due = (event, count)
 
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
             # Tune's loggers run after the user's callbacks: killing in on_trial_result would
             # lose the result from result.json, which a crash just after it does not.
-            if self.due and faults.driver_fault() == fault:
-                faults.kill_driver(event, count)
-            self.due = False
+            if self.due is not None:
+                faults.kill_driver(*self.due)
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            self._saw("results", self.seen + 1)
+            self.results += 1
+            self._saw("results", self.results)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             # The experiment's completed trials, those a --resume restored included (this one is

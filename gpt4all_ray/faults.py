@@ -13,9 +13,10 @@ GPT4ALL_RAY_FAULT_ONCE=<file>, the fault fires only while <file> does not exist 
 first), so the restarted worker runs on past the same step.
 
 "driver:results=N" SIGKILLs the experiment's driver (`python -m gpt4all_ray.tune`) and its
-process group, which holds the local Ray it started, right after Tune delivered the N-th trial
-result in total; "driver:trials=N" right after the N-th trial completed (N = the trials requested:
-after the last one, before the driver writes its reports). Workers ignore a driver fault.
+process group, which holds the local Ray it started, right after this driver received its N-th
+trial result; "driver:trials=N" right after the experiment's N-th trial completed (N = the trials
+requested: after the last one, before the driver writes its reports). Workers ignore a driver
+fault. The experiment must start with one set; each --resume then follows the variable as it is.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 # Extra arguments go to pytest (e.g. -k bad_input for the fast part alone).
 source "$(dirname "$0")/setup.sh"
 ledger="$(mktemp)"
-GPT4ALL_RAY_LEDGER="$ledger" python -m pytest tests/reliability tests/integration/test_resume.py \
+GPT4ALL_RAY_LEDGER="$ledger" python -m pytest tests/reliability \
     tests/integration/test_worker_restart.py tests/integration/test_resume_experiment.py \
     tests/integration/test_storage.py "$@"
 python -m tests.reliability.summary "$ledger" "bash scripts/reliability.sh $*" > results/reliability.md

@@ -1,13 +1,15 @@
 """The experiment's driver killed, then `--resume`: Tune restores its trials, searcher and stopper,
-and the experiment ends with the requested number of trials, none evaluated twice. Three kill
-points: before any trial finishes (GPT4ALL_RAY_FAULT=driver:results=1: the driver SIGKILLs its
-process group after the first trial's first evaluation), mid-search (the test SIGKILLs the
-driver's group once the second trial reported an evaluation) and after the last trial
-(driver:trials=3: before the driver writes its reports).
+and the experiment ends with the requested number of trials, none evaluated twice. One
+experiment, killed three times and resumed after each: before any trial finishes
+(GPT4ALL_RAY_FAULT=driver:results=1: the driver SIGKILLs its process group after the first
+trial's first evaluation), mid-search (the test SIGKILLs the resumed driver's group once a second
+trial reported an evaluation) and after the last trial (driver:trials=3 on the next resume:
+before the driver writes its reports). A resume of a resumed experiment is what a cluster that
+loses its head node twice needs; one experiment for the three also keeps the suite's time.
 
-Each ends with the battery's accounting: the requested trials all in the leaderboard, distinct,
+It ends with the battery's accounting: the requested trials all in the leaderboard, distinct,
 each told to Optuna once; each trial's best checkpoint exists and reloads to its recorded
-validation loss; no trial restarted from scratch: a trial the resume ran again went on from a
+validation loss; no trial restarted from scratch: each trial a resume ran again went on from a
 checkpoint at or past the last evaluation the killed driver had reported for it."""
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ def command(results: Path) -> list[str]:
     return [sys.executable, "-m", "gpt4all_ray.tune", "--space", SMALL_SPACE, "--results-dir", str(results)]
 
 
-def killed_search(results: Path, name: str, until: Callable[[list[str]], bool], fault: str | None = None) -> str:
+def killed_search(
+    results: Path, name: str, until: Callable[[list[str]], bool], fault: str | None = None, resume: bool = False
+) -> str:
     """Run the search until `until(lines so far)`, then SIGKILL its process group (a driver
     fault has done that itself by then), stop what is left of Ray; the driver's whole output."""
     driver = subprocess.Popen(
-        [*command(results), "--name", name],
+        [*command(results), "--resume" if resume else "--name", name],
         cwd=REPO,
         env=subprocess_env() | ({"GPT4ALL_RAY_FAULT": fault} if fault else {}),
         stdout=subprocess.PIPE,
@@ -94,31 +98,29 @@ def newest_checkpoints(exp: Path) -> dict[str, int]:
     return newest
 
 
-def resume(results: Path, name: str) -> str:
-    resumed = subprocess.run(
-        [*command(results), "--resume", name],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=SEARCH_TIMEOUT_S,
-    )
-    output = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0, output[-5000:]
-    return output
+def resume_started(output: str, reported: dict[str, int], checkpointed: dict[str, int]) -> dict[str, int]:
+    """{trial: step it resumed from} in a resumed driver's output, each checked: no trial it ran
+    again restarted from scratch, each went on from a checkpoint at or past the last evaluation
+    the killed driver reported for it (Ray Train hands over the last checkpoint it registered; a
+    newer one whose report died with the driver is redone)."""
+    resumed_from = {trial: int(step) for step, trial in RESUMED.findall(output)}
+    for trial_id in set(STARTED.findall(output)) & set(reported):
+        assert reported[trial_id] <= resumed_from.get(trial_id, 0) <= checkpointed[trial_id], output[-5000:]
+    return resumed_from
 
 
-def resume_and_account(results: Path, name: str, killed_output: str) -> dict[str, int]:
-    """Resume the killed experiment, then the battery's accounting; {trial: step it resumed from}."""
+def account(results: Path, name: str) -> None:
+    """The requested trials, distinct, each told to Optuna once; each trial's best checkpoint, as
+    the report picks it from the trial's reports, exists and holds the model of its recorded
+    validation loss; so does the experiment's best/."""
     exp = results / name
-    reported, checkpointed = reported_steps(killed_output), newest_checkpoints(exp)
-    output = resume(results, name)
     with (exp / "leaderboard.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == REQUESTED
     assert len({r["trial_id"] for r in rows}) == REQUESTED
     assert len({tuple(r[k] for k in PARAMS) for r in rows}) == REQUESTED  # no configuration evaluated twice
     assert all(r["stop_reason"] in ("completed", "diverged") for r in rows), rows
+    assert "diverged" in {r["stop_reason"] for r in rows}  # the planted trial, stopped before a kill
 
     import optuna
 
@@ -127,10 +129,7 @@ def resume_and_account(results: Path, name: str, killed_output: str) -> dict[str
     assert sorted(told) == sorted(r["trial_id"] for r in rows)  # the searcher was told each trial once
     assert (exp / "summary.md").is_file()
 
-    # Each trial's best checkpoint, as the report picks it from the trial's reports, exists and
-    # holds the model of its recorded validation loss; so does the experiment's best/.
-    trials = stored_trials(exp)
-    for trial in trials:
+    for trial in stored_trials(exp):
         record = record_from_history(trial.trial_id, trial.params, trial.history, trial.error)
         assert record.checkpoint_path and Path(record.checkpoint_path).is_dir(), (trial.trial_id, trial.history)
         assert math.isclose(validation_loss(Path(record.checkpoint_path)), record.best_val_loss, rel_tol=1e-4)
@@ -138,77 +137,98 @@ def resume_and_account(results: Path, name: str, killed_output: str) -> dict[str
     assert Path(best["trial_checkpoint_path"]).is_dir()
     assert math.isclose(validation_loss(exp / "best"), best["best_val_loss"], rel_tol=1e-4)
 
-    # No trial restarted from scratch: one the resume ran again went on from a checkpoint at or
-    # past the last evaluation the killed driver reported for it (Ray Train hands over the last
-    # checkpoint it registered; a newer one whose report died with the driver is redone), and
-    # every report it made after that carries the step it resumed from.
-    resumed_from = {trial: int(step) for step, trial in RESUMED.findall(output)}
-    history = {t.trial_id: t.history for t in trials}
-    for trial_id in set(STARTED.findall(output)):
-        if trial_id in reported:
-            assert reported[trial_id] <= resumed_from.get(trial_id, 0) <= checkpointed[trial_id], output[-5000:]
-    # Nothing the killed driver was told is lost: each trial's stored history (durable_reports.py:
-    # Tune's result.json of a restored trial starts anew) still holds the last evaluation the
-    # driver printed for it.
-    for trial_id, step in reported.items():
-        assert step in {h["step"] for h in history[trial_id]}, (trial_id, history[trial_id])
-    for trial_id, step in resumed_from.items():
-        later = [h for h in history[trial_id] if h["step"] > step]
-        assert all(h["resumed_from_step"] == step for h in later), history[trial_id]
-    return resumed_from
 
+@pytest.mark.long
+def test_a_driver_killed_before_any_trial_finishes_mid_search_and_after_the_last_resumes_each_time(
+    tmp_path: Path, ledger: Record
+) -> None:
+    name = "killed"
+    exp = tmp_path / name
+    reported: dict[str, int] = {}  # each trial's last evaluation a killed driver printed
+    resumes: dict[str, list[int]] = {}  # each trial's resume steps, in order
 
-def test_driver_killed_mid_search_resumes_to_the_requested_trials_none_twice(tmp_path: Path, ledger: Record) -> None:
-    def second_trial_evaluated(seen: list[str]) -> bool:
-        started = STARTED.findall("".join(seen))
-        return len(started) == 2 and any(t == started[1] for t, _, _ in EVALUATED.findall(seen[-1]))
+    def killed(output: str) -> None:
+        for trial_id, step in reported_steps(output).items():
+            reported[trial_id] = max(step, reported.get(trial_id, 0))
 
-    output = killed_search(tmp_path, "killed", second_trial_evaluated)
-    _, second = STARTED.findall(output)  # the first trial is done, the second running
+    def resumed(output: str, checkpointed: dict[str, int]) -> dict[str, int]:
+        resumed_from = resume_started(output, reported, checkpointed)
+        for trial_id, step in resumed_from.items():
+            resumes.setdefault(trial_id, []).append(step)
+        return resumed_from
+
+    # 1. Before any trial finishes: one evaluation, then the driver kills itself.
+    output = killed_search(tmp_path, name, lambda seen: KILLED in seen[-1], fault="driver:results=1")
+    assert f"{KILLED} after 1 trial results" in output
+    (first,) = STARTED.findall(output)
+    assert [t for t, _, _ in EVALUATED.findall(output)] == [first]
+    killed(output)
 
     again = subprocess.run(
-        [*command(tmp_path), "--name", "killed"],
+        [*command(tmp_path), "--name", name],
         cwd=REPO,
         env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert again.returncode == 2 and "--resume killed" in again.stderr  # never overwritten silently
+    assert again.returncode == 2 and f"--resume {name}" in again.stderr  # never overwritten silently
 
-    resumed_from = resume_and_account(tmp_path, "killed", output)
-    assert resumed_from.get(second, 0) > 0  # the running trial went on from its checkpoint
-    ledger(faults=1, kind="driver SIGKILL mid-search, --resume", trials_requested=REQUESTED, trials_lost=0)
-    ledger(bad_inputs=1, case="same experiment name after a crash")
+    # 2. Mid-search: the resumed driver killed once a second trial reported an evaluation.
+    def second_trial_evaluated(seen: list[str]) -> bool:
+        started = list(dict.fromkeys(STARTED.findall("".join(seen))))
+        return len(started) == 2 and any(t == started[1] for t, _, _ in EVALUATED.findall(seen[-1]))
 
+    checkpointed = newest_checkpoints(exp)
+    output = killed_search(tmp_path, name, second_trial_evaluated, resume=True)
+    assert resumed(output, checkpointed)[first] > 0  # the running trial went on from its checkpoint
+    first_again, second = dict.fromkeys(STARTED.findall(output))
+    assert first_again == first
+    killed(output)
 
-@pytest.mark.long
-def test_driver_killed_before_any_trial_finishes_resumes_the_running_trial(tmp_path: Path, ledger: Record) -> None:
-    output = killed_search(tmp_path, "early", lambda seen: KILLED in seen[-1], fault="driver:results=1")
-    assert f"{KILLED} after 1 trial results" in output
-    (first,) = STARTED.findall(output)
-    assert [t for t, _, _ in EVALUATED.findall(output)] == [first]  # one evaluation, then the kill
-
-    resumed_from = resume_and_account(tmp_path, "early", output)
-    assert resumed_from[first] > 0
-    # Its report from before the kill is kept (durable_reports.py), not only those made after it.
-    (trial,) = (t for t in stored_trials(tmp_path / "early") if t.trial_id == first)
-    assert min(h["step"] for h in trial.history) <= reported_steps(output)[first], trial.history
-    ledger(faults=1, kind="driver SIGKILL before any trial finishes, --resume", trials_requested=3, trials_lost=0)
-
-
-@pytest.mark.long
-def test_driver_killed_after_the_last_trial_resumes_to_its_reports(tmp_path: Path, ledger: Record) -> None:
-    output = killed_search(tmp_path, "late", lambda seen: KILLED in seen[-1], fault=f"driver:trials={REQUESTED}")
+    # 3. After the last trial, before the driver writes its reports.
+    checkpointed = newest_checkpoints(exp)
+    last = f"driver:trials={REQUESTED}"
+    output = killed_search(tmp_path, name, lambda seen: KILLED in seen[-1], fault=last, resume=True)
     assert f"{KILLED} after {REQUESTED} completed trials" in output
-    assert len(set(STARTED.findall(output))) == REQUESTED
+    assert resumed(output, checkpointed)[second] > 0
+    killed(output)
+    assert len(reported) == REQUESTED
 
-    resumed_from = resume_and_account(tmp_path, "late", output)
-    # A trial Tune had not recorded as finished ran again from its last checkpoint, trained no
-    # further and reported its last evaluation again (trial.py), not a result without metrics: no
-    # report past it, and its earlier reports kept.
-    final = reported_steps(output)
-    for trial in stored_trials(tmp_path / "late"):
-        assert max(h["step"] for h in trial.history) == final[trial.trial_id]
-        assert resumed_from.get(trial.trial_id, final[trial.trial_id]) == final[trial.trial_id]
-    ledger(faults=1, kind="driver SIGKILL after the last trial, --resume", trials_requested=3, trials_lost=0)
+    # 4. The last resume: a trial Tune had not recorded as finished runs again from its last
+    # checkpoint, trains no further and reports its last evaluation again (trial.py), not a
+    # result without metrics.
+    checkpointed = newest_checkpoints(exp)
+    finished = subprocess.run(
+        [*command(tmp_path), "--resume", name],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=SEARCH_TIMEOUT_S,
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0, output[-5000:]
+    for trial_id, step in resumed(output, checkpointed).items():
+        assert step == reported[trial_id], (trial_id, step, reported)
+
+    account(tmp_path, name)
+    # Nothing a killed driver was told is lost: each trial's stored history (durable_reports.py:
+    # Tune's result.json of a restored trial starts anew) holds every last evaluation a killed
+    # driver printed for it and nothing past its last; each report after a resume carries the
+    # step it resumed from.
+    history = {t.trial_id: t.history for t in stored_trials(exp)}
+    for trial_id, step in reported.items():
+        steps = {h["step"] for h in history[trial_id]}
+        assert step in steps and max(steps) == step, (trial_id, history[trial_id])
+    for trial_id, steps in resumes.items():
+        for h in history[trial_id]:
+            if h["step"] > steps[0] and h["step"] not in steps:
+                assert h["resumed_from_step"] == max(s for s in steps if s < h["step"]), history[trial_id]
+    ledger(
+        faults=3,
+        kind="driver SIGKILL before any trial finishes, mid-search and after the last trial; --resume after each",
+        trials_requested=REQUESTED,
+        trials_lost=0,
+    )
+    ledger(bad_inputs=1, case="same experiment name after a crash")

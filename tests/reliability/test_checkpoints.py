@@ -4,7 +4,7 @@ or half-written (one rank's files never arrived). Each time the resume falls bac
 valid older checkpoint, says so, and finishes exactly as an uninterrupted run; with every
 checkpoint broken it fails naming each one, and never starts over from step 0.
 
-Tolerance: relative 1e-6 on validation losses, as in tests/integration/test_resume.py (resuming
+Tolerance: relative 1e-6 on validation losses, as in tests/reliability/test_resume_points.py (resuming
 from an older valid checkpoint replays the same arithmetic; the margin covers gloo's summation).
 """
 

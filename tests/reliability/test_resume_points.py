@@ -7,7 +7,7 @@ examples and loss as an uninterrupted run of the same seed; the reports after ea
 match it; no epoch counter goes back.
 
 Tolerance: relative 1e-6 on per-step and validation losses (the same arithmetic in the same
-order on CPU; the margin covers summation order in gloo's all-reduce), as in test_resume.py.
+order on CPU; the margin covers summation order in gloo's all-reduce).
 """
 
 from __future__ import annotations
