@@ -1,7 +1,7 @@
 """Worker overhead: the product's trial (Ray Train + DeepSpeed worker) against a bare PyTorch loop
 and against the same DeepSpeed loop without Ray, side by side in one run.
 
-    python benchmarks/worker_overhead.py --out /tmp/bench-overhead [--repeats 2] [--epochs 2]
+    python benchmarks/worker_overhead.py --out /tmp/bench-overhead [--repeats 2] [--epochs 2] [--zero-stage 2]
 
 One trial of the embedded default (tiny GPT-J, 2 processes, batch 8 per process, same data order
 and hyperparameters) is trained four ways, in turn, `--repeats` times:
@@ -41,9 +41,11 @@ POINT = {
 ARMS = ("bare", "worker", "train", "ray")
 
 
-def one_trial_space(out: Path, epochs: int) -> Path:
+def one_trial_space(out: Path, epochs: int, zero_stage: int | None) -> Path:
     raw = yaml.safe_load((REPO / "search_spaces" / "tiny_cpu.yaml").read_text())
     raw["name"] = "overhead"
+    if zero_stage is not None:
+        raw["fixed"]["zero_stage"] = zero_stage
     raw["search"] = {key: {"choice": [value]} for key, value in POINT.items() | {"epochs": epochs}.items()}
     raw["tune"]["num_trials"] = 1
     path = out / "overhead_space.yaml"
@@ -111,12 +113,13 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), help="default: the default space's")
     args = p.parse_args()
     from gpt4all_ray.config import load_spec
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    space = one_trial_space(out, args.epochs)
+    space = one_trial_space(out, args.epochs, args.zero_stage)
     spec = load_spec(space)
     cfg = dataclasses.asdict(spec.trial_config(POINT | {"epochs": args.epochs}))
     os.environ.setdefault("RAY_AUTH_MODE", "token")

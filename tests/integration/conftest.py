@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.process
 import os
 import socket
 import subprocess
@@ -47,7 +49,33 @@ def run_search(command: list[str]) -> str:
     return output
 
 
-WORKER_RUNS = REPO / "tests" / "integration" / "worker_runs.py"
+
+
+PRELOADED = ["tests.integration.worker_runs", "deepspeed", "transformers", "peft"]
+
+
+class ForkedRank:
+    """A rank of worker_runs.py forked by multiprocessing's fork server, with the part of Popen's
+    interface the tests use (poll, kill, communicate, returncode: -9 when SIGKILLed)."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, log: Path) -> None:
+        self.process, self.log = process, log
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, None]:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(f"rank {self.log.name}", timeout or 0)
+        return self.log.read_text(errors="replace"), None
 
 
 def launch_ranks(
@@ -56,9 +84,17 @@ def launch_ranks(
     world: int = 1,
     env: dict[str, str] | None = None,
     resume_from: Path | None = None,
-) -> list[subprocess.Popen]:
-    """Start `world` ranks of worker_runs.py, as torchrun would (RANK, WORLD_SIZE, MASTER_*)."""
-    port, procs = free_port(), []
+) -> list[ForkedRank]:
+    """Start `world` ranks of worker_runs.py, as torchrun would (RANK, WORLD_SIZE, MASTER_*): each a
+    new process, forked from a server that imported the worker's libraries once (the first call
+    starts it), so that the many short attempts of the kill tests do not each pay 7 s of imports."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOADED)
+    from tests.integration import worker_runs
+
+    out.mkdir(parents=True, exist_ok=True)
+    port, ranks = free_port(), []
+    argv = [str(out), json.dumps(cases)] + ([str(resume_from)] if resume_from else [])
     for rank in range(world):
         rank_env = subprocess_env() | (env or {})
         rank_env |= {
@@ -68,14 +104,11 @@ def launch_ranks(
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
         }
-        command = [sys.executable, str(WORKER_RUNS), str(out), json.dumps(cases)]
-        command += [str(resume_from)] if resume_from else []
-        procs.append(
-            subprocess.Popen(
-                command, cwd=REPO, env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    return procs
+        log = out / f"rank{rank}.log"
+        process = context.Process(target=worker_runs.forked_rank, args=(argv, rank_env, str(log)), daemon=False)
+        process.start()
+        ranks.append(ForkedRank(process, log))
+    return ranks
 
 
 def run_worker_cases(out: Path, cases: dict[str, dict], world: int = 1, resume_from: Path | None = None) -> None:

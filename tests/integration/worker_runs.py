@@ -7,6 +7,10 @@ gets metrics.jsonl (every report), steps_rank<r>.jsonl (every optimizer step: th
 loss), checkpoints/step-<n>/ (each report's checkpoint, all ranks merged, as Ray Train merges
 them), model/ (the last exported model) or error.txt. A case named planted_* has the weight decay
 dropped before the optimizer is built: the hyperparameter check must refuse it.
+
+The tests start ranks with `forked_rank` (conftest.launch_ranks): forked from a process that
+imported this module, DeepSpeed, transformers and PEFT once, instead of paying those 7 s of imports
+in every rank of every attempt.
 """
 
 from __future__ import annotations
@@ -51,9 +55,9 @@ def without_weight_decay(model: Any, weight_decay: float) -> list[dict[str, Any]
     return [{"name": "decay", "params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}]
 
 
-def main() -> int:
-    root, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
-    resume_from = sys.argv[3] if len(sys.argv) > 3 else None
+def main(argv: list[str]) -> int:
+    root, cases = Path(argv[0]), json.loads(argv[1])
+    resume_from = argv[2] if len(argv) > 2 else None
     real_groups = worker.param_groups
     for name, settings in cases.items():
         out = root / name
@@ -67,5 +71,18 @@ def main() -> int:
     return 0
 
 
+def forked_rank(argv: list[str], env: dict[str, str], log: str) -> None:
+    """One rank in a freshly forked process: the environment a launcher would give it, its output to
+    `log`; exits with main's code (a fault's SIGKILL ends it as it would a Popen'd rank)."""
+    os.environ.clear()
+    os.environ.update(env)
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a SIGKILL loses no line
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    raise SystemExit(main(argv))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
