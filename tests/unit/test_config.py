@@ -70,7 +70,7 @@ BAD = [
     ({"resources.cpus_per_worker": 0}, "resources.cpus_per_worker: must be > 0"),
     ({"enqueue": [{"learning_rate": 0.1}]}, "enqueue[0]: missing searched key(s)"),
     ({"fixed.precision": "fp16"}, "fixed.precision: fp16 needs GPUs (resources.gpus_per_worker > 0)"),
-    ({"fixed.offload_params": True}, "fixed.offload_params: needs zero_stage 3, got 2"),
+    ({"fixed.offload_params": True}, "fixed.offload_params: needs zero_stage 3, got 0"),
     ({"fixed.offload_optimizer": True, "fixed.zero_stage": 0}, "fixed.offload_optimizer: needs zero_stage 1, 2 or 3"),
     ({"fixed.lora_targets": "q_proj"}, "fixed.lora_targets: is only used with method: lora (method is full)"),
     ({"fixed.model": "not a/model name"}, "fixed.model: expected one of tiny-gptj, tiny-llama, a local model folder"),
