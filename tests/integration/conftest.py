@@ -49,8 +49,6 @@ def run_search(command: list[str]) -> str:
     return output
 
 
-
-
 PRELOADED = ["tests.integration.worker_runs", "deepspeed", "transformers", "peft"]
 
 
