@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -441,8 +442,9 @@ def _evaluate_and_report(
         "epoch_progress": progress,
         "val_loss": val_loss,
         # What Ray ranks checkpoints by to keep the best: only an evaluation that improved holds
-        # the exported model, so every other one (a tie, a rise, a NaN) scores inf.
-        "checkpoint_score": val_loss if improved else math.inf,
+        # the exported model, so every other one (a tie, a rise, a NaN) scores the largest float:
+        # finite, since Tune's TensorBoard logger warns "NaN or Inf found" at every inf.
+        "checkpoint_score": val_loss if improved else sys.float_info.max,
         "val_ppl": math.exp(val_loss) if val_loss < 50 else math.inf,
         "train_loss": state.epoch_loss_sum / max(state.epoch_label_tokens, 1),
         "best_val_loss": state.best_val_loss,
