@@ -38,9 +38,9 @@ def ray_bin() -> str:
     return str(Path(sys.executable).parent / "ray")
 
 
-def run_search(command: list[str]) -> str:
+def run_search(command: list[str], space: str = SMALL_SPACE) -> str:
     """Run a search command (bounded in time) from the repo; fail with its output's tail."""
-    command = [*command, "--space", SMALL_SPACE]
+    command = [*command, "--space", space]
     proc = subprocess.run(
         command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=SEARCH_TIMEOUT_S
     )

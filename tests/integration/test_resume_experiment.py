@@ -33,7 +33,7 @@ from gpt4all_ray.evaluate import validation_loss
 from gpt4all_ray.experiment import stored_trials
 from gpt4all_ray.results import record_from_history
 from tests.conftest import Record
-from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, SMALL_SPACE, ray_bin, subprocess_env
+from tests.integration.conftest import REPO, SMALL_SPACE, ray_bin, run_search, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -199,16 +199,7 @@ def test_a_driver_killed_before_any_trial_finishes_mid_search_and_after_the_last
     # checkpoint, trains no further and reports its last evaluation again (trial.py), not a
     # result without metrics.
     checkpointed = newest_checkpoints(exp)
-    finished = subprocess.run(
-        [*command(tmp_path), "--resume", name],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=SEARCH_TIMEOUT_S,
-    )
-    output = finished.stdout + finished.stderr
-    assert finished.returncode == 0, output[-5000:]
+    output = run_search([sys.executable, "-m", "gpt4all_ray.tune", "--results-dir", str(tmp_path), "--resume", name])
     for trial_id, step in resumed(output, checkpointed).items():
         assert step == reported[trial_id], (trial_id, step, reported)
 

@@ -16,7 +16,7 @@ import pytest
 
 from gpt4all_ray.evaluate import validation_loss
 from tests.conftest import Record
-from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, subprocess_env
+from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, run_search, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +28,11 @@ def test_a_search_on_a_pyarrow_uri_storage_keeps_every_trial_and_its_best_checkp
     tmp_path: Path, ledger: Record
 ) -> None:
     results, store = tmp_path / "results", tmp_path / "store"
-    command = [sys.executable, "-m", "gpt4all_ray.tune", "--space", SPACE, "--results-dir", str(results)]
-    searched = subprocess.run(
-        [*command, "--name", "st", "--storage", f"file://{store}"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=SEARCH_TIMEOUT_S,
+    run_search(
+        [sys.executable, "-m", "gpt4all_ray.tune", "--results-dir", str(results), "--name", "st"]
+        + ["--storage", f"file://{store}"],
+        space=SPACE,
     )
-    assert searched.returncode == 0, (searched.stdout + searched.stderr)[-5000:]
     exp = results / "st"
     with (exp / "leaderboard.csv").open() as f:
         rows = list(csv.DictReader(f))
