@@ -18,6 +18,8 @@ pytestmark = pytest.mark.integration
 def head_node() -> Iterator[str]:
     dashboard = free_port()
     env = subprocess_env()
+    # As the README says: on a machine that never ran Ray, `ray start` in token mode needs a token.
+    subprocess.run([ray_bin(), "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
     subprocess.run(
         [
             ray_bin(),
