@@ -1,22 +1,26 @@
-"""Search efficiency: the product's search (TPE + divergence stopper) against random search with
-no early stopping, on the embedded default, several seeds, side by side in one run.
+"""Search efficiency: the product's search against random search with no early stopping, on the
+embedded default, several seeds, side by side in one run.
 
-    python benchmarks/search_efficiency.py --out /tmp/bench-search [--seeds 0,1,2,3,4]
+    python benchmarks/search_efficiency.py --out /tmp/bench-search [--seeds 0,1,2,3,4] [--arms ours,tpe,random]
 
-Per seed, both arms run `python -m gpt4all_ray.tune` on search_spaces/tiny_cpu.yaml with
-tune.seed = seed; the baseline sets tune.searcher: random and fixed.stop_on_divergence: false.
-TPE's first startup_trials draws are the random sampler's, so each pair starts alike. The runs
-share one `ray start --head` cluster (started here, stopped at the end), as on a cluster.
+Per seed, every arm runs `python -m gpt4all_ray.tune` on search_spaces/tiny_cpu.yaml with
+tune.seed = seed:
+- ours: the default as it is (TPE, divergence stopper, and whatever scheduler it sets);
+- tpe: the default without a scheduler (TPE + divergence stopper only: every trial that does not
+  diverge runs all its epochs);
+- random: the baseline, tune.searcher random, no scheduler, fixed.stop_on_divergence false.
+TPE's first startup_trials draws are the random sampler's, so the arms of a seed start alike.
+The runs share one `ray start --head` cluster (started here, stopped at the end), as on a cluster.
 
 Figures, from the stored experiments alone:
 - compute to reach a target validation loss, in trial-epochs and worker-seconds (trials run one at
   a time, so compute is counted in start order up to the first evaluation at or under the target).
-  Target: the median over seeds of random search's final best. Ratio ours / random per seed, and
-  its median (a run that never reaches the target spent infinite compute: 0 when only ours
+  Target: the median over seeds of random search's final best. Ratio arm / random per seed, and
+  its median (a run that never reaches the target spent infinite compute: 0 when only the arm
   reached it, inf when only random search did, 1 when neither did);
-- the divergence stopper replayed on random search's full curves (same trials, same policy as the
-  product's): the fraction of trial-epochs it saves and its regret (best loss with stopping minus
-  best loss without, per seed; it must be 0).
+- the divergence stopper and ASHA (the default's settings) replayed on random search's full
+  curves, the same trials in the same order: the fraction of trial-epochs each saves and its
+  regret (best loss with it minus best loss without, per seed; the stopper's must be 0).
 """
 
 from __future__ import annotations
@@ -32,11 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-ARMS = ("ours", "random")
+ARMS = ("ours", "tpe", "random")
+BASELINE = "random"
+
+
+Curve = list[tuple[float, float]]
+"""One trial's (epoch progress, val loss) at each evaluation, in order."""
 
 
 @dataclass
@@ -52,6 +62,8 @@ def arm_space(out: Path, arm: str, seed: int) -> Path:
     raw = yaml.safe_load((REPO / "search_spaces" / "tiny_cpu.yaml").read_text())
     raw["name"] = f"{arm}-s{seed}"
     raw["tune"]["seed"] = seed
+    if arm != "ours":
+        raw["tune"].pop("scheduler", None)
     if arm == "random":
         raw["tune"]["searcher"] = "random"
         raw["fixed"]["stop_on_divergence"] = False
@@ -60,7 +72,7 @@ def arm_space(out: Path, arm: str, seed: int) -> Path:
     return path
 
 
-def search_curve(exp_dir: Path, workers: int) -> tuple[list[Evaluation], list[list[tuple[float, float]]]]:
+def search_curve(exp_dir: Path, workers: int) -> tuple[list[Evaluation], list[Curve]]:
     """Every evaluation of the experiment with the compute spent up to it; and each trial's
     (epoch progress, val loss) curve."""
     from gpt4all_ray.experiment import stored_trials
@@ -98,39 +110,69 @@ def ratio(ours: float, baseline: float) -> float:
     return ours / baseline
 
 
-def replay_stopper(curves: list[list[tuple[float, float]]], policy: Any) -> tuple[float, float, float, float]:
+def replay_stopper(curves: list[Curve], policy: Any) -> tuple[float, float, float, float]:
     """(trial-epochs without stopping, with stopping, best loss without, best loss with)."""
-    full = stopped = 0.0
-    best_full = best_stopped = math.inf
+    cuts = []
     for curve in curves:
-        if not curve:
-            continue
         losses, epochs = [loss for _, loss in curve], [e for e, _ in curve]
         cut = len(curve)
         for i in range(1, len(curve) + 1):
             if policy.decide(losses[:i], epochs[:i]).stop:
                 cut = i
                 break
-        full += epochs[-1]
-        stopped += epochs[cut - 1]
-        best_full = min(best_full, *losses)
-        best_stopped = min(best_stopped, *losses[:cut])
+        cuts.append(cut)
+    return replay_totals(curves, cuts)
+
+
+def asha_milestones(grace: float, reduction: int, max_t: float) -> list[float]:
+    """Ray's ASHA rungs (one bracket), lowest first: grace * reduction**k below max_t."""
+    rungs = int(math.log(max_t / grace) / math.log(reduction) + 1)
+    return sorted(grace * reduction**k for k in range(rungs) if grace * reduction**k < max_t)
+
+
+def asha_cuts(curves: list[Curve], milestones: list[float], reduction: int) -> list[int]:
+    """Ray's ASHAScheduler (one bracket, mode min) replayed on trials run one at a time, in order,
+    on the running best loss: how many evaluations of each curve it lets run. At each evaluation,
+    the highest rung at or below its epoch that the trial has not been recorded at is checked: the
+    trial stops if its running best is above the (100 / reduction)th percentile of the earlier
+    trials recorded there, and is recorded."""
+    recorded: dict[float, list[float]] = {m: [] for m in milestones}
+    cuts = []
+    for curve in curves:
+        cut, best, passed = len(curve), math.inf, set()
+        for i, (epoch, loss) in enumerate(curve, start=1):
+            best = min(best, loss)
+            rung = next((m for m in reversed(milestones) if epoch >= m and m not in passed), None)
+            if rung is None:
+                continue
+            passed.add(rung)
+            earlier = list(recorded[rung])
+            recorded[rung].append(best)
+            if earlier and best > float(np.percentile(earlier, 100 / reduction)):
+                cut = i
+                break
+        cuts.append(cut)
+    return cuts
+
+
+def replay_totals(curves: list[Curve], cuts: list[int]) -> tuple[float, float, float, float]:
+    """Each curve cut after its cuts[i] evaluations: (trial-epochs whole, cut, best loss whole, cut)."""
+    full = stopped = 0.0
+    best_full = best_stopped = math.inf
+    for curve, cut in zip(curves, cuts, strict=True):
+        if not curve:
+            continue
+        full += curve[-1][0]
+        stopped += curve[cut - 1][0]
+        best_full = min(best_full, *(loss for _, loss in curve))
+        best_stopped = min(best_stopped, *(loss for _, loss in curve[:cut]))
     return full, stopped, best_full, best_stopped
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seeds", default="0,1,2,3,4")
-    args = p.parse_args()
-    from gpt4all_ray.config import load_spec
-    from gpt4all_ray.divergence import DivergencePolicy
-
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
+def run_arms(out: Path, arms: list[str], seeds: list[int]) -> None:
     env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     ray = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)  # first Ray here
     subprocess.run(
         [ray, "start", "--head", "--num-cpus", str(os.cpu_count()), "--dashboard-host", "127.0.0.1"],
         env=env,
@@ -139,82 +181,134 @@ def main() -> int:
     )
     try:
         for seed in seeds:
-            for arm in ARMS:
+            for arm in arms:
                 name = f"{arm}-s{seed}"
                 if (out / name / "leaderboard.csv").is_file():  # kept from an earlier, interrupted run
                     continue
                 cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(arm_space(out, arm, seed))]
-                log = (out / f"{name}.log").open("w")
-                subprocess.run(
-                    [*cmd, "--results-dir", str(out), "--name", name],
-                    cwd=REPO,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    check=True,
-                )
+                with (out / f"{name}.log").open("w") as log:
+                    subprocess.run(
+                        [*cmd, "--results-dir", str(out), "--name", name],
+                        cwd=REPO,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        check=True,
+                    )
                 print(f"ran {name}", flush=True)
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
 
+
+def median(values: list[float]) -> float:
+    """The middle value (the upper one of an even count): the infinities of runs that never reached
+    the target sort in place, where statistics.median would average them."""
+    return sorted(values)[len(values) // 2]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"a subset of {ARMS}; {BASELINE} is always run")
+    args = p.parse_args()
+    from gpt4all_ray.config import load_spec
+    from gpt4all_ray.divergence import DivergencePolicy
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = [a for a in ARMS if a in args.arms.split(",") and a != BASELINE] + [BASELINE]
+    run_arms(out, arms, seeds)
+
     spec = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")
     workers = spec.resources.workers_per_trial
-    runs = {(arm, seed): search_curve(out / f"{arm}-s{seed}", workers) for arm in ARMS for seed in seeds}
+    runs = {(arm, seed): search_curve(out / f"{arm}-s{seed}", workers) for arm in arms for seed in seeds}
     finals = {key: min(p.val_loss for p in points) for key, (points, _) in runs.items()}
-    target = statistics.median(finals["random", s] for s in seeds)
+    target = statistics.median(finals[BASELINE, s] for s in seeds)
     policy = DivergencePolicy.for_trial(spec.fixed)
+    milestones = asha_milestones(spec.tune.asha_grace_epochs, spec.tune.asha_reduction_factor, spec.max_epochs)
     rows = []
     for seed in seeds:
-        ours, rand = (to_target(runs[arm, seed][0], target) for arm in ARMS)
-        full, stopped, best_full, best_stopped = replay_stopper(runs["random", seed][1], policy)
-        rows.append(
-            {
-                "seed": seed,
-                "ours_best": finals["ours", seed],
-                "random_best": finals["random", seed],
-                "ours_epochs_to_target": ours[0],
-                "random_epochs_to_target": rand[0],
-                "epochs_ratio": ratio(ours[0], rand[0]),
-                "ours_worker_s_to_target": ours[1],
-                "random_worker_s_to_target": rand[1],
-                "worker_s_ratio": ratio(ours[1], rand[1]),
-                "ours_total_epochs": max(p.epochs for p in runs["ours", seed][0]),
-                "random_total_epochs": full,
-                "replayed_stopper_epochs": stopped,
-                "stopper_regret": best_stopped - best_full,
+        base = to_target(runs[BASELINE, seed][0], target)
+        curves = runs[BASELINE, seed][1]
+        full, stopped, best_full, best_stopped = replay_stopper(curves, policy)
+        cuts = asha_cuts(curves, milestones, spec.tune.asha_reduction_factor)
+        _, asha_epochs, _, best_asha = replay_totals(curves, cuts)
+        row: dict[str, Any] = {
+            "seed": seed,
+            "random_best": finals[BASELINE, seed],
+            "random_epochs_to_target": base[0],
+            "random_worker_s_to_target": base[1],
+            "random_total_epochs": full,
+            "replayed_stopper_epochs": stopped,
+            "stopper_regret": best_stopped - best_full,
+            "replayed_asha_epochs": asha_epochs,
+            "asha_regret": best_asha - best_full,
+        }
+        for arm in arms[:-1]:
+            epochs, seconds = to_target(runs[arm, seed][0], target)
+            row |= {
+                f"{arm}_best": finals[arm, seed],
+                f"{arm}_epochs_to_target": epochs,
+                f"{arm}_worker_s_to_target": seconds,
+                f"{arm}_epochs_ratio": ratio(epochs, base[0]),
+                f"{arm}_worker_s_ratio": ratio(seconds, base[1]),
+                f"{arm}_total_epochs": max((p.epochs for p in runs[arm, seed][0]), default=0.0),
+                f"{arm}_trials": len(runs[arm, seed][1]),
             }
-        )
-    ratios = sorted(r["epochs_ratio"] for r in rows)
-    seconds = sorted(r["worker_s_ratio"] for r in rows)
-    saved = 1 - sum(r["replayed_stopper_epochs"] for r in rows) / sum(r["random_total_epochs"] for r in rows)
-    summary = {
+        rows.append(row)
+    total = sum(r["random_total_epochs"] for r in rows)
+    summary: dict[str, Any] = {
         "target_val_loss": target,
-        "median_epochs_ratio": ratios[len(ratios) // 2],
-        "median_worker_s_ratio": seconds[len(seconds) // 2],
-        "stopper_epochs_saved_fraction": saved,
+        "milestones": milestones,
+        "stopper_epochs_saved_fraction": 1 - sum(r["replayed_stopper_epochs"] for r in rows) / total,
         "max_stopper_regret": max(r["stopper_regret"] for r in rows),
-        "rows": rows,
+        "asha_epochs_saved_fraction": 1 - sum(r["replayed_asha_epochs"] for r in rows) / total,
+        "max_asha_regret": max(r["asha_regret"] for r in rows),
     }
+    for arm in arms[:-1]:
+        summary[f"{arm}_median_epochs_ratio"] = median([r[f"{arm}_epochs_ratio"] for r in rows])
+        summary[f"{arm}_median_worker_s_ratio"] = median([r[f"{arm}_worker_s_ratio"] for r in rows])
+    summary["rows"] = rows
     (out / "search_efficiency.json").write_text(json.dumps(summary, indent=2))
-    print(f"target val_loss {target:.4f} (median of random search's final bests over seeds {seeds})")
-    print(
-        "| seed | best ours | best random | trial-epochs to target ours / random | ratio "
-        "| worker-s ours / random | ratio | stopper regret |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    print_tables(summary, arms, seeds)
+    return 0
+
+
+def print_tables(summary: dict[str, Any], arms: list[str], seeds: list[int]) -> None:
+    rows = summary["rows"]
+    print(f"target val_loss {summary['target_val_loss']:.4f} (median of random search's final bests, seeds {seeds})")
+    for arm in arms[:-1]:
+        print(f"\n{arm} / random")
+        print("| seed | best | best random | trial-epochs to target | ratio | worker-s to target | ratio | epochs |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['seed']} | {r[f'{arm}_best']:.4f} | {r['random_best']:.4f} "
+                f"| {r[f'{arm}_epochs_to_target']:.2f} / {r['random_epochs_to_target']:.2f} "
+                f"| {r[f'{arm}_epochs_ratio']:.2f} "
+                f"| {r[f'{arm}_worker_s_to_target']:.0f} / {r['random_worker_s_to_target']:.0f} "
+                f"| {r[f'{arm}_worker_s_ratio']:.2f} "
+                f"| {r[f'{arm}_total_epochs']:.1f} / {r['random_total_epochs']:.1f} |"
+            )
+        print(
+            f"median ratio: trial-epochs {summary[f'{arm}_median_epochs_ratio']:.2f}, "
+            f"worker-seconds {summary[f'{arm}_median_worker_s_ratio']:.2f}"
+        )
+    print("\nreplayed on random search's trials, in order:")
+    print("| seed | trial-epochs | with the stopper | stopper regret | with ASHA | ASHA regret |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['seed']} | {r['ours_best']:.4f} | {r['random_best']:.4f} | {r['ours_epochs_to_target']:.2f} / "
-            f"{r['random_epochs_to_target']:.2f} | {r['epochs_ratio']:.2f} | {r['ours_worker_s_to_target']:.0f} / "
-            f"{r['random_worker_s_to_target']:.0f} | {r['worker_s_ratio']:.2f} | {r['stopper_regret']:.4f} |"
+            f"| {r['seed']} | {r['random_total_epochs']:.1f} | {r['replayed_stopper_epochs']:.1f} "
+            f"| {r['stopper_regret']:.4f} | {r['replayed_asha_epochs']:.1f} | {r['asha_regret']:.4f} |"
         )
     print(
-        f"median ratio: trial-epochs {summary['median_epochs_ratio']:.2f}, "
-        f"worker-seconds {summary['median_worker_s_ratio']:.2f}; "
-        f"divergence stopper replayed on random search's trials saves {saved:.1%} of trial-epochs, "
-        f"largest regret {summary['max_stopper_regret']:.4f}"
+        f"stopper saves {summary['stopper_epochs_saved_fraction']:.1%} (largest regret "
+        f"{summary['max_stopper_regret']:.4f}); ASHA at rungs {summary['milestones']} saves "
+        f"{summary['asha_epochs_saved_fraction']:.1%} (largest regret {summary['max_asha_regret']:.4f})"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""The replays in benchmarks/search_efficiency.py, which report what the divergence stopper and
+ASHA would save on random search's trials, against the real policy and Ray's real scheduler."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import random
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from gpt4all_ray.divergence import DivergencePolicy
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "search_efficiency.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("search_efficiency", BENCHMARK)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_curves(seed: int, trials: int = 12, max_epochs: int = 4) -> list[list[tuple[float, float]]]:
+    """Trials of 2 to max_epochs epochs; losses that mostly fall, sometimes rise."""
+    rng = random.Random(seed)
+    curves = []
+    for _ in range(trials):
+        loss, curve = rng.uniform(3, 5), []
+        for epoch in range(1, rng.randint(2, max_epochs) + 1):
+            loss *= rng.uniform(0.8, 1.1)
+            curve.append((float(epoch), loss))
+        curves.append(curve)
+    return curves
+
+
+def ray_asha_cuts(curves: list[list[tuple[float, float]]], grace: float, reduction: int, max_t: int) -> list[int]:
+    """Each curve fed, one trial after another, through Ray's ASHAScheduler as Tune feeds it."""
+    asha = ASHAScheduler(
+        metric="best_val_loss", mode="min", time_attr="epoch_progress", max_t=max_t,
+        grace_period=grace, reduction_factor=reduction,
+    )  # fmt: skip
+    cuts = []
+    for n, curve in enumerate(curves):
+        trial = SimpleNamespace(trial_id=f"t{n}")
+        asha.on_trial_add(None, trial)  # type: ignore[arg-type]
+        best, cut = math.inf, len(curve)
+        for i, (epoch, loss) in enumerate(curve, start=1):
+            best = min(best, loss)
+            result = {"epoch_progress": epoch, "best_val_loss": best}
+            if asha.on_trial_result(None, trial, result) == TrialScheduler.STOP and epoch < max_t:  # type: ignore[arg-type]
+                cut = i
+                break
+        asha.on_trial_complete(None, trial, result)  # type: ignore[arg-type]
+        cuts.append(cut)
+    return cuts
+
+
+def test_asha_milestones_are_rays(bench: ModuleType) -> None:
+    asha = ASHAScheduler(metric="m", mode="min", max_t=4, grace_period=1, reduction_factor=3)
+    rays = sorted(m for m, _ in asha._brackets[0]._rungs)
+    assert bench.asha_milestones(1.0, 3, 4) == rays == [1, 3]
+    assert bench.asha_milestones(1.0, 2, 8) == [1, 2, 4]
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("reduction", [2, 3])
+def test_asha_replay_stops_where_rays_scheduler_stops(bench: ModuleType, seed: int, reduction: int) -> None:
+    curves = random_curves(seed)
+    cuts = bench.asha_cuts(curves, bench.asha_milestones(1.0, reduction, 4), reduction)
+    assert cuts == ray_asha_cuts(curves, 1.0, reduction, 4)
+    assert any(cut < len(curve) for cut, curve in zip(cuts, curves, strict=True))  # the case is not trivial
+
+
+def test_stopper_replay_cuts_at_the_first_rise_and_keeps_the_best(bench: ModuleType) -> None:
+    curves = [[(1.0, 4.0), (2.0, 3.5), (3.0, 3.7), (4.0, 3.0)], [(1.0, 3.9), (2.0, 3.6)]]
+    full, stopped, best_full, best_stopped = bench.replay_stopper(curves, DivergencePolicy())
+    assert (full, stopped) == (6.0, 5.0)  # the first trial stops at its epoch-3 rise
+    assert (best_full, best_stopped) == (3.0, 3.5)  # and loses the epoch-4 recovery: regret 0.5
+
+
+def test_ratio_of_runs_that_never_reach_the_target(bench: ModuleType) -> None:
+    assert bench.ratio(math.inf, math.inf) == 1.0
+    assert bench.ratio(5.0, math.inf) == 0.0
+    assert bench.ratio(math.inf, 5.0) == math.inf
+    assert bench.median([0.0, math.inf, 1.0, 0.5, math.inf]) == 1.0
