@@ -74,6 +74,22 @@ def progress_callback(spec: SearchSpec, t0: float) -> Any:
                 line += " -> stopped: loss or gradients are NaN/inf"
             print(line, flush=True)
 
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            last = trial.last_result or {}
+            epochs = spec.trial_config(self.params.get(trial.trial_id, {})).epochs
+            if "val_loss" not in last or last.get("stop_reason") or last.get("epoch_progress", 0) >= epochs:
+                return  # ran its epochs, or the worker already said why it stopped
+            by = (
+                f"ASHA (not in the best 1/{spec.tune.asha_reduction_factor} of the trials at this rung)"
+                if spec.tune.scheduler == "asha"
+                else "Tune"
+            )
+            print(
+                f"[{clock(t0)}] trial {trial.trial_id} stopped at epoch {last['epoch']}/{epochs} by {by}; "
+                f"best {last['best_val_loss']:.4f} kept",
+                flush=True,
+            )
+
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.errors.add(trial.trial_id)
             print(f"[{clock(t0)}] trial {trial.trial_id} FAILED: {failure_line(trial.error_file)}", flush=True)

@@ -4,6 +4,7 @@ here) are stopped by the scheduler, and the report counts the compute that saved
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,9 @@ def test_asha_stops_trials_behind_at_a_rung(tmp_path: Path) -> None:
         assert rows[weak]["stop_reason"] == "stopped"
         assert float(rows[weak]["best_val_loss"]) > float(rows[3e-3]["best_val_loss"])
         assert int(rows[weak]["best_step"]) < 44  # never reached the end of epoch 2
+        # and the user was told, as it happened, which trial ASHA stopped
+        assert re.search(rf"trial {rows[weak]['trial_id']} stopped at epoch \d/2 by ASHA", proc.stdout)
+    assert f"trial {rows[3e-3]['trial_id']} stopped" not in proc.stdout
     summary = (tmp_path / "asha" / "summary.md").read_text()
     saved = next(line for line in summary.splitlines() if line.startswith("| saved by stopping early"))
     assert not saved.startswith("| saved by stopping early | 0.00")
