@@ -1,13 +1,14 @@
 """Search efficiency: the product's search against random search with no early stopping, on the
 embedded default, several seeds, side by side in one run.
 
-    python benchmarks/search_efficiency.py --out /tmp/bench-search [--seeds 0,1,2,3,4] [--arms ours,tpe,random]
+    python benchmarks/search_efficiency.py --out /tmp/bench-search [--seeds 0,1,2,3,4] [--arms ours,asha]
 
 Per seed, every arm runs `python -m gpt4all_ray.tune` on search_spaces/tiny_cpu.yaml with
 tune.seed = seed:
-- ours: the default as it is (TPE, divergence stopper, and whatever scheduler it sets);
-- tpe: the default without a scheduler (TPE + divergence stopper only: every trial that does not
-  diverge runs all its epochs);
+- ours: the default as it is (TPE + divergence stopper);
+- asha: the default with tune.scheduler asha (the GPU spaces' setting: rungs at epochs 1 and 3);
+- asha_x2: that with twice the trials, counted only up to the trial-epochs random search spent on
+  the seed: the same compute budget, for a scheduler that stops trials early and so fits more in;
 - random: the baseline, tune.searcher random, no scheduler, fixed.stop_on_divergence false.
 TPE's first startup_trials draws are the random sampler's, so the arms of a seed start alike.
 The runs share one `ray start --head` cluster (started here, stopped at the end), as on a cluster.
@@ -18,7 +19,7 @@ Figures, from the stored experiments alone:
   Target: the median over seeds of random search's final best. Ratio arm / random per seed, and
   its median (a run that never reaches the target spent infinite compute: 0 when only the arm
   reached it, inf when only random search did, 1 when neither did);
-- the divergence stopper and ASHA (the default's settings) replayed on random search's full
+- the divergence stopper and ASHA (the asha arm's settings) replayed on random search's full
   curves, the same trials in the same order: the fraction of trial-epochs each saves and its
   regret (best loss with it minus best loss without, per seed; the stopper's must be 0).
 """
@@ -41,7 +42,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-ARMS = ("ours", "tpe", "random")
+ARMS = ("ours", "asha", "asha_x2", "random")
+CAPPED = "asha_x2"
+"""Runs twice the trials, counted only up to the trial-epochs random search spent on the seed."""
 BASELINE = "random"
 
 
@@ -62,9 +65,12 @@ def arm_space(out: Path, arm: str, seed: int) -> Path:
     raw = yaml.safe_load((REPO / "search_spaces" / "tiny_cpu.yaml").read_text())
     raw["name"] = f"{arm}-s{seed}"
     raw["tune"]["seed"] = seed
-    if arm != "ours":
-        raw["tune"].pop("scheduler", None)
+    if arm.startswith("asha"):
+        raw["tune"]["scheduler"] = "asha"
+    if arm == CAPPED:
+        raw["tune"]["num_trials"] *= 2
     if arm == "random":
+        raw["tune"].pop("scheduler", None)
         raw["tune"]["searcher"] = "random"
         raw["fixed"]["stop_on_divergence"] = False
     path = out / f"{arm}-s{seed}.yaml"
@@ -224,6 +230,11 @@ def main() -> int:
     spec = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")
     workers = spec.resources.workers_per_trial
     runs = {(arm, seed): search_curve(out / f"{arm}-s{seed}", workers) for arm in arms for seed in seeds}
+    for seed in seeds:  # the capped arm gets random search's compute, no more
+        budget = max(p.epochs for p in runs[BASELINE, seed][0])
+        if (CAPPED, seed) in runs:
+            points, curves = runs[CAPPED, seed]
+            runs[CAPPED, seed] = [p for p in points if p.epochs <= budget + 1e-9], curves
     finals = {key: min(p.val_loss for p in points) for key, (points, _) in runs.items()}
     target = statistics.median(finals[BASELINE, s] for s in seeds)
     policy = DivergencePolicy.for_trial(spec.fixed)
@@ -255,7 +266,7 @@ def main() -> int:
                 f"{arm}_epochs_ratio": ratio(epochs, base[0]),
                 f"{arm}_worker_s_ratio": ratio(seconds, base[1]),
                 f"{arm}_total_epochs": max((p.epochs for p in runs[arm, seed][0]), default=0.0),
-                f"{arm}_trials": len(runs[arm, seed][1]),
+                f"{arm}_trials": len({p.trial for p in runs[arm, seed][0]}),
             }
         rows.append(row)
     total = sum(r["random_total_epochs"] for r in rows)
