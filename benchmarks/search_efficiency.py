@@ -120,13 +120,9 @@ def replay_stopper(curves: list[Curve], policy: Any) -> tuple[float, float, floa
     """(trial-epochs without stopping, with stopping, best loss without, best loss with)."""
     cuts = []
     for curve in curves:
-        losses, epochs = [loss for _, loss in curve], [e for e, _ in curve]
-        cut = len(curve)
-        for i in range(1, len(curve) + 1):
-            if policy.decide(losses[:i], epochs[:i]).stop:
-                cut = i
-                break
-        cuts.append(cut)
+        # decide() judges the history in order and stops at the first evaluation that ends the trial
+        decision = policy.decide([loss for _, loss in curve], [e for e, _ in curve]) if curve else None
+        cuts.append(decision.at if decision and decision.stop else len(curve))
     return replay_totals(curves, cuts)
 
 
