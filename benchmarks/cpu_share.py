@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -64,6 +65,14 @@ def event_bytes(out: Path) -> int:
     return sum(f.stat().st_size for f in out.glob("tb/**/events*") if f.is_file())
 
 
+def wait_for(proc: subprocess.Popen, ready: Callable[[], int]) -> int:
+    """Poll until ready() is truthy (and return it), failing if the process ends first."""
+    while not (value := ready()):
+        assert proc.poll() is None, "the loop ended before it logged"
+        time.sleep(0.5)
+    return value
+
+
 def run_loop(out: Path, space: Path, settle: float, window: float) -> dict[str, object]:
     from gpt4all_ray.config import load_spec
 
@@ -73,12 +82,8 @@ def run_loop(out: Path, space: Path, settle: float, window: float) -> dict[str, 
     try:
         # Training has begun once rank 0's event file grows past its header with a first log window
         # (before that, a first DeepSpeed start on a machine may compile its op).
-        header = None
-        while header is None or event_bytes(out) <= header:
-            assert proc.poll() is None, "the loop ended before it logged"
-            if header is None and event_bytes(out):
-                header = event_bytes(out)
-            time.sleep(0.5)
+        header = wait_for(proc, lambda: event_bytes(out))
+        wait_for(proc, lambda: event_bytes(out) > header)
         time.sleep(settle)
         result = sample(window)
         assert proc.poll() is None, "the loop ended before the window: raise EPOCHS"
