@@ -46,6 +46,10 @@ def progress_callback(spec: SearchSpec, t0: float) -> Any:
             self.params: dict[str, dict[str, Any]] = {}
             self.errors: set[str] = set()
 
+        def epochs(self, trial_id: str) -> int:
+            """The epochs the trial asked for (sampled, or the space's fixed value)."""
+            return spec.trial_config(self.params.get(trial_id, {})).epochs
+
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.params[trial.trial_id] = {k: trial.config[k] for k in spec.search}
             print(f"[{clock(t0)}] trial {trial.trial_id} started: {short(self.params[trial.trial_id])}", flush=True)
@@ -54,7 +58,7 @@ def progress_callback(spec: SearchSpec, t0: float) -> Any:
             if "val_loss" not in result:
                 return
             self.history[trial.trial_id].append({k: v for k, v in result.items() if k != "config"})
-            epochs = spec.trial_config(self.params.get(trial.trial_id, {})).epochs
+            epochs = self.epochs(trial.trial_id)
             where = f"epoch {result['epoch']}/{epochs}"
             if not result.get("epoch_end", True):
                 where += f" step {result['step']}"
@@ -76,7 +80,7 @@ def progress_callback(spec: SearchSpec, t0: float) -> Any:
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             last = trial.last_result or {}
-            epochs = spec.trial_config(self.params.get(trial.trial_id, {})).epochs
+            epochs = self.epochs(trial.trial_id)
             if "val_loss" not in last or last.get("stop_reason") or last.get("epoch_progress", 0) >= epochs:
                 return  # ran its epochs, or the worker already said why it stopped
             by = (
