@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
 from gpt4all_ray.data.collate import pack, packed_rows, pad_to_longest
-from gpt4all_ray.data.encode import IGNORE, encode_rows
+from gpt4all_ray.data.encode import IGNORE, Example, encode_rows
 from gpt4all_ray.loss import loss_sum_and_count
 from gpt4all_ray.model import build_model
 
@@ -68,3 +68,16 @@ def test_no_label_crosses_an_example_boundary_or_sits_on_padding() -> None:
     assert bool((packed["labels"][starts] == IGNORE).all())
     pads = packed["input_ids"] == TOKENIZER.pad_token_id
     assert bool((packed["labels"][pads] == IGNORE).all())
+
+
+def test_packed_layout_written_out() -> None:
+    """Two rows of max length 5: [a a a b b] and [c c c c pad], every field spelled out."""
+    a, b, c = Example([1, 2, 3], [IGNORE, 2, 3]), Example([4, 5], [4, 5]), Example([6, 7, 8, 9], [6, 7, 8, 9])
+    packed = pack([a, b, c], pad_id=0, max_length=5)
+    assert packed["input_ids"].tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
+    assert packed["labels"].tolist() == [[IGNORE, 2, 3, IGNORE, 5], [IGNORE, 7, 8, 9, IGNORE]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]]
+    first = [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
+    second = [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 1]]
+    assert packed["attention_mask"].shape == (2, 1, 5, 5)
+    assert packed["attention_mask"][:, 0].int().tolist() == [first, second]
