@@ -6,6 +6,9 @@
 # `gpu_session.sh final`: what the profile pointed to: fused GELU and 64 examples a micro-batch
 # (half the micro-batches, so half the host work and syncs a step), full and LoRA, and the full
 # fine-tune with SDPA limited to the memory-efficient kernel (cuDNN's costs ~5 ms of host time a call).
+# `gpu_session.sh onestep`: with the faster packing (2026-11-30), the last case again (64 a
+# micro-batch), then the global batch of 128 as one micro-batch (no accumulation, as the GPU search
+# spaces run), full and LoRA, and the same full fine-tune with 8 layers instead of 4.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-/tmp/gpu-out}"
@@ -26,6 +29,16 @@ if [ "${1:-profile}" = profile ]; then
   cp /tmp/gw/full_bf16_profile/profile.txt "$OUT/profile_full_bf16.txt"
   gw 200 --rows 1800 --cases full_bf16 --set "$packed" --model-set "$fused"
   gw 150 --rows 1800 --cases lora_bf16 --set "$packed" --model-set "$fused"
+elif [ "$1" = onestep ]; then
+  half='{"collate":"pack","per_device_batch":64,"global_batch":128}'
+  whole='{"collate":"pack","per_device_batch":128,"global_batch":128}'
+  gw 200 --rows 3600 --cases full_bf16 --set "$half" --model-set "$fused"  # builds the model first
+  cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
+  gw 150 --rows 3600 --cases full_bf16 --set "$whole" --model-set "$fused"
+  cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
+  gw 100 --rows 3600 --cases lora_bf16 --set "$whole" --model-set "$fused"
+  cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
+  gw 240 --rows 3600 --layers 8 --cases full_bf16 --set "$whole" --model-set "$fused"
 else
   big='{"collate":"pack","per_device_batch":64,"global_batch":128}'
   gw 150 --rows 1800 --cases full_bf16 --set "$big" --model-set "$fused"

@@ -69,7 +69,9 @@ else:
 import torch
 if torch.cuda.is_available():
     with open(os.path.join(out, "memory.json"), "w") as f:
-        json.dump({"max_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}, f)
+        stats = torch.cuda.memory_stats()  # retries: the allocator freed its cache to find room
+        json.dump({"max_allocated_gib": round(stats["allocated_bytes.all.peak"] / 2**30, 1),
+                   "alloc_retries": stats["num_alloc_retries"]}, f)
 """
 
 
@@ -130,7 +132,8 @@ def write_long_rows(path: Path, rows: int) -> None:
 
 def run_case(name: str, cfg: dict, out: Path, profile: bool = False) -> dict:
     folder = out / name
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # its metrics and events are appended to
+    folder.mkdir(parents=True)
     env = (
         os.environ
         | {
@@ -243,6 +246,7 @@ def main() -> int:
         folder_name = name + suffix + ("_profile" if args.profile else "")
         folder_name += f"_sdpa_{os.environ['SDPA']}" if os.environ.get("SDPA") else ""
         folder_name += f"_mb{base['per_device_batch']}" if base["per_device_batch"] != 32 else ""
+        folder_name += f"_{args.layers}l" if args.layers != 4 else ""
         result = run_case(folder_name, base | cases[name], out, args.profile)
         if "error" not in result and name.startswith("lora"):
             result["reloaded_val_loss"] = reload_loss(out / folder_name)
