@@ -36,7 +36,7 @@ elif [ "$1" = onestep ]; then
   cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
   gw 150 --rows 3600 --cases full_bf16 --set "$whole" --model-set "$fused"
   cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
-  gw 100 --rows 3600 --cases lora_bf16 --set "$whole" --model-set "$fused"
+  gw 200 --rows 3600 --cases lora_bf16 --set "$whole" --model-set "$fused"  # with the reload: 135 s
   cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
   gw 240 --rows 3600 --layers 8 --cases full_bf16 --set "$whole" --model-set "$fused"
 else
