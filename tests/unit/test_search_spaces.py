@@ -64,3 +64,4 @@ def test_the_gpt4all_spaces_start_with_the_published_configuration() -> None:
         workers, gpus = spec.resources.workers_per_trial, spec.resources.gpus_per_worker
         assert workers * gpus == 8 and spec.fixed.precision == "bf16", name  # 8 x A100 a trial
         assert spec.fixed.global_batch == spec.fixed.per_device_batch * workers  # as the log: no accumulation
+        assert spec.fixed.collate == "pack", name  # the log padded to max length: same losses, ~2x the slots
