@@ -6,11 +6,11 @@ import os
 import re
 import socket
 import time
-from pathlib import Path
 
 import ray
 
 from gpt4all_ray.config import Resources, SpecError
+from gpt4all_ray.ds_ops import SHM_OP, extensions_dir
 
 
 def connect_ray(resources: Resources) -> None:
@@ -63,21 +63,22 @@ STALE_LOCK_S = 600  # the op builds in about a minute; a lock this old was left 
 
 
 def warn_if_deepspeed_op_unbuilt(resources: Resources) -> None:
+    if resources.gpus_per_worker:
+        return  # only CPU workers load DeepSpeed's shared-memory op
+    folder = extensions_dir() / SHM_OP  # the workers run this Python environment too
     # Otherwise the first trial is a minute of silence on a new machine.
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    if resources.gpus_per_worker == 0 and not any(root.glob("*/deepspeed_shm_comm")):
+    if not (folder / f"{SHM_OP}.so").is_file():
         print(
-            "note: DeepSpeed compiles its CPU shared-memory op on its first start on this machine "
-            "(about a minute; cached afterwards)",
+            "note: DeepSpeed compiles its CPU shared-memory op on its first start in this Python "
+            f"environment (about a minute; cached in {folder.parent})",
             flush=True,
         )
     # torch's build lock outlives a build that was killed, and every later worker waits on it
     # forever, silently.
-    for lock in root.glob("*/deepspeed_shm_comm/lock"):
-        age = time.time() - lock.stat().st_mtime
-        if resources.gpus_per_worker == 0 and age > STALE_LOCK_S:
-            print(
-                f"note: {lock} is a DeepSpeed build lock {age / 60:.0f} min old, left by a build that was "
-                f"killed; workers will wait on it forever. If no build is running, remove it: rm {lock}",
-                flush=True,
-            )
+    lock = folder / "lock"
+    if lock.is_file() and (age := time.time() - lock.stat().st_mtime) > STALE_LOCK_S:
+        print(
+            f"note: {lock} is a DeepSpeed build lock {age / 60:.0f} min old, left by a build that was "
+            f"killed; workers will wait on it forever. If no build is running, remove it: rm {lock}",
+            flush=True,
+        )

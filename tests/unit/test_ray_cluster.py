@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from gpt4all_ray.config import Resources, SpecError
+from gpt4all_ray.ds_ops import extensions_dir
 from gpt4all_ray.ray_cluster import check_reachable, warn_if_deepspeed_op_unbuilt
 
 
 def test_an_old_deepspeed_build_lock_is_named_with_how_to_clear_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    lock = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # torch builds in it directly
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
     lock.parent.mkdir(parents=True)
     lock.write_text("")
     warn_if_deepspeed_op_unbuilt(Resources())
@@ -26,6 +28,31 @@ def test_an_old_deepspeed_build_lock_is_named_with_how_to_clear_it(
     warn_if_deepspeed_op_unbuilt(Resources())
     out = capsys.readouterr().out
     assert f"rm {lock}" in out and "60 min old" in out
+
+
+def test_the_first_build_is_announced_until_the_op_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    warn_if_deepspeed_op_unbuilt(Resources())
+    assert "compiles its CPU shared-memory op on its first start in this Python environment" in capsys.readouterr().out
+    warn_if_deepspeed_op_unbuilt(Resources(gpus_per_worker=1))
+    assert capsys.readouterr().out == ""  # GPU workers do not load it
+    (tmp_path / "deepspeed_shm_comm").mkdir()
+    (tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").write_bytes(b"")
+    warn_if_deepspeed_op_unbuilt(Resources())
+    assert capsys.readouterr().out == ""
+
+
+def test_each_python_environment_builds_its_ops_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setattr(sys, "prefix", "/work/a/.venv")
+    first = extensions_dir()
+    assert extensions_dir() == first  # stable for one environment
+    monkeypatch.setattr(sys, "prefix", "/work/b/.venv")
+    assert extensions_dir() != first and extensions_dir().parent == first.parent
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/scratch/ops")  # the user's choice wins
+    assert extensions_dir() == Path("/scratch/ops")
 
 
 def test_an_address_where_nothing_listens_is_refused() -> None:

@@ -1,0 +1,28 @@
+"""Where torch builds DeepSpeed's just-in-time ops (on CPU workers: the shared-memory op)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+SHM_OP = "deepspeed_shm_comm"
+
+
+def extensions_dir() -> Path:
+    """TORCH_EXTENSIONS_DIR if set, else one folder per Python environment. torch's own default is
+    one folder per machine, and a build there names one environment's torch headers, so two
+    virtual environments on a machine rebuild the op (35-40 s on 2 cores, silently, inside the
+    first trial) whenever the other one used it last."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return Path.home() / ".cache" / "torch_extensions" / f"{python}-{environment}"
+
+
+def use_extensions_dir() -> None:
+    """This process's torch builds and loads its ops in extensions_dir(); call it before DeepSpeed
+    loads one (deepspeed.init_distributed on CPU)."""
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
