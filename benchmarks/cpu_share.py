@@ -14,7 +14,6 @@ the ranks, which also wait on each other at every all-reduce.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -29,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from worker_overhead import POINT, one_trial_space  # noqa: E402
+from worker_overhead import loop_config, one_trial_space  # noqa: E402
 
 RANKS = ("ray::RayTrainWorker", "multiprocessing.spawn")  # a rank's command line, with and without Ray
 EPOCHS = 10
@@ -74,9 +73,7 @@ def wait_for(proc: subprocess.Popen, ready: Callable[[], int]) -> int:
 
 
 def run_loop(out: Path, space: Path, settle: float, window: float) -> dict[str, object]:
-    from gpt4all_ray.config import load_spec
-
-    cfg = dataclasses.asdict(load_spec(space).trial_config(POINT | {"epochs": EPOCHS}))
+    cfg = loop_config(space, EPOCHS)
     cmd = [sys.executable, str(REPO / "benchmarks" / "two_process_loops.py"), "--loop", "worker"]
     proc = subprocess.Popen([*cmd, "--config", json.dumps(cfg), "--out", str(out)], cwd=REPO, stdout=subprocess.DEVNULL)
     try:

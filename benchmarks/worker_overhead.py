@@ -53,6 +53,13 @@ def one_trial_space(out: Path, epochs: int, zero_stage: int | None) -> Path:
     return path
 
 
+def loop_config(space: Path, epochs: int) -> dict[str, Any]:
+    """The one trial's settings (a TrialConfig as a dict), for the loops that run without Tune."""
+    from gpt4all_ray.config import load_spec
+
+    return dataclasses.asdict(load_spec(space).trial_config(POINT | {"epochs": epochs}))
+
+
 def tokens_per_s(tb_dir: Path) -> list[float]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -115,13 +122,10 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), help="default: the default space's")
     args = p.parse_args()
-    from gpt4all_ray.config import load_spec
-
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     space = one_trial_space(out, args.epochs, args.zero_stage)
-    spec = load_spec(space)
-    cfg = dataclasses.asdict(spec.trial_config(POINT | {"epochs": args.epochs}))
+    cfg = loop_config(space, args.epochs)
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     rows: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
