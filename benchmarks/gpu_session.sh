@@ -22,7 +22,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/
 python3 -c "import torch, deepspeed, transformers; print(torch.__version__, deepspeed.__version__, transformers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/device.txt"
 packed='{"collate":"pack","per_device_batch":32,"global_batch":128}'
 fused='{"activation_function":"gelu_pytorch_tanh"}'
-gw() { timeout "$1" python3 benchmarks/gpu_worker.py --out /tmp/gw "${@:2}" ${GW_ARGS:-} 2>&1 | grep -v -i "warn" | tail -3; }
+gw() {
+  timeout "$1" python3 benchmarks/gpu_worker.py --out /tmp/gw "${@:2}" ${GW_ARGS:-} 2>&1 | grep -v -i "warn" | tail -3
+  # after every call: what finished comes back even if a later case runs past the device call's limit
+  if [ -f /tmp/gw/results.jsonl ]; then cp /tmp/gw/results.jsonl "$OUT/results.jsonl"; fi
+}
 if [ "${1:-profile}" = profile ]; then
   gw 200 --rows 1800 --cases full_bf16 --set "$packed"
   gw 150 --rows 1000 --cases full_bf16 --set "$packed" --profile
@@ -33,19 +37,13 @@ elif [ "$1" = onestep ]; then
   half='{"collate":"pack","per_device_batch":64,"global_batch":128}'
   whole='{"collate":"pack","per_device_batch":128,"global_batch":128}'
   gw 200 --rows 3600 --cases full_bf16 --set "$half" --model-set "$fused"  # builds the model first
-  cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
   gw 150 --rows 3600 --cases full_bf16 --set "$whole" --model-set "$fused"
-  cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
   gw 200 --rows 3600 --cases lora_bf16 --set "$whole" --model-set "$fused"  # with the reload: 135 s
-  cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
   gw 240 --rows 3600 --layers 8 --cases full_bf16 --set "$whole" --model-set "$fused"
 else
   big='{"collate":"pack","per_device_batch":64,"global_batch":128}'
   gw 150 --rows 1800 --cases full_bf16 --set "$big" --model-set "$fused"
-  cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
   gw 100 --rows 1800 --cases lora_bf16 --set "$big" --model-set "$fused"
-  cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
   export SDPA=efficient
   gw 150 --rows 1800 --cases full_bf16 --set "$big" --model-set "$fused"
 fi
-cp /tmp/gw/results.jsonl "$OUT/results.jsonl"
