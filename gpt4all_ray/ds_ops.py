@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -26,3 +27,15 @@ def use_extensions_dir() -> None:
     """This process's torch builds and loads its ops in extensions_dir(); call it before DeepSpeed
     loads one (deepspeed.init_distributed on CPU)."""
     os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
+
+
+def shm_op_built() -> bool:
+    """Whether this environment's shared-memory op is built and newer than the DeepSpeed sources it
+    is built from: ninja rebuilds it otherwise (a virtual environment made again at the same path)."""
+    built = extensions_dir() / SHM_OP / f"{SHM_OP}.so"
+    if not built.is_file():
+        return False
+    package = importlib.util.find_spec("deepspeed")  # found, not imported (seconds in the driver)
+    folders = (package.submodule_search_locations or []) if package else []
+    sources = [cpp for folder in folders for cpp in Path(folder).glob("ops/csrc/cpu/comm/shm*.cpp")]
+    return all(cpp.stat().st_mtime <= built.stat().st_mtime for cpp in sources)

@@ -10,7 +10,7 @@ import time
 import ray
 
 from gpt4all_ray.config import Resources, SpecError
-from gpt4all_ray.ds_ops import SHM_OP, extensions_dir
+from gpt4all_ray.ds_ops import SHM_OP, extensions_dir, shm_op_built
 
 
 def connect_ray(resources: Resources) -> None:
@@ -67,7 +67,7 @@ def warn_if_deepspeed_op_unbuilt(resources: Resources) -> None:
         return  # only CPU workers load DeepSpeed's shared-memory op
     folder = extensions_dir() / SHM_OP  # the workers run this Python environment too
     # Otherwise the first trial is a minute of silence on a new machine.
-    if not (folder / f"{SHM_OP}.so").is_file():
+    if not shm_op_built():
         print(
             "note: DeepSpeed compiles its CPU shared-memory op on its first start in this Python "
             f"environment (about a minute; cached in {folder.parent})",

@@ -39,9 +39,13 @@ def test_the_first_build_is_announced_until_the_op_is_there(
     warn_if_deepspeed_op_unbuilt(Resources(gpus_per_worker=1))
     assert capsys.readouterr().out == ""  # GPU workers do not load it
     (tmp_path / "deepspeed_shm_comm").mkdir()
-    (tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").write_bytes(b"")
+    built = tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    built.write_bytes(b"")
     warn_if_deepspeed_op_unbuilt(Resources())
     assert capsys.readouterr().out == ""
+    os.utime(built, (0, 0))  # older than this environment's DeepSpeed sources: it will be rebuilt
+    warn_if_deepspeed_op_unbuilt(Resources())
+    assert "compiles its CPU shared-memory op" in capsys.readouterr().out
 
 
 def test_each_python_environment_builds_its_ops_apart(monkeypatch: pytest.MonkeyPatch) -> None:
