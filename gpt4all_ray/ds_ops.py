@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import sysconfig
 from pathlib import Path
 
 SHM_OP = "deepspeed_shm_comm"
@@ -23,10 +24,19 @@ def extensions_dir() -> Path:
     return Path.home() / ".cache" / "torch_extensions" / f"{python}-{environment}"
 
 
-def use_extensions_dir() -> None:
-    """This process's torch builds and loads its ops in extensions_dir(); call it before DeepSpeed
-    loads one (deepspeed.init_distributed on CPU)."""
+def use_own_op_builds() -> None:
+    """This process's torch builds and loads its ops in extensions_dir(), with this environment's
+    own ninja (pip's, a DeepSpeed dependency) when it has one; call it before DeepSpeed loads an op
+    (deepspeed.init_distributed on CPU).
+
+    torch runs whichever ninja PATH finds first: the environment's when it is activated, else the
+    system's. Their build logs disagree (ninja 1.11 and 1.13 hash a build command differently), so
+    each switch between them rebuilt the op, 35-40 s inside the first trial."""
     os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
+    scripts = sysconfig.get_path("scripts")
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if Path(scripts, "ninja").is_file() and path[:1] != [scripts]:
+        os.environ["PATH"] = os.pathsep.join([scripts, *path])
 
 
 def shm_op_built() -> bool:

@@ -33,7 +33,7 @@ from gpt4all_ray.data.collate import pack, pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, encode_rows
 from gpt4all_ray.divergence import COMPLETED, NON_FINITE, DivergencePolicy
 from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
-from gpt4all_ray.ds_ops import use_extensions_dir
+from gpt4all_ray.ds_ops import use_own_op_builds
 from gpt4all_ray.loss import loss_sum_and_count
 from gpt4all_ray.model import base_model, is_builtin, load_tokenizer, trainable
 from gpt4all_ray.probes import ProbeCounts, probe_rows, run_probes
@@ -137,7 +137,7 @@ class TrialRun:
             raise ValueError("precision fp16 needs a GPU (loss scaling on CPU is not supported); use bf16 or fp32")
         _quiet_libraries()
         torch.set_num_threads(threads)
-        use_extensions_dir()  # before DeepSpeed loads its CPU op: this environment's build
+        use_own_op_builds()  # before DeepSpeed loads its CPU op: this environment's build and ninja
         with _silenced():
             import deepspeed
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 
 from gpt4all_ray.config import Resources, SpecError
-from gpt4all_ray.ds_ops import extensions_dir
+from gpt4all_ray.ds_ops import extensions_dir, use_own_op_builds
 from gpt4all_ray.ray_cluster import check_reachable, warn_if_deepspeed_op_unbuilt
 
 
@@ -57,6 +59,22 @@ def test_each_python_environment_builds_its_ops_apart(monkeypatch: pytest.Monkey
     assert extensions_dir() != first and extensions_dir().parent == first.parent
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/scratch/ops")  # the user's choice wins
     assert extensions_dir() == Path("/scratch/ops")
+
+
+def test_workers_build_ops_with_this_environments_ninja(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The system's ninja first on PATH (a .venv not activated, as under `ray job submit`).
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin"]))
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    use_own_op_builds()
+    scripts = sysconfig.get_path("scripts")
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(extensions_dir())
+    assert shutil.which("ninja") == os.path.join(scripts, "ninja")  # DeepSpeed's dependency, pip's ninja
+    use_own_op_builds()
+    assert os.environ["PATH"].split(os.pathsep) == [scripts, "/usr/bin", "/bin"]  # added once
+    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(tmp_path))  # an environment without ninja
+    monkeypatch.setenv("PATH", "/usr/bin")
+    use_own_op_builds()
+    assert os.environ["PATH"] == "/usr/bin"
 
 
 def test_an_address_where_nothing_listens_is_refused() -> None:
