@@ -2,15 +2,18 @@
 embedded default, several seeds, side by side in one run.
 
     python benchmarks/search_efficiency.py --out /tmp/bench-search [--seeds 0,1,2,3,4] [--arms ours,asha]
+        [--trials 20]
 
 Per seed, every arm runs `python -m gpt4all_ray.tune` on search_spaces/tiny_cpu.yaml with
 tune.seed = seed:
 - ours: the default as it is (TPE + divergence stopper);
+- gp: the default with tune.searcher gp (Optuna's Gaussian process instead of TPE);
 - asha: the default with tune.scheduler asha (the GPU spaces' setting: rungs at epochs 1 and 3);
 - asha_x2: that with twice the trials, counted only up to the trial-epochs random search spent on
   the seed: the same compute budget, for a scheduler that stops trials early and so fits more in;
 - random: the baseline, tune.searcher random, no scheduler, fixed.stop_on_divergence false.
-TPE's first startup_trials draws are the random sampler's, so the arms of a seed start alike.
+TPE's and GP's first startup_trials draws are the random sampler's, so the arms of a seed start
+alike. --trials sets every arm's budget (asha_x2 gets twice it); default: the space's 6.
 The runs share one `ray start --head` cluster (started here, stopped at the end), as on a cluster.
 
 Figures, from the stored experiments alone:
@@ -42,7 +45,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-ARMS = ("ours", "asha", "asha_x2", "random")
+ARMS = ("ours", "gp", "asha", "asha_x2", "random")
 CAPPED = "asha_x2"
 """Runs twice the trials, counted only up to the trial-epochs random search spent on the seed."""
 BASELINE = "random"
@@ -61,10 +64,14 @@ class Evaluation:
     val_loss: float
 
 
-def arm_space(out: Path, arm: str, seed: int) -> Path:
+def arm_space(out: Path, arm: str, seed: int, trials: int | None = None) -> Path:
     raw = yaml.safe_load((REPO / "search_spaces" / "tiny_cpu.yaml").read_text())
     raw["name"] = f"{arm}-s{seed}"
     raw["tune"]["seed"] = seed
+    if trials:
+        raw["tune"]["num_trials"] = trials
+    if arm == "gp":
+        raw["tune"]["searcher"] = "gp"
     if arm.startswith("asha"):
         raw["tune"]["scheduler"] = "asha"
     if arm == CAPPED:
@@ -171,7 +178,7 @@ def replay_totals(curves: list[Curve], cuts: list[int]) -> tuple[float, float, f
     return full, stopped, best_full, best_stopped
 
 
-def run_arms(out: Path, arms: list[str], seeds: list[int]) -> None:
+def run_arms(out: Path, arms: list[str], seeds: list[int], trials: int | None) -> None:
     env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     ray = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)  # first Ray here
@@ -187,7 +194,7 @@ def run_arms(out: Path, arms: list[str], seeds: list[int]) -> None:
                 name = f"{arm}-s{seed}"
                 if (out / name / "leaderboard.csv").is_file():  # kept from an earlier, interrupted run
                     continue
-                cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(arm_space(out, arm, seed))]
+                cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(arm_space(out, arm, seed, trials))]
                 with (out / f"{name}.log").open("w") as log:
                     subprocess.run(
                         [*cmd, "--results-dir", str(out), "--name", name],
@@ -213,6 +220,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--arms", default=",".join(ARMS), help=f"a subset of {ARMS}; {BASELINE} is always run")
+    p.add_argument("--trials", type=int, help="every arm's num_trials (default: the space's)")
     args = p.parse_args()
     from gpt4all_ray.config import load_spec
     from gpt4all_ray.divergence import DivergencePolicy
@@ -221,7 +229,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = [a for a in ARMS if a in args.arms.split(",") and a != BASELINE] + [BASELINE]
-    run_arms(out, arms, seeds)
+    run_arms(out, arms, seeds, args.trials)
 
     spec = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")
     workers = spec.resources.workers_per_trial

@@ -22,7 +22,7 @@ METHODS = ("full", "lora")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LENGTH_POLICIES = ("truncate", "drop", "raise")
 COLLATIONS = ("longest", "max_length", "pack")
-SEARCHERS = ("tpe", "random")
+SEARCHERS = ("tpe", "gp", "random")
 EMBEDDED_MODELS = ("tiny-gptj", "tiny-llama")
 HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "EleutherAI/gpt-j-6b" or "gpt2"
 EMBEDDED_DATA = "embedded"
@@ -168,9 +168,10 @@ class TuneSettings:
     """A constraint: the best trial is the lowest validation loss among trials whose best
     checkpoint stops (emits EOS) on at least this share of probe prompts; TPE is told it too."""
     searcher: str = "tpe"
-    """tpe (Optuna's TPE) or random (Optuna's random sampler: the baseline in benchmarks/)."""
+    """tpe (Optuna's TPE), gp (Optuna's Gaussian-process sampler: slower to ask, fewer trials to a
+    good loss on smooth spaces) or random (Optuna's random sampler: the baseline in benchmarks/)."""
     startup_trials: int = 3
-    """Random trials before TPE models the results (Optuna's default of 10 would make a
+    """Random trials before TPE or GP models the results (Optuna's default of 10 would make a
     small budget pure random search)."""
     worker_restarts: int = 2
     """Times Ray Train restarts a trial's workers after a failure, from its last checkpoint."""

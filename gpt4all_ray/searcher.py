@@ -1,11 +1,11 @@
-"""The Optuna searcher: TPE (or random sampling, a baseline), a persistent study, and what each
-trial found told to it.
+"""The Optuna searcher: TPE, a Gaussian process or random sampling (a baseline), a persistent
+study, and what each trial found told to it.
 
 The study lives in SQLite in the experiment folder by default (`optuna-dashboard sqlite:///...`
 opens it; it outlives the driver), or in any RDB URL given as `tune.optuna_storage` on a cluster.
 Ray's OptunaSearch tells Optuna only the value; this subclass also records each trial's best
 epoch and step, why it stopped and its best checkpoint's probe scores, as the trial's user
-attributes; with tune.min_stop_rate, TPE takes the stop rate as a constraint.
+attributes; with tune.min_stop_rate, TPE and GP take the stop rate as a constraint.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from gpt4all_ray.config import SearchSpec
+from gpt4all_ray.config import SearchSpec, TuneSettings
 from gpt4all_ray.experiment import default_storage_url
 
 TOLD = ("best_epoch", "best_step", "epoch", "stop_reason", "probe_stop_rate", "probe_exact_match")
@@ -62,21 +62,26 @@ def storage_url(spec: SearchSpec, exp_dir: Path) -> str:
     return spec.tune.optuna_storage or default_storage_url(exp_dir)
 
 
+def make_sampler(tune: TuneSettings) -> optuna.samplers.BaseSampler:
+    """Each model's first `startup_trials` draws are the random sampler's with the same seed, so
+    searches of one seed start alike, whichever model they use."""
+    if tune.searcher == "random":
+        return optuna.samplers.RandomSampler(seed=tune.seed)
+    if tune.searcher == "gp":
+        return optuna.samplers.GPSampler(seed=tune.seed, n_startup_trials=tune.startup_trials)
+    return optuna.samplers.TPESampler(seed=tune.seed, n_startup_trials=tune.startup_trials)
+
+
 def make_searcher(
     spec: SearchSpec, exp_dir: Path, metric: str, points: list[dict[str, Any]] | None
 ) -> TellingOptunaSearch:
     exp_dir.mkdir(parents=True, exist_ok=True)
     tune = spec.tune
-    sampler = (
-        optuna.samplers.RandomSampler(seed=tune.seed)
-        if tune.searcher == "random"
-        else optuna.samplers.TPESampler(seed=tune.seed, n_startup_trials=tune.startup_trials)
-    )
     return TellingOptunaSearch(
         metric=metric,
         mode="min",
         points_to_evaluate=points,
-        sampler=sampler,
+        sampler=make_sampler(tune),
         study_name=exp_dir.name,
         storage=optuna.storages.RDBStorage(storage_url(spec, exp_dir)),
         min_stop_rate=tune.min_stop_rate,

@@ -83,7 +83,7 @@ BAD = [
     ({"tune.scheduler": "pbt"}, "tune.scheduler: expected asha (or leave it out), got 'pbt'"),
     ({"tune.gpu_hours": 10.0}, "tune.gpu_hours: is a budget of GPU time, but resources.gpus_per_worker is 0"),
     ({"tune.time_budget_s": -1.0}, "tune.time_budget_s: must be >= 0"),
-    ({"tune.searcher": "grid"}, "tune.searcher: expected one of tpe, random, got 'grid'"),
+    ({"tune.searcher": "grid"}, "tune.searcher: expected one of tpe, gp, random, got 'grid'"),
     ({"tune.min_stop_rate": 1.5}, "tune.min_stop_rate: expected a share in [0, 1], got 1.5"),
     ({"tune.min_stop_rate": 0.9, "fixed.probe_prompts": 0}, "tune.min_stop_rate: needs generation probes"),
     ({"fixed.probe_prompts": -1}, "fixed.probe_prompts: must be >= 0 (0: no generation probes)"),

@@ -1,5 +1,5 @@
 """The searcher on a real Optuna study in SQLite: the stop-rate constraint told to TPE, and a
-trial that never had a finite loss told as a failure."""
+trial that never had a finite loss told as a failure; the Gaussian-process searcher."""
 
 from __future__ import annotations
 
@@ -42,3 +42,27 @@ def test_a_trial_without_any_finite_loss_is_a_failure_for_optuna(tmp_path: Path)
     study = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}")
     assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 3.2), ("FAIL", None)]
     assert study.trials[1].user_attrs["stop_reason"] == "non_finite"
+
+
+def searched_points(tmp_path: Path, searcher_name: str, trials: int) -> list[dict]:
+    """`trials` suggestions of the real searcher on tiny_cpu's space, each told a loss that is
+    smallest at learning rate 6e-3 and 4 epochs (the shape the embedded default's losses have)."""
+    spec = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")
+    spec = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, searcher=searcher_name))
+    searcher = make_searcher(spec, tmp_path / searcher_name, "best_val_loss", None)
+    searcher.set_search_properties("best_val_loss", "min", param_space(spec))
+    points = []
+    for i in range(trials):
+        point = searcher.suggest(str(i))
+        loss = 3.1 + (math.log10(point["learning_rate"]) - math.log10(6e-3)) ** 2 + 0.05 * (4 - point["epochs"])
+        searcher.on_trial_complete(str(i), {"best_val_loss": loss})
+        points.append(point | {"loss": loss})
+    return points
+
+
+def test_gp_starts_with_the_random_draws_then_models_the_losses(tmp_path: Path) -> None:
+    gp, random = searched_points(tmp_path, "gp", 10), searched_points(tmp_path, "random", 10)
+    assert gp[:3] == random[:3]  # startup_trials 3: the same seed's random draws, so arms of a seed start alike
+    # Then the Gaussian process: on this smooth loss its last trials sit at the minimum (3.1), closer
+    # than any of random sampling's (TPE's last three with this seed: 4.30, 3.15, 3.82).
+    assert max(p["loss"] for p in gp[-3:]) < 3.11 < min(p["loss"] for p in random[3:])
