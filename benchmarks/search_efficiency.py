@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -194,6 +195,7 @@ def run_arms(out: Path, arms: list[str], seeds: list[int], trials: int | None) -
                 name = f"{arm}-s{seed}"
                 if (out / name / "leaderboard.csv").is_file():  # kept from an earlier, interrupted run
                     continue
+                shutil.rmtree(out / name, ignore_errors=True)  # the run that was interrupted: again
                 cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(arm_space(out, arm, seed, trials))]
                 with (out / f"{name}.log").open("w") as log:
                     subprocess.run(
