@@ -166,7 +166,7 @@ class TuneSettings:
     seed: int = 0
     min_stop_rate: float = 0.0
     """A constraint: the best trial is the lowest validation loss among trials whose best
-    checkpoint stops (emits EOS) on at least this share of probe prompts; TPE is told it too."""
+    checkpoint stops (emits EOS) on at least this share of probe prompts; the searcher is told it too."""
     searcher: str = "tpe"
     """tpe (Optuna's TPE), gp (Optuna's Gaussian-process sampler: slower to ask, fewer trials to a
     good loss on smooth spaces) or random (Optuna's random sampler: the baseline in benchmarks/)."""
