@@ -32,10 +32,13 @@ import optuna
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from optuna.distributions import BaseDistribution  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from search_efficiency import ratio  # noqa: E402
 
-from gpt4all_ray.config import Distribution, TuneSettings, load_spec  # noqa: E402
+from gpt4all_ray.config import TuneSettings, load_spec  # noqa: E402
 from gpt4all_ray.searcher import make_sampler  # noqa: E402
+from gpt4all_ray.spaces import param_space  # noqa: E402
 
 TRIALS_CSV = REPO / "results" / "benchmarks" / "search_trials.csv"
 # Distance scales: about the spread over which the loss changes (a quarter of a decade of learning rate).
@@ -117,24 +120,15 @@ def surrogate_loss(point: Point, data: Observed) -> float:
     return sum(w * loss for w, (_, loss) in zip(weights, nearest, strict=True)) / sum(weights)
 
 
-def suggest(trial: optuna.Trial, name: str, dist: Distribution) -> object:
-    if dist.kind == "choice":
-        return trial.suggest_categorical(name, list(dist.args))
-    low, high = dist.args
-    if dist.kind == "int":
-        return trial.suggest_int(name, int(low), int(high))
-    return trial.suggest_float(name, float(low), float(high), log=dist.kind == "loguniform")
-
-
 def search(
-    sampler: optuna.samplers.BaseSampler, space: dict[str, Distribution], trials: int, data
+    sampler: optuna.samplers.BaseSampler, space: dict[str, BaseDistribution], trials: int, data
 ) -> list[tuple[int, float]]:
     """(epochs, loss) of each trial, in start order."""
     study = optuna.create_study(sampler=sampler)
     out = []
     for _ in range(trials):
-        trial = study.ask()
-        point = {name: suggest(trial, name, dist) for name, dist in space.items()}
+        trial = study.ask(space)
+        point = trial.params
         loss = surrogate_loss(point, data)
         study.tell(trial, loss)
         out.append((int(point["epochs"]), loss))
@@ -161,7 +155,8 @@ def main() -> int:
         print(f"{write_trials(args.from_runs)} distinct trials written to {TRIALS_CSV.relative_to(REPO)}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    space = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml").search
+    # The space as the product hands it to Optuna: its Tune domains, converted by Ray's OptunaSearch.
+    space = OptunaSearch.convert_search_space(param_space(load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")))
     data = observed()
     seeds = range(args.seeds)
     print(f"surrogate: {len(data)} completed trials from {TRIALS_CSV.relative_to(REPO)}; {args.seeds} seeds")
