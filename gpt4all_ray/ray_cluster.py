@@ -15,7 +15,8 @@ from gpt4all_ray.ds_ops import SHM_OP, extensions_dir, shm_op_built
 
 def connect_ray(resources: Resources) -> None:
     """RAY_ADDRESS (as under `ray job submit`), else a running `ray start` cluster, else a local
-    instance sized to this machine."""
+    instance sized to this machine. RAY_ADDRESS=local always starts a local instance (Ray's meaning),
+    even beside a running cluster."""
     address = os.environ.get("RAY_ADDRESS", "")
     if address and address not in ("auto", "local"):
         check_reachable(address)
@@ -24,24 +25,30 @@ def connect_ray(resources: Resources) -> None:
         except ConnectionError as err:
             raise SpecError(f"RAY_ADDRESS={address}: could not attach to a Ray cluster there ({err})") from None
         where = f"attached to the Ray cluster at {address}"
+    elif address != "local" and attached_to_running_cluster():
+        where = "attached to the running Ray cluster"
     else:
-        try:
-            ray.init(address="auto")
-            where = "attached to the running Ray cluster"
-        except ConnectionError:
-            # Nothing preempts a local machine; the watcher only adds a core-worker error line.
-            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
-            where = f"started a local Ray instance with {os.cpu_count()} CPUs"
+        # Nothing preempts a local machine; the watcher only adds a core-worker error line.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
+        where = f"started a local Ray instance with {os.cpu_count()} CPUs"
     cpus = ray.cluster_resources().get("CPU", 0)
     need = resources.driver_cpus + resources.workers_per_trial * resources.cpus_per_worker
     print(f"Ray: {where} ({cpus:g} CPUs now; one trial needs {need:g})", flush=True)
-    if need > cpus and not os.environ.get("RAY_ADDRESS"):
+    if need > cpus and address in ("", "local"):
         # Ray Train would wait forever for workers it cannot place.
         raise SpecError(
             f"one trial needs {need:g} CPUs (driver_cpus + workers_per_trial x cpus_per_worker) "
             f"but this Ray cluster has {cpus:g}; lower resources in the search space"
         )
+
+
+def attached_to_running_cluster() -> bool:
+    try:
+        ray.init(address="auto")
+    except ConnectionError:
+        return False
+    return True
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:

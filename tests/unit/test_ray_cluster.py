@@ -82,3 +82,45 @@ def test_an_address_where_nothing_listens_is_refused() -> None:
         check_reachable("127.0.0.1:1")
     with pytest.raises(SpecError, match="expected host:port"):
         check_reachable("cluster-please")
+
+
+@pytest.mark.parametrize(
+    ("address", "running_cluster", "asked"),
+    [
+        ("", True, ["auto"]),
+        ("", False, ["auto", None]),
+        ("auto", False, ["auto", None]),
+        ("local", True, [None]),  # Ray's meaning: a new local instance, even beside a running cluster
+    ],
+)
+def test_ray_address_picks_the_cluster_to_attach_to_or_start(
+    address: str, running_cluster: bool, asked: list[str | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    from gpt4all_ray.ray_cluster import connect_ray
+
+    calls: list[str | None] = []
+
+    def init(address: str | None = None, **_: object) -> None:
+        calls.append(address)
+        if address == "auto" and not running_cluster:
+            raise ConnectionError("no running cluster")
+
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    connect_ray(Resources(workers_per_trial=2, cpus_per_worker=0.5, driver_cpus=0.5))
+    assert calls == asked
+
+
+def test_a_local_instance_too_small_for_one_trial_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from gpt4all_ray.ray_cluster import connect_ray
+
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    monkeypatch.setattr(ray, "init", lambda **_: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(SpecError, match="one trial needs 4.5 CPUs .* but this Ray cluster has 2"):
+        connect_ray(Resources(workers_per_trial=4, cpus_per_worker=1.0, driver_cpus=0.5))
