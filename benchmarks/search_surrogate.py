@@ -65,23 +65,28 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
     "gp_deterministic": lambda seed: optuna.samplers.GPSampler(
         seed=seed, n_startup_trials=STARTUP, deterministic_objective=True
     ),
+    # More start points, or evenly spread ones, for the GP to fit before it models the loss.
+    "gp_startup5": lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=5),
+    "gp_sobol4": lambda seed: optuna.samplers.GPSampler(
+        seed=seed, n_startup_trials=4, independent_sampler=optuna.samplers.QMCSampler(scramble=True, seed=seed)
+    ),
 }
 
 
 COLUMNS = ("learning_rate", "lr_schedule", "warmup_steps", "weight_decay", "epochs", "val_losses", "runs")
 
 
-def write_trials(runs_dir: Path) -> int:
+def write_trials(runs_dirs: list[Path]) -> int:
     """One row per distinct configuration of the runs' leaderboards (the arms of a seed share their
     first trials), its longest loss curve kept, and the runs it appeared in."""
     rows: dict[tuple[str, ...], dict[str, str]] = {}
-    for board in sorted(runs_dir.glob("*/leaderboard.csv")):
+    for board in sorted(board for runs_dir in runs_dirs for board in runs_dir.glob("*/leaderboard.csv")):
         for row in csv.DictReader(board.open()):
             key = tuple(row[c] for c in COLUMNS[:5])
             kept = rows.setdefault(key, {c: row[c] for c in COLUMNS[:6]} | {"runs": ""})
             if len(row["val_losses"].split()) > len(kept["val_losses"].split()):
                 kept["val_losses"] = row["val_losses"]
-            kept["runs"] = " ".join([*kept["runs"].split(), board.parent.name])
+            kept["runs"] = " ".join([*kept["runs"].split(), f"{board.parent.parent.name}/{board.parent.name}"])
     with TRIALS_CSV.open("w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
@@ -149,7 +154,9 @@ def main() -> int:
     p.add_argument("--trials", default="6,12,20", help="search budgets, in trials")
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--samplers", default=",".join(SAMPLERS))
-    p.add_argument("--from-runs", type=Path, help="write the trials CSV from search_efficiency.py's --out folder first")
+    p.add_argument(
+        "--from-runs", type=Path, nargs="+", help="write the trials CSV from search_efficiency.py's --out folders first"
+    )
     args = p.parse_args()
     if args.from_runs:
         print(f"{write_trials(args.from_runs)} distinct trials written to {TRIALS_CSV.relative_to(REPO)}")
