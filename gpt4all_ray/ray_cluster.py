@@ -30,7 +30,9 @@ def connect_ray(resources: Resources) -> None:
     else:
         # Nothing preempts a local machine; the watcher only adds a core-worker error line.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
+        # address="local" explicitly: ray.init would otherwise take RAY_ADDRESS=auto from the
+        # environment and fail where no cluster runs.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
         where = f"started a local Ray instance with {os.cpu_count()} CPUs"
     cpus = ray.cluster_resources().get("CPU", 0)
     need = resources.driver_cpus + resources.workers_per_trial * resources.cpus_per_worker

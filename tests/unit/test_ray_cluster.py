@@ -88,21 +88,21 @@ def test_an_address_where_nothing_listens_is_refused() -> None:
     ("address", "running_cluster", "asked"),
     [
         ("", True, ["auto"]),
-        ("", False, ["auto", None]),
-        ("auto", False, ["auto", None]),
-        ("local", True, [None]),  # Ray's meaning: a new local instance, even beside a running cluster
+        ("", False, ["auto", "local"]),
+        ("auto", False, ["auto", "local"]),  # "local" said outright: ray.init would read "auto" from RAY_ADDRESS
+        ("local", True, ["local"]),  # Ray's meaning: a new local instance, even beside a running cluster
     ],
 )
 def test_ray_address_picks_the_cluster_to_attach_to_or_start(
-    address: str, running_cluster: bool, asked: list[str | None], monkeypatch: pytest.MonkeyPatch
+    address: str, running_cluster: bool, asked: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
 
     from gpt4all_ray.ray_cluster import connect_ray
 
-    calls: list[str | None] = []
+    calls: list[str] = []
 
-    def init(address: str | None = None, **_: object) -> None:
+    def init(address: str, **_: object) -> None:
         calls.append(address)
         if address == "auto" and not running_cluster:
             raise ConnectionError("no running cluster")
