@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.config import SearchSpec
+from gpt4all_ray.stop_log import DESCRIPTIONS, read_stops, stopped_by
 
 
 def clock(t0: float) -> str:
@@ -35,7 +36,13 @@ def failure_line(error_file: str | None) -> str:
     return f"{last[-300:] or 'see Ray logs'}{hint} ({error_file or 'no error file'})"
 
 
-def progress_callback(spec: SearchSpec, t0: float) -> Any:
+def stopper_description(spec: SearchSpec, by: str | None) -> str:
+    """Who stopped a trial, for the progress line; "Tune" where the stop log has no entry (Tune's
+    own time budget, or a search stopped by hand)."""
+    return DESCRIPTIONS[by].format(reduction_factor=spec.tune.asha_reduction_factor) if by in DESCRIPTIONS else "Tune"
+
+
+def progress_callback(spec: SearchSpec, t0: float, exp_dir: Path | None = None) -> Any:
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -83,11 +90,7 @@ def progress_callback(spec: SearchSpec, t0: float) -> Any:
             epochs = self.epochs(trial.trial_id)
             if "val_loss" not in last or last.get("stop_reason") or last.get("epoch_progress", 0) >= epochs:
                 return  # ran its epochs, or the worker already said why it stopped
-            by = (
-                f"ASHA (not in the best 1/{spec.tune.asha_reduction_factor} of the trials at this rung)"
-                if spec.tune.scheduler == "asha"
-                else "Tune"
-            )
+            by = stopper_description(spec, stopped_by(read_stops(exp_dir), trial.trial_id) if exp_dir else None)
             print(
                 f"[{clock(t0)}] trial {trial.trial_id} stopped at epoch {last['epoch']}/{epochs} by {by}; "
                 f"best {last['best_val_loss']:.4f} kept",

@@ -28,9 +28,10 @@ from gpt4all_ray.experiment import (
     stored_trials,
 )
 from gpt4all_ray.results import TrialRecord, evaluations, ranked, record_from_history, write_report
+from gpt4all_ray.stop_log import ASHA, GPU_HOURS, read_stops, stopped_by
 
 MIN_TRIALS_FOR_IMPORTANCE = 5  # importances from fewer completed trials say little
-STOPPED_EARLY = ("diverged", "non_finite", "stopped")
+STOPPED_EARLY = ("diverged", "non_finite", "stopped", ASHA, GPU_HOURS)
 
 
 @dataclass
@@ -190,9 +191,10 @@ def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any
     trials = stored_trials(exp_dir)
     study = load_study(storage_url, exp_dir.name)
     values = searcher_values(study)
-    records = []
+    records, stops = [], read_stops(exp_dir)
     for trial in trials:
-        record = record_from_history(trial.trial_id, trial.params, trial.history, trial.error)
+        by = stopped_by(stops, trial.trial_id)
+        record = record_from_history(trial.trial_id, trial.params, trial.history, trial.error, by)
         record.searcher_value = values.get(trial.trial_id)
         records.append(record)
     names = sorted({k for t in trials for k in t.params})

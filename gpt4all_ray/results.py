@@ -50,10 +50,11 @@ def evaluations(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def record_from_history(
-    trial_id: str, params: dict[str, Any], history: list[dict[str, Any]], error: bool
+    trial_id: str, params: dict[str, Any], history: list[dict[str, Any]], error: bool, stopped_by: str | None = None
 ) -> TrialRecord:
     """One trial's reported evaluations (in order) -> its leaderboard row. val_losses holds the
-    epoch ends; the best may come from a step-level evaluation."""
+    epoch ends; the best may come from a step-level evaluation. The stop reason is the workers'
+    own, else what the stop log says stopped it in the driver (stop_log.py), else "stopped"."""
     record = TrialRecord(trial_id, params)
     reported = evaluations(history)
     if reported:
@@ -64,7 +65,7 @@ def record_from_history(
         record.best_step = int(last.get("best_step", 0))
         record.epochs_run = int(last["epoch"])
         record.restarts = len({h["resumed_from_step"] for h in reported if h.get("resumed_from_step")})
-        record.stop_reason = last.get("stop_reason") or "stopped"
+        record.stop_reason = last.get("stop_reason") or stopped_by or "stopped"
         record.wall_s = float(last.get("time_total_s", 0.0))
         record.probes = {k.removeprefix("probe_"): float(v) for k, v in last.items() if k.startswith("probe_")}
         # The evaluation that set the best holds the exported model (a later tie does not).

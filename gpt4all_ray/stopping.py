@@ -1,19 +1,26 @@
-"""Ray Tune Stoppers: the divergence policy, judging each trial on the validation losses it
-reported (epoch-level or step-level evaluations), and a GPU-hour budget for the whole search.
-Both are saved with the experiment state and compose (`tune.stopper.CombinedStopper`)."""
+"""What stops trials in the Tune driver: the divergence policy as a Stopper, judging each trial on
+the validation losses it reported (epoch-level or step-level evaluations), a GPU-hour budget for
+the whole search, and ASHA. The stoppers are saved with the experiment state and compose
+(`tune.stopper.CombinedStopper`); each decision is written to the experiment's stop log."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Stopper
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from gpt4all_ray.divergence import Decision, DivergencePolicy
+from gpt4all_ray.stop_log import ASHA, DIVERGED, EVERY_TRIAL, GPU_HOURS, record_stop
 
 
 class DivergenceStopper(Stopper):
-    def __init__(self, policy: DivergencePolicy) -> None:
+    exp_dir: str | None = None  # class defaults: a stopper pickled before the stop log had none
+
+    def __init__(self, policy: DivergencePolicy, exp_dir: str | Path | None = None) -> None:
         self.policy = policy
+        self.exp_dir = str(exp_dir) if exp_dir else None
         self.history: dict[str, list[tuple[float, float]]] = {}
         self.steps: dict[str, set[int]] = {}
         self.decisions: dict[str, Decision] = {}
@@ -29,6 +36,8 @@ class DivergenceStopper(Stopper):
         evaluations.append((float(result["epoch_progress"]), float(result["val_loss"])))
         decision = self.policy.decide([loss for _, loss in evaluations], [epoch for epoch, _ in evaluations])
         self.decisions[trial_id] = decision
+        if decision.stop:
+            record_stop(self.exp_dir, trial_id, DIVERGED, epoch=result["epoch_progress"])
         return decision.stop
 
     def stop_all(self) -> bool:
@@ -39,10 +48,15 @@ class GpuHourBudget(Stopper):
     """Ends the search once its trials have used `hours` GPU-hours (each trial's running time
     times its GPUs; a trial's time counts from its first report)."""
 
-    def __init__(self, hours: float, gpus_per_trial: float) -> None:
+    exp_dir: str | None = None
+    spent = False
+
+    def __init__(self, hours: float, gpus_per_trial: float, exp_dir: str | Path | None = None) -> None:
         self.hours = hours
         self.gpus_per_trial = gpus_per_trial
+        self.exp_dir = str(exp_dir) if exp_dir else None
         self.seconds: dict[str, float] = {}
+        self.spent = False
 
     def used_hours(self) -> float:
         return sum(self.seconds.values()) * self.gpus_per_trial / 3600
@@ -52,4 +66,21 @@ class GpuHourBudget(Stopper):
         return False
 
     def stop_all(self) -> bool:
-        return self.used_hours() >= self.hours
+        if not self.spent and self.used_hours() >= self.hours:
+            self.spent = True
+            record_stop(self.exp_dir, EVERY_TRIAL, GPU_HOURS, hours=round(self.used_hours(), 3))
+        return self.spent
+
+
+class RecordedASHA(ASHAScheduler):
+    """Ray's ASHA, writing each trial it stops before max_t to the stop log."""
+
+    def __init__(self, exp_dir: str | Path | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.exp_dir = str(exp_dir) if exp_dir else None
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and result.get(self._time_attr, self._max_t) < self._max_t:
+            record_stop(self.exp_dir, trial.trial_id, ASHA, epoch=result[self._time_attr])
+        return action

@@ -189,14 +189,16 @@ def experiment_spec(args: argparse.Namespace) -> tuple[SearchSpec, Path]:
     return spec, exp_dir
 
 
-def make_scheduler(spec: SearchSpec) -> Any:
+def make_scheduler(spec: SearchSpec, exp_dir: Path | None = None) -> Any:
     """ASHA on the running best validation loss at each evaluation, in epochs (fractional for
-    step-level evaluations); None: FIFO, every trial runs until it completes or diverges."""
+    step-level evaluations), writing its stops to the experiment's stop log; None: FIFO, every
+    trial runs until it completes or diverges."""
     if spec.tune.scheduler != "asha":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from gpt4all_ray.stopping import RecordedASHA
 
-    return ASHAScheduler(
+    return RecordedASHA(
+        exp_dir=exp_dir,
         time_attr="epoch_progress",
         max_t=spec.max_epochs,
         grace_period=spec.tune.asha_grace_epochs,  # type: ignore[arg-type]  # rungs in epochs: floats work
@@ -225,7 +227,7 @@ def run(
     from gpt4all_ray.storage import mirror_tune, ray_root
     from gpt4all_ray.trial import trial_driver
 
-    t0 = time.time()
+    t0, exp_dir = time.time(), exp_dir.resolve()  # the stop log's path is pickled with the stoppers
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     warn_if_deepspeed_op_unbuilt(spec.resources)
@@ -245,9 +247,9 @@ def run(
     else:
         # The workers stop a diverging trial themselves; the same policy as a Tune Stopper also
         # stops one whose workers do not (and composes with other stoppers).
-        stoppers: list[Any] = [DivergenceStopper(DivergencePolicy.for_trial(spec.fixed))]
+        stoppers: list[Any] = [DivergenceStopper(DivergencePolicy.for_trial(spec.fixed), exp_dir)]
         if spec.tune.gpu_hours:
-            stoppers.append(GpuHourBudget(spec.tune.gpu_hours, spec.resources.gpus_per_trial))
+            stoppers.append(GpuHourBudget(spec.tune.gpu_hours, spec.resources.gpus_per_trial, exp_dir))
         points = warm_starts(spec, train_rows)
         searcher = make_searcher(spec, exp_dir, METRIC, points or None)
         tuner = tune.Tuner(
@@ -258,7 +260,7 @@ def run(
                 num_samples=spec.tune.num_trials,
                 metric=METRIC,
                 mode="min",
-                scheduler=make_scheduler(spec),
+                scheduler=make_scheduler(spec, exp_dir),
                 time_budget_s=spec.tune.time_budget_s or None,
             ),
             run_config=tune.RunConfig(
@@ -266,7 +268,7 @@ def run(
                 storage_path=root,
                 # What each trial writes beside its results (its configs) goes to the storage too.
                 sync_config=tune.SyncConfig(sync_artifacts=bool(storage)),
-                callbacks=[progress_callback(spec, t0), *driver_fault_callbacks()],  # the latter: tests only
+                callbacks=[progress_callback(spec, t0, exp_dir), *driver_fault_callbacks()],  # the latter: tests only
                 stop=stoppers[0] if len(stoppers) == 1 else tune.stopper.CombinedStopper(*stoppers),
                 verbose=0,
             ),

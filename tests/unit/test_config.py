@@ -134,11 +134,13 @@ def test_space_by_name_and_data_summary_before_ray() -> None:
 def test_asha_scheduler_rungs_in_epochs_of_the_space() -> None:
     import dataclasses as dc
 
+    from ray.tune.schedulers import ASHAScheduler
+
     from gpt4all_ray.tune import make_scheduler
 
     spec = load_spec(DEFAULT)
     assert make_scheduler(spec) is None
     asha = make_scheduler(dc.replace(spec, tune=dc.replace(spec.tune, scheduler="asha", asha_grace_epochs=0.5)))
-    assert type(asha).__name__ == "AsyncHyperBandScheduler"
+    assert isinstance(asha, ASHAScheduler)  # Ray's, recording its stops (stopping.RecordedASHA)
     assert asha._time_attr == "epoch_progress" and asha._max_t == max(spec.search["epochs"].args)
     assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [1.5, 0.5]  # rungs at 0.5 and 1.5 epochs
