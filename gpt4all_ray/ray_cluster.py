@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 import time
 
 import ray
@@ -18,6 +19,7 @@ def connect_ray(resources: Resources) -> None:
     instance sized to this machine. RAY_ADDRESS=local always starts a local instance (Ray's meaning),
     even beside a running cluster."""
     address = os.environ.get("RAY_ADDRESS", "")
+    started_here = False
     if address and address not in ("auto", "local"):
         check_reachable(address)
         try:
@@ -33,16 +35,33 @@ def connect_ray(resources: Resources) -> None:
         # address="local" explicitly: ray.init would otherwise take RAY_ADDRESS=auto from the
         # environment and fail where no cluster runs.
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
-        where = f"started a local Ray instance with {os.cpu_count()} CPUs"
-    cpus = ray.cluster_resources().get("CPU", 0)
+        where, started_here = f"started a local Ray instance with {os.cpu_count()} CPUs", True
+    have = ray.cluster_resources()
     need = resources.driver_cpus + resources.workers_per_trial * resources.cpus_per_worker
-    print(f"Ray: {where} ({cpus:g} CPUs now; one trial needs {need:g})", flush=True)
-    if need > cpus and address in ("", "local"):
-        # Ray Train would wait forever for workers it cannot place.
+    print(f"Ray: {where} ({have.get('CPU', 0):g} CPUs now; one trial needs {need:g})", flush=True)
+    check_one_trial_fits(resources, have, started_here)
+
+
+def check_one_trial_fits(resources: Resources, have: dict[str, float], started_here: bool) -> None:
+    """Ray Train waits forever for workers it cannot place. A local instance this process started
+    never grows, so a trial that does not fit is refused; a cluster it attached to may be one
+    whose autoscaler adds nodes as trials ask (cluster/*.yaml start with no GPU nodes), so there
+    it is a warning."""
+    need = {
+        "CPU": resources.driver_cpus + resources.workers_per_trial * resources.cpus_per_worker,
+        "GPU": resources.workers_per_trial * resources.gpus_per_worker,
+    }
+    short = [k for k in need if need[k] > have.get(k, 0)]
+    if not short:
+        return
+    needed, present = (" and ".join(f"{amounts.get(k, 0):g} {k}s" for k in short) for amounts in (need, have))
+    what = f"one trial needs {needed} but this Ray cluster has {present}"
+    if started_here:
         raise SpecError(
-            f"one trial needs {need:g} CPUs (driver_cpus + workers_per_trial x cpus_per_worker) "
-            f"but this Ray cluster has {cpus:g}; lower resources in the search space"
+            f"{what} (driver_cpus + workers_per_trial x cpus_per_worker; workers_per_trial x gpus_per_worker); "
+            "lower resources in the search space, or attach to a larger cluster with RAY_ADDRESS"
         )
+    print(f"warning: {what} now; trials wait for the autoscaler to add nodes (or forever)", file=sys.stderr)
 
 
 def attached_to_running_cluster() -> bool:

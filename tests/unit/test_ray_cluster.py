@@ -114,13 +114,48 @@ def test_ray_address_picks_the_cluster_to_attach_to_or_start(
     assert calls == asked
 
 
-def test_a_local_instance_too_small_for_one_trial_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_ray(monkeypatch: pytest.MonkeyPatch, address: str, running_cluster: bool, have: dict[str, float]) -> None:
     import ray
 
+    def init(address: str, **_: object) -> None:
+        if address == "auto" and not running_cluster:
+            raise ConnectionError("no running cluster")
+
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: have)
+
+
+@pytest.mark.parametrize(
+    ("address", "running_cluster"),
+    [("local", True), ("", False), ("auto", False)],  # auto with no cluster: a local start as well
+)
+def test_a_local_instance_too_small_for_one_trial_is_refused(
+    address: str, running_cluster: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gpt4all_ray.ray_cluster import connect_ray
 
-    monkeypatch.setenv("RAY_ADDRESS", "local")
-    monkeypatch.setattr(ray, "init", lambda **_: None)
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
-    with pytest.raises(SpecError, match="one trial needs 4.5 CPUs .* but this Ray cluster has 2"):
+    fake_ray(monkeypatch, address, running_cluster, {"CPU": 2.0})
+    with pytest.raises(SpecError, match="one trial needs 4.5 CPUs but this Ray cluster has 2 CPUs "):
         connect_ray(Resources(workers_per_trial=4, cpus_per_worker=1.0, driver_cpus=0.5))
+
+
+def test_a_gpu_space_on_a_local_instance_without_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpt4all_ray.ray_cluster import connect_ray
+
+    fake_ray(monkeypatch, "", False, {"CPU": 16.0})
+    with pytest.raises(SpecError, match="one trial needs 8 GPUs but this Ray cluster has 0 GPUs "):
+        connect_ray(Resources(workers_per_trial=8, cpus_per_worker=1.0, gpus_per_worker=1.0, driver_cpus=1.0))
+
+
+@pytest.mark.parametrize("address", ["", "auto"])
+def test_an_attached_cluster_too_small_now_is_a_warning(
+    address: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gpt4all_ray.ray_cluster import connect_ray
+
+    fake_ray(monkeypatch, address, True, {"CPU": 4.0})  # a head node whose GPU workers autoscale from 0
+    connect_ray(Resources(workers_per_trial=8, cpus_per_worker=8.0, gpus_per_worker=1.0, driver_cpus=1.0))
+    err = capsys.readouterr().err
+    assert "one trial needs 65 CPUs and 8 GPUs but this Ray cluster has 4 CPUs and 0 GPUs now" in err
+    assert "autoscaler" in err
