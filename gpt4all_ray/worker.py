@@ -312,6 +312,12 @@ class Window:
     flops: float = 0.0
 
 
+def perplexity(val_loss: float) -> dict[str, float]:
+    """val_ppl only where it is a number: e^50 and above (or a NaN loss) would make Tune's
+    TensorBoard logger warn "NaN or Inf found" at every report, and the loss says it already."""
+    return {"val_ppl": math.exp(val_loss)} if val_loss < 50 else {}
+
+
 def write_hparams(writer: Any, hparams: dict[str, Any]) -> None:
     """The trial's sampled values in TensorBoard's HParams tab, in the same run as its curves
     (SummaryWriter.add_hparams would put them in a run of their own)."""
@@ -447,7 +453,6 @@ def _evaluate_and_report(
         # the exported model, so every other one (a tie, a rise, a NaN) scores the largest float:
         # finite, since Tune's TensorBoard logger warns "NaN or Inf found" at every inf.
         "checkpoint_score": val_loss if improved else sys.float_info.max,
-        "val_ppl": math.exp(val_loss) if val_loss < 50 else math.inf,
         "train_loss": state.epoch_loss_sum / max(state.epoch_label_tokens, 1),
         "best_val_loss": state.best_val_loss,
         "best_epoch": state.best_epoch,
@@ -464,11 +469,13 @@ def _evaluate_and_report(
         "dropped_too_long_rows": len(run.encode_report.dropped_too_long),
         "duplicate_rows": len(run.data.report.dropped.get("duplicate", [])),
     } | {key.removeprefix("train/"): value for key, value in window_metrics.items() if key != "train/loss"}
+    metrics |= perplexity(val_loss)
     # The best checkpoint's probes (exact match is NaN, left out, where no answer is exact).
     metrics |= {f"probe_{key}": value for key, value in state.best_probes.items() if math.isfinite(value)}
     if writer:
         writer.add_scalar("val/loss", val_loss, state.global_step)
-        writer.add_scalar("val/ppl", metrics["val_ppl"], state.global_step)
+        if "val_ppl" in metrics:
+            writer.add_scalar("val/ppl", metrics["val_ppl"], state.global_step)
         if epoch_end:
             writer.add_scalar("val/loss_by_epoch", val_loss, state.epoch)
         for key, value in probes.items():
