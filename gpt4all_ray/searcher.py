@@ -20,14 +20,20 @@ from ray.tune.search.optuna import OptunaSearch
 
 from gpt4all_ray.config import SearchSpec, TuneSettings
 from gpt4all_ray.experiment import default_storage_url
+from gpt4all_ray.stop_log import read_stops, stopped_by
 
 TOLD = ("best_epoch", "best_step", "epoch", "stop_reason", "probe_stop_rate", "probe_exact_match")
 
 
 class TellingOptunaSearch(OptunaSearch):
-    def __init__(self, *args: Any, min_stop_rate: float = 0.0, **kwargs: Any) -> None:
+    exp_dir: str | None = None  # class default: a searcher pickled before the stop log had none
+
+    def __init__(
+        self, *args: Any, min_stop_rate: float = 0.0, exp_dir: str | Path | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.min_stop_rate = min_stop_rate  # saved with the searcher's __dict__ for --resume
+        self.exp_dir = str(exp_dir) if exp_dir else None
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # A restored trial re-reporting after the study already closed it (see below): nothing to add.
@@ -46,6 +52,10 @@ class TellingOptunaSearch(OptunaSearch):
                 for key in TOLD:
                     if result and key in result:
                         ot_trial.set_user_attr(key, result[key])
+                # Stopped in the driver (ASHA, a budget): the workers said nothing, the stop log does.
+                by = stopped_by(read_stops(Path(self.exp_dir)), trial_id) if self.exp_dir else None
+                if result and not result.get("stop_reason") and by:
+                    ot_trial.set_user_attr("stop_reason", by)
                 if self.min_stop_rate:
                     # TPE models infeasible trials (constraint > 0) apart from the good ones.
                     stop_rate = float((result or {}).get("probe_stop_rate", 0.0))
@@ -85,4 +95,5 @@ def make_searcher(
         study_name=exp_dir.name,
         storage=optuna.storages.RDBStorage(storage_url(spec, exp_dir)),
         min_stop_rate=tune.min_stop_rate,
+        exp_dir=exp_dir.resolve(),
     )

@@ -44,6 +44,21 @@ def test_a_trial_without_any_finite_loss_is_a_failure_for_optuna(tmp_path: Path)
     assert study.trials[1].user_attrs["stop_reason"] == "non_finite"
 
 
+def test_optuna_is_told_who_stopped_a_trial_the_workers_did_not(tmp_path: Path) -> None:
+    from gpt4all_ray.stop_log import ASHA, record_stop
+
+    spec = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")
+    searcher = make_searcher(spec, tmp_path / "exp", "best_val_loss", None)
+    searcher.set_search_properties("best_val_loss", "min", param_space(spec))
+    for trial_id in ("cut", "ran"):
+        assert searcher.suggest(trial_id)
+    record_stop(tmp_path / "exp", "cut", ASHA, epoch=1.0)  # what the scheduler writes as it stops it
+    searcher.on_trial_complete("cut", {"best_val_loss": 3.4, "stop_reason": ""})
+    searcher.on_trial_complete("ran", {"best_val_loss": 3.2, "stop_reason": "completed"})
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}")
+    assert [t.user_attrs["stop_reason"] for t in study.trials] == [ASHA, "completed"]
+
+
 def searched_points(tmp_path: Path, searcher_name: str, trials: int) -> list[dict]:
     """`trials` suggestions of the real searcher on tiny_cpu's space, each told a loss that is
     smallest at learning rate 6e-3 and 4 epochs (the shape the embedded default's losses have)."""
