@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 CLUSTER = sorted((Path(__file__).resolve().parents[2] / "cluster").glob("*.yaml"))
@@ -107,4 +110,61 @@ def test_rayjob_check_catches_planted_faults() -> None:
     assert rayjob_problems(bad) == [
         "headGroupSpec.serviceType must stay ClusterIP",
         "worker group a100x8: minReplicas must be 0 (scale from zero)",
+    ]
+
+
+def pyproject_dependencies() -> dict[str, Requirement]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((CLUSTER[0].parents[1] / "pyproject.toml").read_text())
+    return {canonicalize_name(r.name): r for r in map(Requirement, pyproject["project"]["dependencies"])}
+
+
+def cluster_packages(path: Path) -> tuple[list[str], dict[str, str]]:
+    """What a cluster file installs (pip arguments), and what its image provides (name -> version)."""
+    config = load(path)
+    if config.get("kind") == "RayJob":
+        image = config["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+        provided = {"ray": re.search(r"ray:(\d+\.\d+\.\d+)", image)[1]}  # type: ignore[index]
+        return yaml.safe_load(config["spec"]["runtimeEnvYAML"])["pip"], provided
+    (command,) = [c for c in config["setup_commands"] if c.startswith("pip install")]
+    return [a for a in shlex.split(command)[2:] if not a.startswith("-")], {}
+
+
+def dependency_problems(installed: list[str], provided: dict[str, str]) -> list[str]:
+    """Every dependency of the project installed (or in the image) at a version its range admits."""
+    wanted, problems = pyproject_dependencies(), []
+    given = {canonicalize_name(r.name): r for r in map(Requirement, installed)}
+    for name, requirement in wanted.items():
+        if name in provided:
+            pinned = provided[name]
+        elif name not in given:
+            problems.append(f"{name}: not installed (pyproject.toml: {requirement.specifier})")
+            continue
+        elif given[name].specifier == requirement.specifier:
+            continue
+        else:
+            pins = [s.version for s in given[name].specifier if s.operator == "=="]
+            if not pins:
+                asked = given[name].specifier or "unpinned"
+                problems.append(f"{name}: {asked}, pyproject.toml says {requirement.specifier}")
+                continue
+            pinned = pins[0]
+        if not requirement.specifier.contains(pinned, prereleases=True):
+            problems.append(f"{name}: {pinned} is outside pyproject.toml's {requirement.specifier}")
+    return problems
+
+
+@pytest.mark.parametrize("path", CLUSTER, ids=[p.name for p in CLUSTER])
+def test_cluster_nodes_install_the_projects_dependencies(path: Path) -> None:
+    assert dependency_problems(*cluster_packages(path)) == []
+
+
+def test_dependency_check_catches_planted_faults() -> None:
+    installed, provided = cluster_packages(LAUNCHER[0])
+    planted = [p for p in installed if not p.startswith(("scipy", "torch", "matplotlib"))]
+    planted += ["torch==2.14.0", "matplotlib"]
+    assert dependency_problems(planted, provided) == [
+        "torch: 2.14.0 is outside pyproject.toml's <2.14,>=2.4",
+        "scipy: not installed (pyproject.toml: <2,>=1.11)",
+        "matplotlib: unpinned, pyproject.toml says >=3.9",
     ]
