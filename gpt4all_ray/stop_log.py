@@ -10,17 +10,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gpt4all_ray.divergence import DIVERGED, NON_FINITE
+
 STOPS_FILE = "stops.jsonl"
 EVERY_TRIAL = "*"
 """A decision for the whole search (the GPU-hour budget): every trial it stopped, it stopped."""
 
 ASHA = "asha"
-DIVERGED = "diverged"
 GPU_HOURS = "gpu_hours"
 
 DESCRIPTIONS = {
     ASHA: "ASHA (not in the best 1/{reduction_factor} of the trials at this rung)",
     DIVERGED: "the divergence stopper (validation loss rose above its best)",
+    NON_FINITE: "the divergence stopper (validation loss NaN or inf)",
     GPU_HOURS: "the GPU-hour budget (tune.gpu_hours spent)",
 }
 

@@ -12,7 +12,7 @@ from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from gpt4all_ray.divergence import Decision, DivergencePolicy
-from gpt4all_ray.stop_log import ASHA, DIVERGED, EVERY_TRIAL, GPU_HOURS, record_stop
+from gpt4all_ray.stop_log import ASHA, EVERY_TRIAL, GPU_HOURS, record_stop
 
 
 class DivergenceStopper(Stopper):
@@ -37,7 +37,7 @@ class DivergenceStopper(Stopper):
         decision = self.policy.decide([loss for _, loss in evaluations], [epoch for epoch, _ in evaluations])
         self.decisions[trial_id] = decision
         if decision.stop:
-            record_stop(self.exp_dir, trial_id, DIVERGED, epoch=result["epoch_progress"])
+            record_stop(self.exp_dir, trial_id, decision.reason, epoch=result["epoch_progress"])
         return decision.stop
 
     def stop_all(self) -> bool:

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from gpt4all_ray.config import load_spec
-from gpt4all_ray.divergence import DivergencePolicy
+from gpt4all_ray.divergence import DIVERGED, NON_FINITE, DivergencePolicy
 from gpt4all_ray.progress import stopper_description
 from gpt4all_ray.results import record_from_history
-from gpt4all_ray.stop_log import ASHA, DIVERGED, EVERY_TRIAL, GPU_HOURS, read_stops, record_stop, stopped_by
+from gpt4all_ray.stop_log import ASHA, EVERY_TRIAL, GPU_HOURS, read_stops, record_stop, stopped_by
 from gpt4all_ray.stopping import DivergenceStopper, GpuHourBudget, RecordedASHA
 from tests.unit.test_divergence import result
 from tests.unit.test_results import epochs
@@ -67,12 +67,13 @@ def test_stoppers_log_their_decisions_once_per_trial_or_search(tmp_path: Path) -
     stopper = DivergenceStopper(DivergencePolicy(), tmp_path)
     assert stopper("a", result(10, 3.0)) is False and stopper("a", result(20, 3.2)) is True
     stopper("a", result(20, 3.2))  # reported again after a restore: judged already, not logged again
+    assert stopper("n", result(10, float("nan"))) is True
     budget = GpuHourBudget(hours=1.0, gpus_per_trial=4, exp_dir=tmp_path)
     budget("b", {"time_total_s": 1000.0})
     assert budget.stop_all() is True and budget.stop_all() is True
     lines = (tmp_path / "stops.jsonl").read_text().splitlines()
-    assert len(lines) == 2
-    assert read_stops(tmp_path) == {"a": DIVERGED, EVERY_TRIAL: GPU_HOURS}
+    assert len(lines) == 3
+    assert read_stops(tmp_path) == {"a": DIVERGED, "n": NON_FINITE, EVERY_TRIAL: GPU_HOURS}
     assert stopped_by(read_stops(tmp_path), "c") == GPU_HOURS  # a trial the budget ended
     assert stopped_by({}, "c") is None
 
