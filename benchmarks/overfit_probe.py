@@ -1,0 +1,108 @@
+"""Does a setting of the embedded default overfit as GPT4All's full fine-tunes did (validation loss
+rising after an early best while training loss keeps falling)? Figure 3's divergence stopper can
+only save compute where trials do.
+
+    python benchmarks/overfit_probe.py            # the cases below, about 2 minutes on 2 cores
+
+Each case runs the product's worker loop (`gpt4all_ray.worker.train`, one rank, no Ray) in a
+fresh process on the embedded data and prints validation / training loss at each epoch end. A
+case may widen the built-in tiny GPT-J (`size`: GPTJConfig fields set over model.tiny_config's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The embedded default's fixed settings (search_spaces/tiny_cpu.yaml), one rank.
+BASE = {
+    "model": "tiny-gptj",
+    "method": "full",
+    "data": "embedded",
+    "max_length": 128,
+    "per_device_batch": 8,
+    "global_batch": 16,
+    "zero_stage": 0,
+    "precision": "fp32",
+    "seed": 0,
+    "warmup_steps": 10,
+    "lr_schedule": "constant_with_warmup",
+    "stop_on_divergence": False,  # every epoch, to see the whole curve
+}
+WIDER = {"n_embd": 128, "n_layer": 4, "n_inner": 512}  # the default is 64 wide, 2 layers, MLP 256
+CASES = [
+    {"data_rows": 2400, "val_fraction": 0.05, "learning_rate": 5e-3, "epochs": 6},  # the default's data
+    {"data_rows": 800, "val_fraction": 0.2, "learning_rate": 1e-2, "epochs": 6},
+    {"data_rows": 800, "val_fraction": 0.2, "learning_rate": 3e-3, "epochs": 6, "size": WIDER},
+    {"data_rows": 400, "val_fraction": 0.25, "learning_rate": 3e-3, "epochs": 6},
+    {"data_rows": 400, "val_fraction": 0.25, "learning_rate": 3e-3, "epochs": 6, "size": WIDER},
+    {"data_rows": 400, "val_fraction": 0.25, "learning_rate": 1e-2, "epochs": 6, "size": WIDER},
+]
+
+CASE_SCRIPT = """
+import json, sys, time
+case = json.loads(sys.argv[1])
+size = case.pop("size", None)
+import gpt4all_ray.model as model
+if size:
+    built_in = model.tiny_config
+    def wider(name, vocab_size):
+        config = built_in(name, vocab_size)
+        for key, value in size.items():
+            setattr(config, key, value)
+        return config
+    model.tiny_config = wider
+from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.worker import train
+started = time.perf_counter()
+class Printer:
+    def report(self, metrics, checkpoint_dir):
+        if metrics["epoch_end"]:
+            print("EPOCH " + json.dumps({"epoch": metrics["epoch"], "val": metrics["val_loss"],
+                  "train": metrics["train_loss"], "s": time.perf_counter() - started}), flush=True)
+train(TrialConfig(**case), Printer(), threads=2)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_case(case: dict) -> list[dict]:
+    env = os.environ | {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    env |= {"MASTER_PORT": str(free_port()), "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CASE_SCRIPT, json.dumps(BASE | case)], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"case {case} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("EPOCH ")]
+
+
+def main() -> None:
+    print("| rows (val share) | model | lr | val / train loss at epochs 1-6 | best val at | rise after best | s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for case in CASES:
+        epochs = run_case(case)
+        vals = [e["val"] for e in epochs]
+        best = min(range(len(vals)), key=vals.__getitem__)
+        rise = vals[-1] / vals[best] - 1
+        curve = " ".join(f"{e['val']:.3f}/{e['train']:.3f}" for e in epochs)
+        model = "128 wide, 4 layers" if case.get("size") else "default (64, 2 layers)"
+        print(
+            f"| {case['data_rows']} ({case['val_fraction']:.0%}) | {model} | {case['learning_rate']:g} | {curve} "
+            f"| {best + 1} | {rise:+.1%} | {epochs[-1]['s']:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
