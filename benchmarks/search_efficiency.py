@@ -4,7 +4,7 @@ embedded default, several seeds, side by side in one run.
     python benchmarks/search_efficiency.py --out /tmp/bench-search [--seeds 0,1,2,3,4] [--arms ours,asha]
         [--trials 20]
 
-Per seed, every arm runs `python -m gpt4all_ray.tune` on search_spaces/tiny_cpu.yaml with
+Per seed, every arm runs `python -m gpt4all_ray.tune` on search_spaces/tiny_cpu.yaml (or --space) with
 tune.seed = seed:
 - ours: the default as it is (TPE + divergence stopper);
 - gp: the default with tune.searcher gp (Optuna's Gaussian process instead of TPE);
@@ -65,8 +65,8 @@ class Evaluation:
     val_loss: float
 
 
-def arm_space(out: Path, arm: str, seed: int, trials: int | None = None) -> Path:
-    raw = yaml.safe_load((REPO / "search_spaces" / "tiny_cpu.yaml").read_text())
+def arm_space(out: Path, arm: str, seed: int, trials: int | None = None, space: str = "tiny_cpu") -> Path:
+    raw = yaml.safe_load((REPO / "search_spaces" / f"{space}.yaml").read_text())
     raw["name"] = f"{arm}-s{seed}"
     raw["tune"]["seed"] = seed
     if trials:
@@ -179,7 +179,7 @@ def replay_totals(curves: list[Curve], cuts: list[int]) -> tuple[float, float, f
     return full, stopped, best_full, best_stopped
 
 
-def run_arms(out: Path, arms: list[str], seeds: list[int], trials: int | None) -> None:
+def run_arms(out: Path, arms: list[str], seeds: list[int], trials: int | None, space: str = "tiny_cpu") -> None:
     env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     ray = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)  # first Ray here
@@ -196,7 +196,8 @@ def run_arms(out: Path, arms: list[str], seeds: list[int], trials: int | None) -
                 if (out / name / "leaderboard.csv").is_file():  # kept from an earlier, interrupted run
                     continue
                 shutil.rmtree(out / name, ignore_errors=True)  # the run that was interrupted: again
-                cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(arm_space(out, arm, seed, trials))]
+                arm_yaml = arm_space(out, arm, seed, trials, space)
+                cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(arm_yaml)]
                 with (out / f"{name}.log").open("w") as log:
                     subprocess.run(
                         [*cmd, "--results-dir", str(out), "--name", name],
@@ -223,6 +224,7 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--arms", default=",".join(ARMS), help=f"a subset of {ARMS}; {BASELINE} is always run")
     p.add_argument("--trials", type=int, help="every arm's num_trials (default: the space's)")
+    p.add_argument("--space", default="tiny_cpu", help="a space in search_spaces/ (default: the embedded default)")
     args = p.parse_args()
     from gpt4all_ray.config import load_spec
     from gpt4all_ray.divergence import DivergencePolicy
@@ -231,9 +233,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = [a for a in ARMS if a in args.arms.split(",") and a != BASELINE] + [BASELINE]
-    run_arms(out, arms, seeds, args.trials)
+    run_arms(out, arms, seeds, args.trials, args.space)
 
-    spec = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")
+    spec = load_spec(REPO / "search_spaces" / f"{args.space}.yaml")
     workers = spec.resources.workers_per_trial
     runs = {(arm, seed): search_curve(out / f"{arm}-s{seed}", workers) for arm in arms for seed in seeds}
     for seed in seeds:  # the capped arm gets random search's compute, no more

@@ -23,7 +23,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LENGTH_POLICIES = ("truncate", "drop", "raise")
 COLLATIONS = ("longest", "max_length", "pack")
 SEARCHERS = ("tpe", "gp", "random")
-EMBEDDED_MODELS = ("tiny-gptj", "tiny-llama")
+EMBEDDED_MODELS = ("tiny-gptj", "tiny-gptj-wide", "tiny-llama")
 HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "EleutherAI/gpt-j-6b" or "gpt2"
 EMBEDDED_DATA = "embedded"
 HUB_PREFIX = "hf:"  # data: hf:<name> is a Hugging Face `datasets` name
@@ -55,8 +55,8 @@ class TrialConfig:
     """Everything one trial's workers need: the fixed settings plus the sampled ones."""
 
     model: str = "tiny-gptj"
-    """Built-in tiny model (tiny-gptj, tiny-llama, built from a config in-process), or any Hugging
-    Face causal LM by local folder or Hub name (its own tokenizer then)."""
+    """Built-in tiny model (tiny-gptj, tiny-gptj-wide, tiny-llama, built from a config in-process), or
+    any Hugging Face causal LM by local folder or Hub name (its own tokenizer then)."""
     trust_remote_code: bool = False
     """Run a Hub model's own Python code (off unless asked)."""
     method: str = "full"

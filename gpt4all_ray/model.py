@@ -26,16 +26,19 @@ TINY_POSITIONS = 1024  # prompt (max_length) plus room for generation
 def tiny_config(name: str, vocab_size: int) -> Any:
     from transformers import GPTJConfig, LlamaConfig
 
-    if name == "tiny-gptj":
-        # Same class and module names as EleutherAI/gpt-j-6b, ~4 orders of magnitude smaller.
+    if name in ("tiny-gptj", "tiny-gptj-wide"):
+        # Same class and module names as EleutherAI/gpt-j-6b, ~4 orders of magnitude smaller. The
+        # wide one (2x wider, 2x deeper) memorises a few hundred rows within a few epochs, so its
+        # validation loss rises after an early best as GPT4All's full fine-tunes did.
+        wide = name == "tiny-gptj-wide"
         return GPTJConfig(
             vocab_size=vocab_size,
             n_positions=TINY_POSITIONS,
-            n_embd=64,
-            n_layer=2,
+            n_embd=128 if wide else 64,
+            n_layer=4 if wide else 2,
             n_head=4,
             rotary_dim=16,
-            n_inner=256,
+            n_inner=512 if wide else 256,
             bos_token_id=0,
             eos_token_id=0,
             pad_token_id=1,

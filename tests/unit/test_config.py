@@ -73,7 +73,7 @@ BAD = [
     ({"fixed.offload_params": True}, "fixed.offload_params: needs zero_stage 3, got 0"),
     ({"fixed.offload_optimizer": True, "fixed.zero_stage": 0}, "fixed.offload_optimizer: needs zero_stage 1, 2 or 3"),
     ({"fixed.lora_targets": "q_proj"}, "fixed.lora_targets: is only used with method: lora (method is full)"),
-    ({"fixed.model": "not a/model name"}, "fixed.model: expected one of tiny-gptj, tiny-llama, a local model folder"),
+    ({"fixed.model": "not a/model name"}, "fixed.model: expected one of tiny-gptj, tiny-gptj-wide, tiny-llama, a"),
     ({"fixed.gradient_checkpointing": "yes"}, "fixed.gradient_checkpointing: expected true/false, got 'yes'"),
     ({"fixed.eval_every_steps": -5}, "fixed.eval_every_steps: must be >= 0"),
     ({"tune.worker_restarts": -1}, "tune.worker_restarts: must be >= 0"),
