@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from gpu_worker import free_port  # this folder is on sys.path when a script here runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,12 +69,6 @@ class Printer:
                   "train": metrics["train_loss"], "s": time.perf_counter() - started}), flush=True)
 train(TrialConfig(**case), Printer(), threads=2)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_case(case: dict) -> list[dict]:
