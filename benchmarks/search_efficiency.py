@@ -8,6 +8,7 @@ Per seed, every arm runs `python -m gpt4all_ray.tune` on search_spaces/tiny_cpu.
 tune.seed = seed:
 - ours: the default as it is (TPE + divergence stopper);
 - gp: the default with tune.searcher gp (Optuna's Gaussian process instead of TPE);
+- gp_asha: gp with tune.scheduler asha as well;
 - asha: the default with tune.scheduler asha (the GPU spaces' setting: rungs at epochs 1 and 3);
 - asha_x2: that with twice the trials, counted only up to the trial-epochs random search spent on
   the seed: the same compute budget, for a scheduler that stops trials early and so fits more in;
@@ -46,7 +47,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-ARMS = ("ours", "gp", "asha", "asha_x2", "random")
+ARMS = ("ours", "gp", "gp_asha", "asha", "asha_x2", "random")
 CAPPED = "asha_x2"
 """Runs twice the trials, counted only up to the trial-epochs random search spent on the seed."""
 BASELINE = "random"
@@ -71,9 +72,9 @@ def arm_space(out: Path, arm: str, seed: int, trials: int | None = None, space: 
     raw["tune"]["seed"] = seed
     if trials:
         raw["tune"]["num_trials"] = trials
-    if arm == "gp":
+    if arm.startswith("gp"):
         raw["tune"]["searcher"] = "gp"
-    if arm.startswith("asha"):
+    if "asha" in arm:
         raw["tune"]["scheduler"] = "asha"
     if arm == CAPPED:
         raw["tune"]["num_trials"] *= 2
