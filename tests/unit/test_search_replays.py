@@ -91,3 +91,21 @@ def test_ratio_of_runs_that_never_reach_the_target(bench: ModuleType) -> None:
     assert bench.ratio(5.0, math.inf) == 0.0
     assert bench.ratio(math.inf, 5.0) == math.inf
     assert bench.median([0.0, math.inf, 1.0, 0.5, math.inf]) == 1.0
+
+
+@pytest.mark.parametrize("space", ["tiny_cpu", "tiny_cpu_overfit"])
+def test_every_arm_writes_a_space_the_product_accepts(bench: ModuleType, tmp_path: Path, space: str) -> None:
+    from gpt4all_ray.config import load_spec
+
+    specs = {arm: load_spec(bench.arm_space(tmp_path, arm, seed=3, trials=10, space=space)) for arm in bench.ARMS}
+    assert {arm: (s.tune.searcher, s.tune.scheduler) for arm, s in specs.items()} == {
+        "ours": ("tpe", ""),
+        "gp": ("gp", ""),
+        "gp_asha": ("gp", "asha"),
+        "asha": ("tpe", "asha"),
+        "asha_x2": ("tpe", "asha"),
+        "random": ("random", ""),
+    }
+    assert [specs[arm].tune.num_trials for arm in bench.ARMS] == [10, 10, 10, 10, 20, 10]
+    assert all(s.tune.seed == 3 for s in specs.values())
+    assert [arm for arm, s in specs.items() if not s.fixed.stop_on_divergence] == ["random"]
