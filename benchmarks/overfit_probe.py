@@ -3,14 +3,18 @@ rising after an early best while training loss keeps falling)? Figure 3's diverg
 only save compute where trials do.
 
     python benchmarks/overfit_probe.py            # the cases below, about 2 minutes on 2 cores
+    python benchmarks/overfit_probe.py --case '{"model": "tiny-gptj-wide", "data_rows": 400,
+        "val_fraction": 0.25, "learning_rate": 1e-3, "epochs": 8}'     # these cases instead
 
 Each case runs the product's worker loop (`gpt4all_ray.worker.train`, one rank, no Ray) in a
 fresh process on the embedded data and prints validation / training loss at each epoch end. A
-case may widen the built-in tiny GPT-J (`size`: GPTJConfig fields set over model.tiny_config's).
+case may widen the built-in tiny GPT-J (`size`: GPTJConfig fields set over model.tiny_config's);
+a --case (JSON, repeatable) sets TrialConfig fields over BASE.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -83,17 +87,22 @@ def run_case(case: dict) -> list[dict]:
 
 
 def main() -> None:
-    print("| rows (val share) | model | lr | val / train loss at epochs 1-6 | best val at | rise after best | s |")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", action="append", type=json.loads, help="a case as JSON (repeatable); default: CASES")
+    args = p.parse_args()
+    print("| rows (val share) | model | lr (schedule) | val / train loss each epoch | best at | rise after best | s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for case in CASES:
+    for case in args.case or CASES:
         epochs = run_case(case)
         vals = [e["val"] for e in epochs]
         best = min(range(len(vals)), key=vals.__getitem__)
         rise = vals[-1] / vals[best] - 1
         curve = " ".join(f"{e['val']:.3f}/{e['train']:.3f}" for e in epochs)
-        model = "128 wide, 4 layers" if case.get("size") else "default (64, 2 layers)"
+        wide = case.get("size") or case.get("model") == "tiny-gptj-wide"
+        model = "128 wide, 4 layers" if wide else "default (64, 2 layers)"
+        lr = f"{case['learning_rate']:g} ({case.get('lr_schedule', BASE['lr_schedule'])})"
         print(
-            f"| {case['data_rows']} ({case['val_fraction']:.0%}) | {model} | {case['learning_rate']:g} | {curve} "
+            f"| {case['data_rows']} ({case['val_fraction']:.0%}) | {model} | {lr} | {curve} "
             f"| {best + 1} | {rise:+.1%} | {epochs[-1]['s']:.0f} |",
             flush=True,
         )
