@@ -60,12 +60,12 @@ def main() -> int:
             policy = replace(product, patience=patience, min_delta=min_delta, smoothing=smoothing)
             full = stopped = 0.0
             regrets, count = [], 0
-            for curves in seeds.values():
-                whole, cut, best_whole, best_cut = replay_stopper(curves, policy)
+            for seed_curves in seeds.values():
+                whole, cut, best_whole, best_cut = replay_stopper(seed_curves, policy)
                 full, stopped = full + whole, stopped + cut
                 regrets.append(best_cut - best_whole)
-                count += stopped_trials(curves, policy)
-            mark = " (default)" if policy == product else ""
+                count += stopped_trials(seed_curves, policy)
+            mark = " (the space's)" if policy == product else ""
             print(
                 f"| {patience} | {min_delta} | {smoothing}{mark} | {1 - stopped / full:.1%} | {max(regrets):.4f} "
                 f"| {sum(r > 0 for r in regrets)} of {len(regrets)} | {count} |"
