@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -366,19 +366,46 @@ def _distribution(check: _Checker, key: str, raw: Any, want: type) -> Distributi
 TOP_LEVEL = ["name", "fixed", "search", "resources", "tune", "enqueue"]
 
 
-def load_spec(path: str | Path) -> SearchSpec:
-    """Read and validate a search-space YAML; raise SpecError naming the file and key."""
+OVERRIDABLE = ("fixed", "resources", "tune")
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SearchSpec:
+    """Read and validate a search-space YAML, with `--set SECTION.KEY=VALUE` overrides applied;
+    raise SpecError naming the file (or the override) and key."""
     path = Path(path)
+    return parse_spec(with_overrides(read_space(path), overrides), path)
+
+
+def read_space(path: Path) -> Any:
     if not path.is_file():
         raise SpecError(f"{path}: no such search-space file")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (safe loader subclass)
+        return yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (safe loader subclass)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
-    return parse_spec(raw, path)
+
+
+def with_overrides(raw: Any, overrides: Sequence[str]) -> Any:
+    """The raw space with each "SECTION.KEY=VALUE" set (VALUE read as YAML: 30, gp, 3e-4, true);
+    parse_spec then checks the key and value as if the file held them."""
+    for item in overrides:
+        key, equals, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not equals or not dot or section not in OVERRIDABLE or not name or "." in name:
+            raise SpecError(
+                f"--set {item}: expected SECTION.KEY=VALUE with SECTION one of {', '.join(OVERRIDABLE)} "
+                "(e.g. tune.searcher=gp)"
+            )
+        try:
+            value = yaml.load(text, Loader=_Loader)  # noqa: S506 (safe loader subclass)
+        except yaml.YAMLError:
+            raise SpecError(f"--set {item}: {text!r} is not a YAML value") from None
+        if isinstance(raw, dict) and isinstance(raw.get(section) or {}, dict):
+            raw[section] = {**(raw.get(section) or {}), name: value}
+    return raw
 
 
 def parse_spec(raw: Any, path: Path) -> SearchSpec:

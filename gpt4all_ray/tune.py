@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.config import SearchSpec, SpecError, load_spec
+import yaml
+
+from gpt4all_ray.config import SearchSpec, SpecError, load_spec, read_space, with_overrides
 from gpt4all_ray.data import load_split
 from gpt4all_ray.data.pipeline import DataReport
 from gpt4all_ray.data.sources import DataError
@@ -137,6 +139,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
     p.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<experiment>/ goes")
     p.add_argument("--num-trials", type=int, help="override tune.num_trials of the space")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting of the space's fixed, resources or tune section (repeatable), "
+        "e.g. --set tune.searcher=gp --set tune.scheduler=asha",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and cost estimate; start nothing")
     p.add_argument("--cluster-gpus", type=int, default=16, help="dry run: GPUs in the cluster")
     p.add_argument("--mfu", type=float, default=0.35, help="dry run: assumed model FLOPs utilisation")
@@ -155,6 +166,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def space_as_run(path: Path, overrides: list[str]) -> str:
+    """The space's YAML for the experiment's record and --resume: the file itself, or, with --set,
+    the file's settings with the overrides applied (its comments are not kept)."""
+    if not overrides:
+        return path.read_text()
+    header = f"# {path} with --set {' --set '.join(overrides)}\n"
+    return header + yaml.safe_dump(with_overrides(read_space(path), overrides), sort_keys=False)
+
+
 def settings_storage(exp_dir: Path) -> str | None:
     return json.loads((exp_dir / SETTINGS).read_text()).get("storage")
 
@@ -169,13 +189,15 @@ def experiment_spec(args: argparse.Namespace) -> tuple[SearchSpec, Path]:
         settings = json.loads((exp_dir / SETTINGS).read_text())
         if not settings.get("storage") and not (exp_dir / "ray" / "tune").is_dir():
             raise SpecError(f"--resume: {exp_dir} holds no experiment to resume (ray/tune/ missing)")
+        if args.overrides:
+            raise SpecError(f"--set: a resumed experiment keeps its space ({exp_dir / SPACE_COPY}); leave --set out")
         if args.storage and args.storage != settings.get("storage"):
             kept = settings.get("storage") or f"{exp_dir / 'ray'}"
             raise SpecError(f"--storage: a resumed experiment keeps its storage ({kept}); leave --storage out")
         return dataclasses.replace(
             spec, tune=dataclasses.replace(spec.tune, num_trials=settings["num_trials"])
         ), exp_dir
-    spec = load_spec(resolve_space(args.space))
+    spec = load_spec(resolve_space(args.space), args.overrides)
     if args.num_trials is not None:
         if args.num_trials < 1:
             raise SpecError(f"--num-trials: must be > 0, got {args.num_trials}")
@@ -297,7 +319,7 @@ def dry_run(args: argparse.Namespace) -> int:
     from gpt4all_ray.plan import Assumptions, count_train_tokens, make_plan
 
     try:
-        spec = load_spec(resolve_space(args.space))
+        spec = load_spec(resolve_space(args.space), args.overrides)
         assume = Assumptions(cluster_gpus=args.cluster_gpus, mfu=args.mfu, usd_per_gpu_hour=args.usd_per_gpu_hour)
         counted = count_train_tokens(spec) if spec.resources.gpus_per_worker else None
         plan = make_plan(spec, assume, *(counted or (None, None)))
@@ -339,8 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"Experiment {exp_dir.name}: results in {exp_dir}", flush=True)
     if not args.resume:
-        (exp_dir / SPACE_COPY).write_text(spec.path.read_text())
-        settings = {"space": str(spec.path), "num_trials": spec.tune.num_trials, "storage": args.storage}
+        (exp_dir / SPACE_COPY).write_text(space_as_run(spec.path, args.overrides))
+        settings = {
+            "space": str(spec.path),
+            "overrides": args.overrides,
+            "num_trials": spec.tune.num_trials,
+            "storage": args.storage,
+        }
         (exp_dir / SETTINGS).write_text(json.dumps(settings))
     if not args.results_dir.is_absolute() and "runtime_resources" in Path.cwd().parts:
         print(

@@ -18,11 +18,13 @@ pytestmark = pytest.mark.integration
 
 def test_asha_stops_trials_behind_at_a_rung(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "gpt4all_ray.tune", "--space", "tests/integration/asha_space.yaml"]
-    command += ["--results-dir", str(tmp_path), "--name", "asha"]
+    command += ["--set", "tune.scheduler=asha", "--results-dir", str(tmp_path), "--name", "asha"]
     proc = subprocess.run(
         command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=SEARCH_TIMEOUT_S
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    kept = (tmp_path / "asha" / "space.yaml").read_text()  # what --resume will run
+    assert "with --set tune.scheduler=asha" in kept and "scheduler: asha" in kept
     with (tmp_path / "asha" / "leaderboard.csv").open() as f:
         rows = {float(r["learning_rate"]): r for r in csv.DictReader(f)}
     assert rows[3e-3]["stop_reason"] == "completed" and rows[3e-3]["epochs_run"] == "2"
