@@ -181,6 +181,10 @@ def replay_totals(curves: list[Curve], cuts: list[int]) -> tuple[float, float, f
 
 
 def run_arms(out: Path, arms: list[str], seeds: list[int], trials: int | None, space: str = "tiny_cpu") -> None:
+    # A run with its leaderboard is kept from an earlier, interrupted invocation; the rest run.
+    pending = [(s, a) for s in seeds for a in arms if not (out / f"{a}-s{s}" / "leaderboard.csv").is_file()]
+    if not pending:
+        return  # every run stored: only the tables, no cluster
     env = os.environ | {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     ray = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)  # first Ray here
@@ -191,24 +195,21 @@ def run_arms(out: Path, arms: list[str], seeds: list[int], trials: int | None, s
         capture_output=True,
     )
     try:
-        for seed in seeds:
-            for arm in arms:
-                name = f"{arm}-s{seed}"
-                if (out / name / "leaderboard.csv").is_file():  # kept from an earlier, interrupted run
-                    continue
-                shutil.rmtree(out / name, ignore_errors=True)  # the run that was interrupted: again
-                arm_yaml = arm_space(out, arm, seed, trials, space)
-                cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(arm_yaml)]
-                with (out / f"{name}.log").open("w") as log:
-                    subprocess.run(
-                        [*cmd, "--results-dir", str(out), "--name", name],
-                        cwd=REPO,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        check=True,
-                    )
-                print(f"ran {name}", flush=True)
+        for seed, arm in pending:
+            name = f"{arm}-s{seed}"
+            shutil.rmtree(out / name, ignore_errors=True)  # the run that was interrupted: again
+            arm_yaml = arm_space(out, arm, seed, trials, space)
+            cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(arm_yaml)]
+            with (out / f"{name}.log").open("w") as log:
+                subprocess.run(
+                    [*cmd, "--results-dir", str(out), "--name", name],
+                    cwd=REPO,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                )
+            print(f"ran {name}", flush=True)
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
 
