@@ -8,8 +8,7 @@ only save compute where trials do.
 
 Each case runs the product's worker loop (`gpt4all_ray.worker.train`, one rank, no Ray) in a
 fresh process on the embedded data and prints validation / training loss at each epoch end. A
-case may widen the built-in tiny GPT-J (`size`: GPTJConfig fields set over model.tiny_config's);
-a --case (JSON, repeatable) sets TrialConfig fields over BASE.
+case, and a --case (JSON, repeatable), sets TrialConfig fields over BASE.
 """
 
 from __future__ import annotations
@@ -40,29 +39,19 @@ BASE = {
     "lr_schedule": "constant_with_warmup",
     "stop_on_divergence": False,  # every epoch, to see the whole curve
 }
-WIDER = {"n_embd": 128, "n_layer": 4, "n_inner": 512}  # the default is 64 wide, 2 layers, MLP 256
+WIDE = {"model": "tiny-gptj-wide"}  # 128 wide, 4 layers, MLP 512; the default is 64 wide, 2 layers, MLP 256
 CASES = [
     {"data_rows": 2400, "val_fraction": 0.05, "learning_rate": 5e-3, "epochs": 6},  # the default's data
     {"data_rows": 800, "val_fraction": 0.2, "learning_rate": 1e-2, "epochs": 6},
-    {"data_rows": 800, "val_fraction": 0.2, "learning_rate": 3e-3, "epochs": 6, "size": WIDER},
+    {"data_rows": 800, "val_fraction": 0.2, "learning_rate": 3e-3, "epochs": 6} | WIDE,
     {"data_rows": 400, "val_fraction": 0.25, "learning_rate": 3e-3, "epochs": 6},
-    {"data_rows": 400, "val_fraction": 0.25, "learning_rate": 3e-3, "epochs": 6, "size": WIDER},
-    {"data_rows": 400, "val_fraction": 0.25, "learning_rate": 1e-2, "epochs": 6, "size": WIDER},
+    {"data_rows": 400, "val_fraction": 0.25, "learning_rate": 3e-3, "epochs": 6} | WIDE,
+    {"data_rows": 400, "val_fraction": 0.25, "learning_rate": 1e-2, "epochs": 6} | WIDE,
 ]
 
 CASE_SCRIPT = """
 import json, sys, time
 case = json.loads(sys.argv[1])
-size = case.pop("size", None)
-import gpt4all_ray.model as model
-if size:
-    built_in = model.tiny_config
-    def wider(name, vocab_size):
-        config = built_in(name, vocab_size)
-        for key, value in size.items():
-            setattr(config, key, value)
-        return config
-    model.tiny_config = wider
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.worker import train
 started = time.perf_counter()
@@ -98,8 +87,7 @@ def main() -> None:
         best = min(range(len(vals)), key=vals.__getitem__)
         rise = vals[-1] / vals[best] - 1
         curve = " ".join(f"{e['val']:.3f}/{e['train']:.3f}" for e in epochs)
-        wide = case.get("size") or case.get("model") == "tiny-gptj-wide"
-        model = "128 wide, 4 layers" if wide else "default (64, 2 layers)"
+        model = "128 wide, 4 layers" if case.get("model") == "tiny-gptj-wide" else "default (64, 2 layers)"
         lr = f"{case['learning_rate']:g} ({case.get('lr_schedule', BASE['lr_schedule'])})"
         print(
             f"| {case['data_rows']} ({case['val_fraction']:.0%}) | {model} | {lr} | {curve} "
