@@ -125,12 +125,17 @@ def ratio(ours: float, baseline: float) -> float:
     return ours / baseline
 
 
+def judge(curve: Curve, policy: Any) -> Any:
+    """The policy's Decision on a whole (non-empty) curve: decide() judges the history in order
+    and stops at the first evaluation that ends the trial."""
+    return policy.decide([loss for _, loss in curve], [e for e, _ in curve])
+
+
 def replay_stopper(curves: list[Curve], policy: Any) -> tuple[float, float, float, float]:
     """(trial-epochs without stopping, with stopping, best loss without, best loss with)."""
     cuts = []
     for curve in curves:
-        # decide() judges the history in order and stops at the first evaluation that ends the trial
-        decision = policy.decide([loss for _, loss in curve], [e for e, _ in curve]) if curve else None
+        decision = judge(curve, policy) if curve else None
         cuts.append(decision.at if decision and decision.stop else len(curve))
     return replay_totals(curves, cuts)
 

@@ -19,7 +19,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from search_efficiency import REPO, Curve, replay_stopper, search_curve  # this folder is on sys.path
+from search_efficiency import REPO, Curve, judge, replay_stopper, search_curve  # this folder is on sys.path
 
 sys.path.insert(0, str(REPO))
 from gpt4all_ray.divergence import DivergencePolicy  # noqa: E402  (the repository root, just added)
@@ -30,7 +30,7 @@ SMOOTHING = (0.0, 0.5)
 
 
 def stopped_trials(curves: list[Curve], policy: DivergencePolicy) -> int:
-    return sum(1 for curve in curves if curve and policy.decide([v for _, v in curve], [e for e, _ in curve]).stop)
+    return sum(1 for curve in curves if curve and judge(curve, policy).stop)
 
 
 def main() -> int:
