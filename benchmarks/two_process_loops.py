@@ -10,7 +10,8 @@ the product's DeepSpeed loop (gpt4all_ray.worker.train) without Ray; both start 
 with torch.multiprocessing. `train` runs that loop as the product's Ray Train workers do (a local
 Ray, one TorchTrainer, ray_train_loop) without Ray Tune around it. Each writes DIR/timing.json:
 tokens/s per log window (non-pad tokens of all processes / rank 0's seconds), or the TensorBoard
-folder that holds them; the Unix time the first optimizer step ended; seconds inside steps.
+folder that holds them; the Unix times the loop began and its first optimizer step ended; seconds
+inside steps and in each phase outside them (the product's last report; bare: its setup).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def bare_loop(cfg: Any, out: Path) -> dict[str, Any]:
     from gpt4all_ray.schedule import lr_multiplier
     from gpt4all_ray.worker import param_groups
 
+    started_at, setup_started = time.time(), time.perf_counter()
     own_group = not dist.is_initialized()  # Ray Train starts the group itself
     if own_group:
         dist.init_process_group("gloo")
@@ -63,6 +65,7 @@ def bare_loop(cfg: Any, out: Path) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     accumulation = cfg.global_batch // (cfg.per_device_batch * world)
     windows: list[float] = []
+    setup_s = time.perf_counter() - setup_started
     first_step_at, train_s, step = None, 0.0, 0
     window_tokens, window_started = 0.0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -92,7 +95,8 @@ def bare_loop(cfg: Any, out: Path) -> dict[str, Any]:
                 window_tokens, window_started = 0.0, time.perf_counter()
     if own_group:
         dist.destroy_process_group()
-    return {"tokens_per_s_windows": windows, "first_step_at": first_step_at, "train_s": train_s}
+    timing = {"tokens_per_s_windows": windows, "first_step_at": first_step_at, "train_s": train_s}
+    return timing | {"worker_started_at": started_at, "setup_s": setup_s}
 
 
 class LastReport:
@@ -110,8 +114,7 @@ def worker_loop(cfg: Any, out: Path) -> dict[str, Any]:
     reporter = LastReport()
     tb_dir = out / "tb"
     train(cfg, reporter, tb_dir=str(tb_dir), threads=1)
-    last = reporter.metrics
-    return {"tb_dir": str(tb_dir), "first_step_at": last["first_step_at"], "train_s": last["train_s"]}
+    return {"tb_dir": str(tb_dir)} | reporter.metrics
 
 
 def ray_train(cfg_json: str, workers: int, out: Path) -> None:
@@ -129,9 +132,7 @@ def ray_train(cfg_json: str, workers: int, out: Path) -> None:
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(storage_path=str(out / "ray"), name="train"),  # type: ignore[call-arg]
     ).fit()
-    last = result.metrics or {}
-    timing = {"tb_dir": str(tb_dir), "first_step_at": last["first_step_at"], "train_s": last["train_s"]}
-    (out / "timing.json").write_text(json.dumps(timing))
+    (out / "timing.json").write_text(json.dumps({"tb_dir": str(tb_dir)} | (result.metrics or {})))
 
 
 def process(rank: int, world: int, port: int, loop: str, cfg_json: str, out: str) -> None:

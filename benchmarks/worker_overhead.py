@@ -11,7 +11,10 @@ and hyperparameters) is trained four ways, in turn, `--repeats` times:
   ray     the product: `python -m gpt4all_ray.tune` on a one-trial space (Ray, Tune, Train)
 Figures: steady-state tokens/s (median over log windows, the first left out) and its ratio to
 bare; seconds from command start to the first optimizer step; the share of wall time outside
-optimizer steps (startup, evaluation, checkpoints, reporting) of the trial and of the command.
+optimizer steps of the trial and of the command, and the command's seconds by phase: start
+(processes, imports, and for the Ray arms Ray, Tune's trial, Train's worker group), setup (data,
+tokenizer, model, DeepSpeed engine), train (optimizer steps), evaluate, checkpoint and report,
+rest (the last checkpoint and report, logging, the command's end).
 """
 
 from __future__ import annotations
@@ -81,10 +84,10 @@ def run_ray(space: Path, out: Path) -> dict[str, Any]:
     tb_dir = next((out / "ray" / "tensorboard").iterdir())
     return {
         "windows": tokens_per_s(tb_dir),
-        "to_first_step_s": last["first_step_at"] - started,
-        "train_s": last["train_s"],
+        "started": started,
         "trial_s": last["time_total_s"],
         "command_s": wall,
+        "last": last,
     }
 
 
@@ -96,23 +99,35 @@ def run_loop(loop: str, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     wall = time.time() - started
     timing = json.loads((folder / "timing.json").read_text())
     windows = timing.get("tokens_per_s_windows") or tokens_per_s(Path(timing["tb_dir"]))
-    return {
-        "windows": windows,
-        "to_first_step_s": timing["first_step_at"] - started,
-        "train_s": timing["train_s"],
-        "trial_s": wall,  # no driver around the processes: the trial is the command
-        "command_s": wall,
+    # No driver around the processes: the trial is the command.
+    return {"windows": windows, "started": started, "trial_s": wall, "command_s": wall, "last": timing}
+
+
+def where_the_time_goes(run: dict[str, Any]) -> dict[str, float]:
+    """The command's wall seconds by phase, from rank 0's last report. Its last checkpoint and
+    report are not in it (they were not over when it was sent): they are in `rest`, with the
+    command's end (Tune's, Ray's shutdown) and the loop's logging."""
+    last = run["last"]
+    phases = {
+        "start": last["worker_started_at"] - run["started"],  # processes and imports; Ray, Tune, Train
+        "setup": last.get("setup_s", 0.0)
+        + sum(v for k, v in last.items() if k.startswith("setup_") and k != "setup_s"),
+        "train": last["train_s"],
+        "evaluate": last.get("evaluate_s", 0.0) + last.get("probes_s", 0.0),
+        "checkpoint_report": last.get("checkpoint_s", 0.0) + last.get("report_s", 0.0),
     }
+    return phases | {"rest": run["command_s"] - sum(phases.values())}
 
 
 def summarise(run: dict[str, Any]) -> dict[str, float]:
+    train_s = run["last"]["train_s"]
     return {
         "tokens_per_s": statistics.median(run["windows"][1:]),
-        "to_first_step_s": run["to_first_step_s"],
-        "outside_steps_of_trial": 1 - run["train_s"] / run["trial_s"],
-        "outside_steps_of_command": 1 - run["train_s"] / run["command_s"],
+        "to_first_step_s": run["last"]["first_step_at"] - run["started"],
+        "outside_steps_of_trial": 1 - train_s / run["trial_s"],
+        "outside_steps_of_command": 1 - train_s / run["command_s"],
         "command_s": run["command_s"],
-    }
+    } | {f"{phase}_s": seconds for phase, seconds in where_the_time_goes(run).items()}
 
 
 def main() -> int:
@@ -153,6 +168,14 @@ def main() -> int:
             f"| {med['to_first_step_s']:.1f} | {med['outside_steps_of_trial']:.0%} "
             f"| {med['outside_steps_of_command']:.0%} |"
         )
+    phases = ("start", "setup", "train", "evaluate", "checkpoint_report", "rest")
+    print("\nWhere the command's wall time goes, seconds (median of repeats):\n")
+    print("| arm | " + " | ".join(phases) + " | command |")
+    print("|---|" + "---|" * (len(phases) + 1))
+    for arm in ARMS:
+        mine = [r for r in rows if r["arm"] == arm]
+        cells = [statistics.median(r[f"{key}_s"] for r in mine) for key in (*phases, "command")]
+        print(f"| {arm} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     (out / "overhead.json").write_text(json.dumps({"config": cfg, "rows": rows}, indent=2))
     return 0
 

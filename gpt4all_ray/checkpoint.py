@@ -49,6 +49,8 @@ class LoopState:
     """The engine's skipped-step count at the previous evaluation."""
     train_seconds: float = 0.0
     """Wall time inside optimizer steps, all attempts: the rest of a trial's time is overhead."""
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time in each phase outside optimizer steps (worker.PHASES), all attempts."""
 
     def next_epoch(self) -> None:
         self.epoch += 1

@@ -14,10 +14,10 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt4all_ray.compute import STOPPED_EARLY, Compute, compute_used
 from gpt4all_ray.experiment import (
     StoredTrial,
     default_storage_url,
@@ -28,34 +28,9 @@ from gpt4all_ray.experiment import (
     stored_trials,
 )
 from gpt4all_ray.results import TrialRecord, evaluations, ranked, record_from_history, write_report
-from gpt4all_ray.stop_log import ASHA, GPU_HOURS, read_stops, stopped_by
+from gpt4all_ray.stop_log import read_stops, stopped_by
 
 MIN_TRIALS_FOR_IMPORTANCE = 5  # importances from fewer completed trials say little
-STOPPED_EARLY = ("diverged", "non_finite", "stopped", ASHA, GPU_HOURS)
-
-
-@dataclass
-class Compute:
-    trial_epochs_run: float
-    trial_epochs_requested: float
-    worker_hours_used: float
-    worker_hours_saved: float
-
-
-def compute_used(trials: list[StoredTrial], records: list[TrialRecord]) -> Compute:
-    """Run: epochs (as step progress) each trial trained. Saved: the epochs it asked for but did
-    not need once stopped, at the trial's own seconds per epoch, times its workers."""
-    run = requested = used = saved = 0.0
-    for trial, record in zip(trials, records, strict=True):
-        last = evaluations(trial.history)
-        done = float(last[-1].get("epoch_progress", last[-1]["epoch"])) if last else 0.0
-        asked = float((trial.config or {}).get("epochs", trial.params.get("epochs", done)))
-        workers = float((trial.resources or {}).get("workers_per_trial", 1))
-        run, requested = run + done, requested + asked
-        used += record.wall_s * workers / 3600
-        if record.stop_reason in STOPPED_EARLY and done > 0:
-            saved += (asked - done) * (record.wall_s / done) * workers / 3600
-    return Compute(run, requested, used, saved)
 
 
 def _fmt(value: Any) -> str:
@@ -248,9 +223,15 @@ def summary_markdown(
         f"| asked for by the sampled epochs | {compute.trial_epochs_requested:.2f} | |",
         f"| saved by stopping early | {requested - run:.2f} ({saved_share:.0%}) | {compute.worker_hours_saved:.4f} |",
         "",
-        "Worker-hours: each trial's wall time x its workers; saved: the epochs a stopped trial did not run, at "
-        "its own seconds per epoch.",
+        "Worker-hours: each trial's wall time x its workers; saved: the epochs a stopped trial did not run, "
+        + (
+            "each at what an epoch cost it (steps, evaluation, checkpoint, report; not its start and setup, which "
+            "every trial pays)."
+            if compute.worker_hours_by_phase
+            else "at its own wall seconds per epoch (start and setup included: its workers did not time phases)."
+        ),
         "",
+        *time_by_phase_lines(compute),
         "## Figures",
         "",
         "![validation loss](val_loss.png)",
@@ -266,6 +247,16 @@ def summary_markdown(
     else:
         lines += [f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials.", ""]
     return "\n".join(lines)
+
+
+def time_by_phase_lines(compute: Compute) -> list[str]:
+    """Where the trials' wall time went, when their workers timed it."""
+    by_phase, used = compute.worker_hours_by_phase, compute.worker_hours_used
+    if not by_phase or not used:
+        return []
+    lines = ["Where the trials' wall time went:", "", "| | worker-hours | share |", "|---|---|---|"]
+    lines += [f"| {name} | {hours:.4f} | {hours / used:.0%} |" for name, hours in by_phase.items()]
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
             "hparams": {k: config[k] for k in spec.search},
             "tb_dir": f"{tb_root}/{trial_id}",
             "threads": max(1, int(res.cpus_per_worker)),
+            # So the workers can tell how long Ray Train took to start them.
+            "fit_started_at": time.time(),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker

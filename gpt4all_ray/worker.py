@@ -66,6 +66,16 @@ def _quiet_libraries() -> None:
 
 
 @contextlib.contextmanager
+def timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    """Adds the block's wall time to seconds[phase]."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - started
+
+
+@contextlib.contextmanager
 def _silenced() -> Iterator[None]:
     """DeepSpeed prints op-build lines on import (when torch.distributed is up) and on init. Under
     Ray Train, print() is patched to log at INFO, so stdout redirection alone does not hide them."""
@@ -123,6 +133,20 @@ def _rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+PHASES = (
+    "worker_group",  # from the trial's TorchTrainer.fit() to this loop: Ray Train's workers, imports
+    "setup_libraries",  # DeepSpeed's and transformers' imports, the process group
+    "setup_data",  # rows, tokenizer, encoding
+    "setup_model",
+    "setup_engine",  # deepspeed.initialize
+    "resume",  # loading a checkpoint, after a restart
+    "evaluate",
+    "probes",  # generation probes (not "probe": probe_* metrics are the probe scores)
+    "checkpoint",  # writing it
+    "report",  # handing metrics and checkpoint over (Ray Train persists the checkpoint then)
+)
+"""The phases of a trial outside optimizer steps, each timed on every rank."""
+
 StepHook = Callable[[int, int, list[int], float], None]
 """(global_step, rank, example indices this rank trained on, this rank's mean loss): for tests."""
 
@@ -131,26 +155,32 @@ class TrialRun:
     """One worker's share of a trial: data, model and DeepSpeed engine, built once."""
 
     def __init__(self, cfg: TrialConfig, threads: int = 1) -> None:
+        # Where the time outside optimizer steps goes, by phase (each reported as <phase>_s): in a
+        # short trial, most of its wall time. train() adds the attempts before this one.
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.started_at = time.time()
         # DeepSpeed picks its accelerator at import: CPU here, CUDA on a GPU node.
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         if cfg.precision == "fp16" and not torch.cuda.is_available():
             raise ValueError("precision fp16 needs a GPU (loss scaling on CPU is not supported); use bf16 or fp32")
-        _quiet_libraries()
-        torch.set_num_threads(threads)
-        use_own_op_builds()  # before DeepSpeed loads its CPU op: this environment's build and ninja
-        with _silenced():
-            import deepspeed
+        with timed(self.seconds, "setup_libraries"):
+            _quiet_libraries()
+            torch.set_num_threads(threads)
+            use_own_op_builds()  # before DeepSpeed loads its CPU op: this environment's build and ninja
+            with _silenced():
+                import deepspeed
 
-            deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+                deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         self.cfg = cfg
         self.rank, self.world = _rank_and_world()
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
 
-        self.data = load_split(cfg)
-        self.tokenizer = load_tokenizer(cfg, self.data)
-        encode = (self.tokenizer, cfg.max_length, cfg.length_policy)
-        self.train_examples, self.encode_report = encode_rows(self.data.train, *encode)
-        self.val_examples, _ = encode_rows(self.data.val, *encode)
+        with timed(self.seconds, "setup_data"):
+            self.data = load_split(cfg)
+            self.tokenizer = load_tokenizer(cfg, self.data)
+            encode = (self.tokenizer, cfg.max_length, cfg.length_policy)
+            self.train_examples, self.encode_report = encode_rows(self.data.train, *encode)
+            self.val_examples, _ = encode_rows(self.data.val, *encode)
         self.steps_per_epoch = len(self.train_examples) // cfg.global_batch
         if self.steps_per_epoch == 0:
             rows = len(self.train_examples)
@@ -158,21 +188,22 @@ class TrialRun:
         self.accumulation = gradient_accumulation(cfg, self.world)
         self.ds_config = deepspeed_config(cfg, self.world)
 
-        if cfg.zero_stage == 3 and not is_builtin(cfg):
-            from transformers.integrations import HfDeepSpeedConfig
+        with timed(self.seconds, "setup_model"):
+            if cfg.zero_stage == 3 and not is_builtin(cfg):
+                from transformers.integrations import HfDeepSpeedConfig
 
-            # While this object lives, from_pretrained loads each weight straight into its ZeRO-3
-            # partition (a 6B model never sits whole on one GPU).
-            self._zero3_loading = HfDeepSpeedConfig(self.ds_config)
-        base, self.embeddings_grew = base_model(cfg, self.tokenizer)
-        model = trainable(base, cfg)
+                # While this object lives, from_pretrained loads each weight straight into its
+                # ZeRO-3 partition (a 6B model never sits whole on one GPU).
+                self._zero3_loading = HfDeepSpeedConfig(self.ds_config)
+            base, self.embeddings_grew = base_model(cfg, self.tokenizer)
+            model = trainable(base, cfg)
         self.flops = flop_model(model)
         self.peak_flops = self._peak_flops()
         total_steps = self.steps_per_epoch * cfg.epochs
         multiplier = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, total_steps)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
-        with _silenced():
+        with timed(self.seconds, "setup_engine"), _silenced():
             self.engine, ds_optimizer, _, self.scheduler = deepspeed.initialize(
                 model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
             )
@@ -337,6 +368,7 @@ def train(
     resume_from: str | None = None,
     on_step: StepHook | None = None,
     hparams: dict[str, Any] | None = None,
+    worker_group_s: float = 0.0,
 ) -> None:
     """Train for cfg.epochs, evaluating at each epoch end (and every eval_every_steps), each
     evaluation reported with a checkpoint that resumes the run; the model itself is exported only
@@ -345,15 +377,21 @@ def train(
     # fails at once, naming each, instead of loading a broken one or starting over from step 0.
     point = pick_resumable(Path(resume_from)) if resume_from else None
     run = TrialRun(cfg, threads)
+    run.seconds["worker_group"] = worker_group_s
     state = LoopState()
     if point:
         _same_pick_on_every_rank(run, point)
         if run.rank == 0:
             for line in point.fallback_lines():
                 print(line, flush=True)
-        state = load_state(run.engine, point.folder, run.rank)
+        with timed(run.seconds, "resume"):
+            state = load_state(run.engine, point.folder, run.rank)
         run.resume_fallbacks = len(point.skipped)
     run.resumed_from_step = state.global_step
+    # Phases count all attempts, as train_seconds does: this attempt's setup joins the checkpoint's.
+    for phase, seconds in run.seconds.items():
+        state.phase_seconds[phase] = state.phase_seconds.get(phase, 0.0) + seconds
+    run.seconds = state.phase_seconds
     writer = None
     if run.rank == 0 and tb_dir:
         # After a restart, drop what the killed attempt logged past the checkpoint.
@@ -418,7 +456,8 @@ def _evaluate_and_report(
 ) -> bool:
     """Evaluate, decide, checkpoint and report (every rank); True when the trial stops here."""
     cfg = run.cfg
-    val_loss = run.evaluate()
+    with timed(run.seconds, "evaluate"):
+        val_loss = run.evaluate()
     improved = val_loss < state.best_val_loss
     if improved:
         state.best_val_loss, state.best_epoch, state.best_step = val_loss, state.epoch, state.global_step
@@ -426,7 +465,8 @@ def _evaluate_and_report(
     progress = round(state.global_step / run.steps_per_epoch, 6)
     state.evaluations.append((progress, val_loss))
     probes_due = cfg.probe_prompts and (improved or (epoch_end and cfg.probe_each_epoch))
-    probes = run.probe() if probes_due else {}
+    with timed(run.seconds, "probes"):
+        probes = run.probe() if probes_due else {}
     if improved:
         state.best_probes = probes
     reason = policy.decide([e[1] for e in state.evaluations], [e[0] for e in state.evaluations]).reason
@@ -465,11 +505,15 @@ def _evaluate_and_report(
         "skipped_steps": skipped,
         "train_s": state.train_seconds,
         "first_step_at": run.first_step_at,
+        "worker_started_at": run.started_at,
         "truncated_rows": run.encode_report.truncated,
         "dropped_too_long_rows": len(run.encode_report.dropped_too_long),
         "duplicate_rows": len(run.data.report.dropped.get("duplicate", [])),
     } | {key.removeprefix("train/"): value for key, value in window_metrics.items() if key != "train/loss"}
     metrics |= perplexity(val_loss)
+    # Checkpoint and report seconds count the evaluations before this one: this one's are not
+    # over yet (the metrics are saved in the checkpoint).
+    metrics |= {f"{phase}_s": seconds for phase, seconds in run.seconds.items()}
     # The best checkpoint's probes (exact match is NaN, left out, where no answer is exact).
     metrics |= {f"probe_{key}": value for key, value in state.best_probes.items() if math.isfinite(value)}
     if writer:
@@ -484,10 +528,14 @@ def _evaluate_and_report(
         writer.flush()
     with tempfile.TemporaryDirectory(prefix="gpt4all_ray_ckpt_") as tmp:
         folder = Path(tmp)
-        if improved:
-            save_model(run.engine, run.tokenizer, cfg, run.ds_config, metrics, folder, run.rank, run.embeddings_grew)
-        save_state(run.engine, state, folder, run.rank)
-        reporter.report(metrics, tmp)
+        with timed(run.seconds, "checkpoint"):
+            if improved:
+                save_model(
+                    run.engine, run.tokenizer, cfg, run.ds_config, metrics, folder, run.rank, run.embeddings_grew
+                )
+            save_state(run.engine, state, folder, run.rank)
+        with timed(run.seconds, "report"):
+            reporter.report(metrics, tmp)
     return reason not in ("", COMPLETED)
 
 
@@ -514,7 +562,9 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     args = (cfg, RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        train(*args, hparams=config.get("hparams"))
+        # A restarted group's start is not timed: fit() began before the first attempt.
+        worker_group_s = time.time() - config["fit_started_at"] if "fit_started_at" in config else 0.0
+        train(*args, hparams=config.get("hparams"), worker_group_s=worker_group_s)
         return
     with checkpoint.as_directory() as folder:
         train(*args, resume_from=folder)

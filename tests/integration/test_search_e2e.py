@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gpt4all_ray.compute import TIMED as PHASE_NAMES
 from gpt4all_ray.evaluate import validation_loss
 from tests.integration.conftest import REPO, SMALL_SPACE, Experiment
 
@@ -152,3 +153,19 @@ def test_report_regenerates_from_the_stored_experiment_and_matches_the_leaderboa
     best = min(rows, key=lambda r: float(r["best_val_loss"]))
     assert f"Trial {best['trial_id']}:" in summary and "Why it won: lowest validation loss" in summary
     assert summary.count("- ") >= len(rows) and "saved by stopping early" in summary
+
+
+def test_each_trial_times_its_phases_and_the_summary_splits_the_wall_time(local_search: Experiment) -> None:
+    from gpt4all_ray.experiment import stored_trials
+    from gpt4all_ray.results import evaluations
+
+    for trial in stored_trials(local_search.dir):
+        last = evaluations(trial.history)[-1]
+        # Ray Train took its time to start the workers (measured from fit() in the trial's driver).
+        assert 0 < last["worker_group_s"] < last["time_total_s"]
+        timed = [last[f"{phase}_s"] for phase in PHASE_NAMES]
+        assert min(timed) >= 0 and sum(timed) < last["time_total_s"]
+    summary = (local_search.dir / "summary.md").read_text()
+    table = summary.split("Where the trials' wall time went:")[1].split("## Figures")[0]
+    assert "| training steps |" in table and "| starting the trial's workers" in table
+    assert "each at what an epoch cost it" in summary

@@ -155,6 +155,16 @@ def test_every_report_carries_the_metrics_and_a_resumable_checkpoint(runs: Path)
     train_s = [m["train_s"] for m in metrics]
     assert all(0 < a < b for a, b in zip(train_s, train_s[1:], strict=False))
     assert len({m["first_step_at"] for m in metrics}) == 1 and metrics[0]["first_step_at"] < time.time()
+    # Time outside steps, by phase: setup once, before the first step; evaluation at every report;
+    # checkpoint and report up to the report before (this one's are not over when it is sent).
+    first, second = metrics[0], metrics[1]
+    setup = [first[f"setup_{part}_s"] for part in ("libraries", "data", "model", "engine")]
+    assert all(s > 0 for s in setup) and sum(setup) < first["first_step_at"] - first["worker_started_at"]
+    assert all(m[f"setup_{part}_s"] == first[f"setup_{part}_s"] for m in metrics for part in ("data", "engine"))
+    evaluate_s = [m["evaluate_s"] for m in metrics]
+    assert all(0 < a < b for a, b in zip(evaluate_s, evaluate_s[1:], strict=False))
+    assert first["checkpoint_s"] == first["report_s"] == first["resume_s"] == 0
+    assert second["checkpoint_s"] > 0 and second["report_s"] > 0
 
 
 def test_packed_training_loss_matches_unpacked_evaluation(runs: Path) -> None:

@@ -51,6 +51,12 @@ def test_killed_worker_resumes_from_its_checkpoint_and_the_trial_finishes(tmp_pa
     assert before and after and before[-1] < KILL_AFTER_STEP
     assert {r["resumed_from_step"] for r in after} == {before[-1]} and before[-1] >= KILL_AFTER_STEP - 2 * 5
     assert [r["epoch"] for r in results if r["epoch_end"]] == [1, 2]
+    # Phase seconds count both attempts, as train_s does: the resumed one set up again and loaded
+    # the checkpoint, on top of what the checkpoint held.
+    last_before = next(r for r in results if r["step"] == before[-1])
+    assert last_before["resume_s"] == 0 < after[0]["resume_s"]
+    assert after[0]["setup_engine_s"] > last_before["setup_engine_s"] > 0
+    assert after[0]["evaluate_s"] > last_before["evaluate_s"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
