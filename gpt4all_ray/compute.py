@@ -27,7 +27,7 @@ PHASE_GROUPS = {
     "checkpoints and reports": ("checkpoint", "report", "resume"),
 }
 TIMED = tuple(phase for phases in PHASE_GROUPS.values() for phase in phases)
-REST = "the rest: the trial's own start and end (Tune), logging"
+REST = "the rest: Tune starting and ending the trial, its last checkpoint, logging"
 PER_EPOCH = ("train", "evaluate", "probes", "checkpoint", "report")
 """Phases that scale with the epochs a trial runs (setup and the start do not)."""
 

@@ -250,12 +250,13 @@ def summary_markdown(
 
 
 def time_by_phase_lines(compute: Compute) -> list[str]:
-    """Where the trials' wall time went, when their workers timed it."""
-    by_phase, used = compute.worker_hours_by_phase, compute.worker_hours_used
-    if not by_phase or not used:
+    """Where the trials' wall time went, over the trials whose workers timed it."""
+    by_phase = compute.worker_hours_by_phase
+    timed = sum(by_phase.values())  # their wall time: the phases and the rest
+    if not timed:
         return []
     lines = ["Where the trials' wall time went:", "", "| | worker-hours | share |", "|---|---|---|"]
-    lines += [f"| {name} | {hours:.4f} | {hours / used:.0%} |" for name, hours in by_phase.items()]
+    lines += [f"| {name} | {hours:.4f} | {hours / timed:.0%} |" for name, hours in by_phase.items()]
     return [*lines, ""]
 
 

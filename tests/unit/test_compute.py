@@ -86,3 +86,12 @@ def test_the_summary_table_shares_add_up() -> None:
     assert len(rows) == len(PHASE_GROUPS) + 1
     shares = [int(row.rsplit("|", 2)[1].strip().rstrip("%")) for row in rows]
     assert 99 <= sum(shares) <= 101  # each share rounded to a percent
+
+
+def test_shares_count_only_the_trials_that_timed_their_phases() -> None:
+    # An experiment resumed across an upgrade: one trial from before the workers timed phases.
+    mixed = used([trial("a", 2, 2, "completed"), trial("old", 2, 2, "completed", timed=False)])
+    timed_alone = used([trial("a", 2, 2, "completed")])
+    assert mixed.worker_hours_by_phase == timed_alone.worker_hours_by_phase
+    assert time_by_phase_lines(mixed) == time_by_phase_lines(timed_alone)
+    assert mixed.worker_hours_used > sum(mixed.worker_hours_by_phase.values())
