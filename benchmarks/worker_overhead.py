@@ -108,19 +108,16 @@ def where_the_time_goes(run: dict[str, Any]) -> dict[str, float]:
     """The command's wall seconds by phase, from rank 0's last report. Its last checkpoint and
     report are not in it (they were not over when it was sent): they are in `rest`, with the
     command's end (Tune's, Ray's shutdown) and the loop's logging."""
+    from gpt4all_ray.compute import PHASE_GROUPS, REST, grouped_seconds, phase_seconds
+
     last = run["last"]
-    phases = {
-        # Processes and imports; for the Ray arms Ray's start and Tune's trial, then Ray Train's
-        # worker group (timed by the product from its TorchTrainer.fit()).
-        "start": last["worker_started_at"] - run["started"] - last.get("worker_group_s", 0.0),
-        "worker_group": last.get("worker_group_s", 0.0),
-        "setup": last.get("setup_s", 0.0)
-        + sum(v for k, v in last.items() if k.startswith("setup_") and k != "setup_s"),
-        "train": last["train_s"],
-        "evaluate": last.get("evaluate_s", 0.0) + last.get("probes_s", 0.0),
-        "checkpoint_report": last.get("checkpoint_s", 0.0) + last.get("report_s", 0.0),
-    }
-    return phases | {"rest": run["command_s"] - sum(phases.values())}
+    timed = phase_seconds(last)  # the product's loop: the summary's groups; bare: setup and steps
+    groups = grouped_seconds(timed) if timed else {"setup": last["setup_s"], "train": last["train_s"]}
+    phases = {group: groups.get(group, 0.0) for group in PHASE_GROUPS}
+    # Processes and imports; for the Ray arms Ray's start and Tune's trial, then Ray Train's worker
+    # group (timed by the product from its TorchTrainer.fit()).
+    phases = {"start": last["worker_started_at"] - run["started"] - phases["worker_group"]} | phases
+    return phases | {REST: run["command_s"] - sum(phases.values())}
 
 
 def summarise(run: dict[str, Any]) -> dict[str, float]:

@@ -11,23 +11,26 @@ from gpt4all_ray.results import TrialRecord, evaluations
 from gpt4all_ray.stop_log import ASHA, GPU_HOURS
 
 STOPPED_EARLY = ("diverged", "non_finite", "stopped", ASHA, GPU_HOURS)
-# The workers' timed phases (worker.PHASES, reported as <phase>_s) grouped for the summary; what
-# no phase holds (Tune starting the trial, its end, the last checkpoint and report) is the rest of
-# its wall time.
+# The workers' timed phases (worker.PHASES, reported as <phase>_s) in the groups the summary and
+# benchmarks/worker_overhead.py show; what no phase holds (Tune starting the trial, its end, the
+# last checkpoint and report) is the rest of its wall time.
 PHASE_GROUPS = {
-    "training steps": ("train",),
-    "starting the trial's workers (Ray Train's worker group, imports)": ("worker_group",),
-    "setup: libraries, data, tokenizer, model, DeepSpeed engine": (
-        "setup_libraries",
-        "setup_data",
-        "setup_model",
-        "setup_engine",
-    ),
-    "evaluation and generation probes": ("evaluate", "probes"),
-    "checkpoints and reports": ("checkpoint", "report", "resume"),
+    "train": ("train",),
+    "worker_group": ("worker_group",),
+    "setup": ("setup_libraries", "setup_data", "setup_model", "setup_engine"),
+    "evaluate": ("evaluate", "probes"),
+    "checkpoint_report": ("checkpoint", "report", "resume"),
 }
 TIMED = tuple(phase for phases in PHASE_GROUPS.values() for phase in phases)
-REST = "the rest: Tune starting and ending the trial, its last checkpoint, logging"
+REST = "rest"
+LABELS = {
+    "train": "training steps",
+    "worker_group": "starting the trial's workers (Ray Train's worker group, imports)",
+    "setup": "setup: libraries, data, tokenizer, model, DeepSpeed engine",
+    "evaluate": "evaluation and generation probes",
+    "checkpoint_report": "checkpoints and reports",
+    REST: "the rest: Tune starting and ending the trial, its last checkpoint, logging",
+}
 PER_EPOCH = ("train", "evaluate", "probes", "checkpoint", "report")
 """Phases that scale with the epochs a trial runs (setup and the start do not)."""
 
@@ -51,6 +54,11 @@ def phase_seconds(last: dict[str, Any]) -> dict[str, float] | None:
     return {phase: float(last.get(f"{phase}_s", 0.0)) for phase in TIMED}
 
 
+def grouped_seconds(phases: dict[str, float]) -> dict[str, float]:
+    """phase_seconds() summed into PHASE_GROUPS."""
+    return {group: sum(phases[p] for p in parts) for group, parts in PHASE_GROUPS.items()}
+
+
 def compute_used(trials: list[StoredTrial], records: list[TrialRecord]) -> Compute:
     """Run: epochs (as step progress) each trial trained. Saved: the epochs a stopped trial asked
     for but did not run, each at what an epoch cost it (steps, evaluation, checkpoint, report;
@@ -66,7 +74,7 @@ def compute_used(trials: list[StoredTrial], records: list[TrialRecord]) -> Compu
         used += record.wall_s * workers / 3600
         phases = phase_seconds(last[-1]) if last else None
         if phases is not None:
-            grouped = {name: sum(phases[p] for p in parts) for name, parts in PHASE_GROUPS.items()}
+            grouped = grouped_seconds(phases)
             grouped[REST] = max(record.wall_s - sum(grouped.values()), 0.0)
             for name, seconds in grouped.items():
                 by_phase[name] = by_phase.get(name, 0.0) + seconds * workers / 3600

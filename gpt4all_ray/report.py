@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.compute import STOPPED_EARLY, Compute, compute_used
+from gpt4all_ray.compute import LABELS, STOPPED_EARLY, Compute, compute_used
 from gpt4all_ray.experiment import (
     StoredTrial,
     default_storage_url,
@@ -256,7 +256,7 @@ def time_by_phase_lines(compute: Compute) -> list[str]:
     if not timed:
         return []
     lines = ["Where the trials' wall time went:", "", "| | worker-hours | share |", "|---|---|---|"]
-    lines += [f"| {name} | {hours:.4f} | {hours / timed:.0%} |" for name, hours in by_phase.items()]
+    lines += [f"| {LABELS[group]} | {hours:.4f} | {hours / timed:.0%} |" for group, hours in by_phase.items()]
     return [*lines, ""]
 
 

@@ -50,14 +50,17 @@ def test_the_summary_groups_every_phase_the_workers_time() -> None:
 def test_wall_time_splits_into_phases_and_the_rest() -> None:
     compute = used([trial("a", 2, 2, "completed")])
     hours = {name: h * 3600 / 2 for name, h in compute.worker_hours_by_phase.items()}  # per worker, seconds
-    assert hours["training steps"] == pytest.approx(20.0)
-    assert hours["setup: libraries, data, tokenizer, model, DeepSpeed engine"] == pytest.approx(6.0)
-    assert hours["evaluation and generation probes"] == pytest.approx(4.0)
-    assert hours["checkpoints and reports"] == pytest.approx(2.0)
-    assert hours["starting the trial's workers (Ray Train's worker group, imports)"] == pytest.approx(12.0)
+    assert hours["train"] == pytest.approx(20.0)
+    assert hours["setup"] == pytest.approx(6.0)
+    assert hours["evaluate"] == pytest.approx(4.0)
+    assert hours["checkpoint_report"] == pytest.approx(2.0)
+    assert hours["worker_group"] == pytest.approx(12.0)
     assert hours[groups.REST] == pytest.approx(REST)
     assert sum(compute.worker_hours_by_phase.values()) == pytest.approx(compute.worker_hours_used)
     assert list(compute.worker_hours_by_phase) == [*PHASE_GROUPS, groups.REST]
+    # The summary names each group.
+    table = "\n".join(time_by_phase_lines(compute))
+    assert all(f"| {groups.LABELS[group]} |" in table for group in compute.worker_hours_by_phase)
 
 
 def test_a_stopped_trial_saves_its_epochs_at_their_own_cost_not_its_start() -> None:
