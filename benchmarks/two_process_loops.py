@@ -19,20 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from gpu_worker import free_port  # this folder is on sys.path when a script here runs
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bare_loop(cfg: Any, out: Path) -> dict[str, Any]:
