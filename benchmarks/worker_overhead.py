@@ -2,6 +2,8 @@
 and against the same DeepSpeed loop without Ray, side by side in one run.
 
     python benchmarks/worker_overhead.py --out /tmp/bench-overhead [--repeats 2] [--epochs 2] [--zero-stage 2]
+        [--arms bare,ray] [--workers 1]
+    python benchmarks/worker_overhead.py --pool /tmp/bench-a /tmp/bench-b   (the tables of stored runs)
 
 One trial of the embedded default (tiny GPT-J, 2 processes, batch 8 per process, same data order
 and hyperparameters) is trained four ways, in turn, `--repeats` times:
@@ -9,13 +11,17 @@ and hyperparameters) is trained four ways, in turn, `--repeats` times:
   worker  the product's DeepSpeed worker loop without Ray (two_process_loops.py --loop worker)
   train   that loop under Ray Train alone: one TorchTrainer, no Tune (--loop train)
   ray     the product: `python -m gpt4all_ray.tune` on a one-trial space (Ray, Tune, Train)
+A last bare run closes the sequence, so every other arm's run sits between two bare runs.
 Figures: steady-state tokens/s (median over log windows, the first left out) and its ratio to
-bare; seconds from command start to the first optimizer step; the share of wall time outside
-optimizer steps of the trial and of the command, and the command's seconds by phase: start
-(processes, imports, and for the Ray arms Ray and Tune's trial), worker_group (the product's:
-Ray Train starting its workers; the `train` arm's is in its start), setup (data,
-tokenizer, model, DeepSpeed engine), train (optimizer steps), evaluate, checkpoint and report,
-rest (the last checkpoint and report, logging, the command's end).
+bare, three ways: of the arms' medians, the median of each run over the bare run before it, and
+the median of each run over the mean of the bare runs before and after it (which cancels the
+machine's drift over the minutes between them), with a bootstrap 90% interval of the last;
+seconds from command start to the first optimizer step; the share of wall time outside optimizer
+steps of the trial and of the command, and the command's seconds by phase: start (processes,
+imports, and for the Ray arms Ray and Tune's trial), worker_group (the product's: Ray Train
+starting its workers; the `train` arm's is in its start), setup (data, tokenizer, model,
+DeepSpeed engine), train (optimizer steps), evaluate, checkpoint and report, rest (the last
+checkpoint and report, logging, the command's end).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import argparse
 import dataclasses
 import json
 import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,11 +53,13 @@ POINT = {
 ARMS = ("bare", "worker", "train", "ray")
 
 
-def one_trial_space(out: Path, epochs: int, zero_stage: int | None) -> Path:
+def one_trial_space(out: Path, epochs: int, zero_stage: int | None, workers: int | None = None) -> Path:
     raw = yaml.safe_load((REPO / "search_spaces" / "tiny_cpu.yaml").read_text())
     raw["name"] = "overhead"
     if zero_stage is not None:
         raw["fixed"]["zero_stage"] = zero_stage
+    if workers is not None:  # the global batch stays: fewer processes accumulate more micro-batches
+        raw["resources"]["workers_per_trial"] = workers
     raw["search"] = {key: {"choice": [value]} for key, value in POINT.items() | {"epochs": epochs}.items()}
     raw["tune"]["num_trials"] = 1
     path = out / "overhead_space.yaml"
@@ -92,10 +102,10 @@ def run_ray(space: Path, out: Path) -> dict[str, Any]:
     }
 
 
-def run_loop(loop: str, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+def run_loop(loop: str, cfg: dict[str, Any], out: Path, workers: int) -> dict[str, Any]:
     started = time.time()
     folder = out / loop
-    cmd = [sys.executable, str(REPO / "benchmarks" / "two_process_loops.py"), "--loop", loop]
+    cmd = [sys.executable, str(REPO / "benchmarks" / "two_process_loops.py"), "--loop", loop, "--workers", str(workers)]
     subprocess.run([*cmd, "--config", json.dumps(cfg), "--out", str(folder)], cwd=REPO, check=True)
     wall = time.time() - started
     timing = json.loads((folder / "timing.json").read_text())
@@ -131,53 +141,116 @@ def summarise(run: dict[str, Any]) -> dict[str, float]:
     } | {f"{phase}_s": seconds for phase, seconds in where_the_time_goes(run).items()}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), help="default: the default space's")
-    args = p.parse_args()
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    space = one_trial_space(out, args.epochs, args.zero_stage)
-    cfg = loop_config(space, args.epochs)
+def bracketed_ratios(rows: list[dict[str, Any]], arm: str) -> list[float]:
+    """Each of the arm's runs over the mean of the bare runs before and after it (the bare run
+    before it alone where none came after)."""
+    bare = {r["repeat"]: r["tokens_per_s"] for r in rows if r["arm"] == "bare"}
+    ratios = []
+    for r in rows:
+        if r["arm"] == arm:
+            around = [bare[i] for i in (r["repeat"], r["repeat"] + 1) if i in bare]
+            ratios.append(r["tokens_per_s"] / statistics.mean(around))
+    return ratios
+
+
+def bootstrap_median(values: list[float], resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """90% percentile interval of the median, resampling the runs."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.05 * resamples)], medians[int(0.95 * resamples) - 1]
+
+
+def run_all(
+    out: Path, arms: list[str], repeats: int, epochs: int, zero_stage: int | None, workers: int
+) -> list[dict[str, Any]]:
+    space = one_trial_space(out, epochs, zero_stage, workers)
+    cfg = loop_config(space, epochs)
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    order = [(repeat, arm) for repeat in range(repeats) for arm in arms] + [(repeats, "bare")]
     rows: list[dict[str, Any]] = []
-    for repeat in range(args.repeats):
-        for arm in ARMS:
-            folder = out / f"{arm}-{repeat}"
-            run = run_ray(space, folder) if arm == "ray" else run_loop(arm, cfg, folder)
-            row = {"arm": arm, "repeat": repeat} | summarise(run)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    bare_rows = {r["repeat"]: r["tokens_per_s"] for r in rows if r["arm"] == "bare"}
-    bare = statistics.median(bare_rows.values())
-    # Two views of one noisy ratio: medians of each arm, and the median of each repeat's ratio to
-    # the bare run just before it (neighbours in time share the machine's state).
+    for repeat, arm in order:
+        folder = out / f"{arm}-{repeat}"
+        for attempt in (1, 2):
+            try:
+                run = run_ray(space, folder) if arm == "ray" else run_loop(arm, cfg, folder, workers)
+                break
+            except subprocess.CalledProcessError as failed:
+                # Once in a few dozen runs a gloo rank aborts as its process exits; run it again,
+                # and say so in the row.
+                print(f"{arm}-{repeat} failed (exit {failed.returncode}), attempt {attempt}", flush=True)
+                if attempt == 2:
+                    raise
+                shutil.rmtree(folder, ignore_errors=True)
+        row = {"arm": arm, "repeat": repeat, "attempts": attempt} | summarise(run)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        # Written after every run: a benchmark stopped halfway keeps what it measured.
+        (out / "overhead.json").write_text(json.dumps({"config": cfg, "rows": rows}, indent=2))
+    return rows
+
+
+def print_tables(runs: list[list[dict[str, Any]]]) -> None:
+    """The figures over every repeat of the given runs; runs are paired within themselves."""
+    rows = [r for run in runs for r in run]
+    arms = [arm for arm in ARMS if any(r["arm"] == arm for r in rows)]
+    bare = statistics.median(r["tokens_per_s"] for r in rows if r["arm"] == "bare")
     print(
-        "\n| arm | tokens/s (median of repeats) | ratio of medians | median of per-repeat ratios "
-        "| to first step s | outside steps: trial | command |"
+        "\n| arm | runs | tokens/s (median) | ratio of medians | median ratio to the bare run before "
+        "| median ratio to the bare runs around (90% interval) | to first step s | outside steps: trial | command |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for arm in ARMS:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for arm in arms:
         mine = [r for r in rows if r["arm"] == arm]
         med = {k: statistics.median(r[k] for r in mine) for k in mine[0] if k not in ("arm", "repeat")}
-        paired = statistics.median(r["tokens_per_s"] / bare_rows[r["repeat"]] for r in mine)
+        before = [
+            r["tokens_per_s"] / b["tokens_per_s"]
+            for run in runs
+            for r in run
+            for b in run
+            if r["arm"] == arm and b["arm"] == "bare" and b["repeat"] == r["repeat"]
+        ]
+        around = [ratio for run in runs for ratio in bracketed_ratios(run, arm)]
+        low, high = bootstrap_median(around)
+        bracketed = f"{statistics.median(around):.3f} ({low:.3f}-{high:.3f})" if arm != "bare" else "-"
         print(
-            f"| {arm} | {med['tokens_per_s']:.0f} | {med['tokens_per_s'] / bare:.3f} | {paired:.3f} "
+            f"| {arm} | {len(mine)} | {med['tokens_per_s']:.0f} | {med['tokens_per_s'] / bare:.3f} "
+            f"| {statistics.median(before):.3f} | {bracketed} "
             f"| {med['to_first_step_s']:.1f} | {med['outside_steps_of_trial']:.0%} "
             f"| {med['outside_steps_of_command']:.0%} |"
         )
     phases = ("start", "worker_group", "setup", "train", "evaluate", "checkpoint_report", "rest")
-    print("\nWhere the command's wall time goes, seconds (median of repeats):\n")
+    print("\nWhere the command's wall time goes, seconds (median of runs):\n")
     print("| arm | " + " | ".join(phases) + " | command |")
     print("|---|" + "---|" * (len(phases) + 1))
-    for arm in ARMS:
-        mine = [r for r in rows if r["arm"] == arm]
-        cells = [statistics.median(r[f"{key}_s"] for r in mine) for key in (*phases, "command")]
-        print(f"| {arm} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
-    (out / "overhead.json").write_text(json.dumps({"config": cfg, "rows": rows}, indent=2))
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm and f"{phases[0]}_s" in r]
+        if mine:
+            cells = [statistics.median(r[f"{key}_s"] for r in mine) for key in (*phases, "command")]
+            print(f"| {arm} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), help="default: the default space's")
+    p.add_argument("--workers", type=int, default=2, help="processes a trial (the default space's 2)")
+    p.add_argument("--arms", default=",".join(ARMS), help="which arms, in this order each repeat; bare is always run")
+    p.add_argument("--pool", type=Path, nargs="+", help="print the tables of these stored runs (--out folders)")
+    args = p.parse_args()
+    if args.pool:
+        print_tables([json.loads((folder / "overhead.json").read_text())["rows"] for folder in args.pool])
+        return 0
+    if not args.out:
+        p.error("--out is required (or --pool)")
+    arms = [arm for arm in args.arms.split(",") if arm]
+    if unknown := set(arms) - set(ARMS):
+        p.error(f"--arms: unknown {sorted(unknown)}; expected some of {', '.join(ARMS)}")
+    arms = ["bare"] + [arm for arm in arms if arm != "bare"]
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    print_tables([run_all(out, arms, args.repeats, args.epochs, args.zero_stage, args.workers)])
     return 0
 
 
