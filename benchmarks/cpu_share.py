@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -75,7 +76,14 @@ def wait_for(proc: subprocess.Popen, ready: Callable[[], int]) -> int:
 def run_loop(out: Path, space: Path, settle: float, window: float) -> dict[str, object]:
     cfg = loop_config(space, EPOCHS)
     cmd = [sys.executable, str(REPO / "benchmarks" / "two_process_loops.py"), "--loop", "worker"]
-    proc = subprocess.Popen([*cmd, "--config", json.dumps(cfg), "--out", str(out)], cwd=REPO, stdout=subprocess.DEVNULL)
+    # Its own session, so that the window's end kills the ranks with it, before their exit handlers
+    # (killed one by one they printed KeyboardInterrupt tracebacks into this benchmark's output).
+    proc = subprocess.Popen(
+        [*cmd, "--config", json.dumps(cfg), "--out", str(out)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         # Training has begun once rank 0's event file grows past its header with a first log window
         # (before that, a first DeepSpeed start on a machine may compile its op).
@@ -86,7 +94,7 @@ def run_loop(out: Path, space: Path, settle: float, window: float) -> dict[str, 
         assert proc.poll() is None, "the loop ended before the window: raise EPOCHS"
         return result
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
