@@ -141,16 +141,16 @@ def summarise(run: dict[str, Any]) -> dict[str, float]:
     } | {f"{phase}_s": seconds for phase, seconds in where_the_time_goes(run).items()}
 
 
-def bracketed_ratios(rows: list[dict[str, Any]], arm: str) -> list[float]:
-    """Each of the arm's runs over the mean of the bare runs before and after it (the bare run
-    before it alone where none came after)."""
+def ratios_to_bare(rows: list[dict[str, Any]], arm: str, around: bool = True) -> list[float]:
+    """Each of the arm's runs over the bare run before it, or (around) over the mean of the bare
+    runs before and after it (the one before alone where none came after)."""
     bare = {r["repeat"]: r["tokens_per_s"] for r in rows if r["arm"] == "bare"}
-    ratios = []
-    for r in rows:
-        if r["arm"] == arm:
-            around = [bare[i] for i in (r["repeat"], r["repeat"] + 1) if i in bare]
-            ratios.append(r["tokens_per_s"] / statistics.mean(around))
-    return ratios
+    neighbours = (0, 1) if around else (0,)
+    return [
+        r["tokens_per_s"] / statistics.mean(bare[r["repeat"] + i] for i in neighbours if r["repeat"] + i in bare)
+        for r in rows
+        if r["arm"] == arm
+    ]
 
 
 def bootstrap_median(values: list[float], resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
@@ -202,14 +202,8 @@ def print_tables(runs: list[list[dict[str, Any]]]) -> None:
     for arm in arms:
         mine = [r for r in rows if r["arm"] == arm]
         med = {k: statistics.median(r[k] for r in mine) for k in mine[0] if k not in ("arm", "repeat")}
-        before = [
-            r["tokens_per_s"] / b["tokens_per_s"]
-            for run in runs
-            for r in run
-            for b in run
-            if r["arm"] == arm and b["arm"] == "bare" and b["repeat"] == r["repeat"]
-        ]
-        around = [ratio for run in runs for ratio in bracketed_ratios(run, arm)]
+        before = [ratio for run in runs for ratio in ratios_to_bare(run, arm, around=False)]
+        around = [ratio for run in runs for ratio in ratios_to_bare(run, arm)]
         low, high = bootstrap_median(around)
         bracketed = f"{statistics.median(around):.3f} ({low:.3f}-{high:.3f})" if arm != "bare" else "-"
         print(

@@ -3,10 +3,8 @@ ASHA would save on random search's trials, against the real policy and Ray's rea
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
-import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -14,18 +12,12 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from gpt4all_ray.divergence import DivergencePolicy
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "search_efficiency.py"
+from tests.unit.benchmark_module import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("search_efficiency", BENCHMARK)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("search_efficiency")
 
 
 def random_curves(seed: int, trials: int = 12, max_epochs: int = 4) -> list[list[tuple[float, float]]]:
