@@ -203,9 +203,11 @@ def print_tables(runs: list[list[dict[str, Any]]]) -> None:
         mine = [r for r in rows if r["arm"] == arm]
         med = {k: statistics.median(r[k] for r in mine) for k in mine[0] if k not in ("arm", "repeat")}
         before = [ratio for run in runs for ratio in ratios_to_bare(run, arm, around=False)]
-        around = [ratio for run in runs for ratio in ratios_to_bare(run, arm)]
-        low, high = bootstrap_median(around)
-        bracketed = f"{statistics.median(around):.3f} ({low:.3f}-{high:.3f})" if arm != "bare" else "-"
+        bracketed = "-"  # bare over the bare runs around it says nothing
+        if arm != "bare":
+            around = [ratio for run in runs for ratio in ratios_to_bare(run, arm)]
+            low, high = bootstrap_median(around)
+            bracketed = f"{statistics.median(around):.3f} ({low:.3f}-{high:.3f})"
         print(
             f"| {arm} | {len(mine)} | {med['tokens_per_s']:.0f} | {med['tokens_per_s'] / bare:.3f} "
             f"| {statistics.median(before):.3f} | {bracketed} "
