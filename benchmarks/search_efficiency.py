@@ -1,8 +1,8 @@
 """Search efficiency: the product's search against random search with no early stopping, on the
 embedded default, several seeds, side by side in one run.
 
-    python benchmarks/search_efficiency.py --out /tmp/bench-search [--seeds 0,1,2,3,4] [--arms ours,asha]
-        [--trials 20]
+    python benchmarks/search_efficiency.py --out /tmp/bench-search [--seeds 10,...,19] [--arms ours,asha]
+        [--trials 20] [--target 3.1401]
 
 Per seed, every arm runs `python -m gpt4all_ray.tune` on search_spaces/tiny_cpu.yaml (or --space) with
 tune.seed = seed:
@@ -18,11 +18,14 @@ alike. --trials sets every arm's budget (asha_x2 gets twice it); default: the sp
 The runs share one `ray start --head` cluster (started here, stopped at the end), as on a cluster.
 
 Figures, from the stored experiments alone:
-- compute to reach a target validation loss, in trial-epochs and worker-seconds (trials run one at
-  a time, so compute is counted in start order up to the first evaluation at or under the target).
-  Target: the median over seeds of random search's final best. Ratio arm / random per seed, and
-  its median (a run that never reaches the target spent infinite compute: 0 when only the arm
-  reached it, inf when only random search did, 1 when neither did);
+- expected running time to a target validation loss (ERT, as in COCO/BBOB), in trial-epochs and in
+  worker-seconds. The target is fixed before the runs (--target; default 3.1401, the median of random
+  search's final bests over seeds 0-4 at 6 trials, results/benchmarks/search_efficiency.json of
+  2026-11-30). A run's compute to target counts its trials in start order (they run one at a time) up
+  to the first evaluation at or under the target; a run that never reaches it counts its whole budget.
+  ERT(arm) = compute of all its runs / runs that reached the target. The figure is ERT(arm) /
+  ERT(random), with a bootstrap 90% interval over seeds (resampled in pairs: an arm and random search
+  on the same seeds), and every seed's compute to target listed;
 - the divergence stopper and ASHA (the asha arm's settings) replayed on random search's full
   curves, the same trials in the same order: the fraction of trial-epochs each saves and its
   regret (best loss with it minus best loss without, per seed; the stopper's must be 0).
@@ -35,7 +38,6 @@ import json
 import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -51,6 +53,9 @@ ARMS = ("ours", "gp", "gp_asha", "asha", "asha_x2", "random")
 CAPPED = "asha_x2"
 """Runs twice the trials, counted only up to the trial-epochs random search spent on the seed."""
 BASELINE = "random"
+DEFAULT_TARGET = 3.1401
+"""Fixed before the ERT runs of 2026-12-06: the median of random search's final bests, seeds 0-4 at
+6 trials (search_efficiency.json of 2026-11-30); those runs' seeds are not reused (default --seeds)."""
 
 
 Curve = list[tuple[float, float]]
@@ -109,20 +114,58 @@ def search_curve(exp_dir: Path, workers: int) -> tuple[list[Evaluation], list[Cu
     return points, curves
 
 
-def to_target(points: list[Evaluation], target: float) -> tuple[float, float]:
+@dataclass(frozen=True)
+class RunToTarget:
+    """One search's compute to the target: up to its first evaluation at or under it, or, when
+    it never got there, its whole budget."""
+
+    reached: bool
+    epochs: float
+    worker_s: float
+
+
+def to_target(points: list[Evaluation], target: float) -> RunToTarget:
     for p in points:
         if p.val_loss <= target:
-            return p.epochs, p.worker_s
-    return math.inf, math.inf
+            return RunToTarget(True, p.epochs, p.worker_s)
+    last = points[-1] if points else Evaluation("", 0.0, 0.0, math.inf)  # compute only grows
+    return RunToTarget(False, last.epochs, last.worker_s)
 
 
-def ratio(ours: float, baseline: float) -> float:
-    """Compute to target, ours over the baseline's; a run that never reaches the target spent
-    infinite compute on it: 0 when only ours reached it, inf when only the baseline did, and 1
-    (a tie) when neither did."""
-    if math.isinf(ours) and math.isinf(baseline):
-        return 1.0
-    return ours / baseline
+def expected_running_time(runs: list[RunToTarget], unit: str) -> float:
+    """ERT: the compute of all runs (whole budgets for those that missed) per run that reached the
+    target; inf when none did. unit: "epochs" or "worker_s"."""
+    reached = sum(r.reached for r in runs)
+    spent = sum(getattr(r, unit) for r in runs)
+    return spent / reached if reached else math.inf
+
+
+def ert_ratio(arm: list[RunToTarget], baseline: list[RunToTarget], unit: str) -> float:
+    """ERT(arm) / ERT(baseline); nan when neither reached the target (no information)."""
+    ours, base = expected_running_time(arm, unit), expected_running_time(baseline, unit)
+    if math.isinf(ours) and math.isinf(base):
+        return math.nan
+    return ours / base
+
+
+def bootstrap_interval(
+    arm: list[RunToTarget], baseline: list[RunToTarget], unit: str, resamples: int = 10_000, level: float = 0.9
+) -> tuple[float, float]:
+    """The ERT ratio's bootstrap interval over seeds, resampled in pairs (arm and baseline on the
+    same seeds). Resamples where neither arm reached the target carry no ratio and are left out;
+    inf (only the baseline reached it) sorts in place."""
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(resamples):
+        picks = rng.integers(0, len(arm), len(arm))
+        r = ert_ratio([arm[i] for i in picks], [baseline[i] for i in picks], unit)
+        if not math.isnan(r):
+            ratios.append(r)
+    tail = (1 - level) / 2
+    return (
+        float(np.quantile(ratios, tail, method="inverted_cdf")),
+        float(np.quantile(ratios, 1 - tail, method="inverted_cdf")),
+    )
 
 
 def judge(curve: Curve, policy: Any) -> Any:
@@ -219,19 +262,14 @@ def run_arms(out: Path, arms: list[str], seeds: list[int], trials: int | None, s
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
 
 
-def median(values: list[float]) -> float:
-    """The middle value (the upper one of an even count): the infinities of runs that never reached
-    the target sort in place, where statistics.median would average them."""
-    return sorted(values)[len(values) // 2]
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"a subset of {ARMS}; {BASELINE} is always run")
+    p.add_argument("--seeds", default="10,11,12,13,14,15,16,17,18,19")
+    p.add_argument("--arms", default="ours", help=f"a subset of {ARMS}; {BASELINE} is always run")
     p.add_argument("--trials", type=int, help="every arm's num_trials (default: the space's)")
     p.add_argument("--space", default="tiny_cpu", help="a space in search_spaces/ (default: the embedded default)")
+    p.add_argument("--target", type=float, default=DEFAULT_TARGET, help="target val loss, fixed before the runs")
     args = p.parse_args()
     from gpt4all_ray.config import load_spec
     from gpt4all_ray.divergence import DivergencePolicy
@@ -250,78 +288,87 @@ def main() -> int:
         if (CAPPED, seed) in runs:
             points, curves = runs[CAPPED, seed]
             runs[CAPPED, seed] = [p for p in points if p.epochs <= budget + 1e-9], curves
-    finals = {key: min(p.val_loss for p in points) for key, (points, _) in runs.items()}
-    target = statistics.median(finals[BASELINE, s] for s in seeds)
+    target = args.target
+    reach = {key: to_target(points, target) for key, (points, _) in runs.items()}
     policy = DivergencePolicy.for_trial(spec.fixed)
     milestones = asha_milestones(spec.tune.asha_grace_epochs, spec.tune.asha_reduction_factor, spec.max_epochs)
     rows = []
     for seed in seeds:
-        base = to_target(runs[BASELINE, seed][0], target)
         curves = runs[BASELINE, seed][1]
         full, stopped, best_full, best_stopped = replay_stopper(curves, policy)
         cuts = asha_cuts(curves, milestones, spec.tune.asha_reduction_factor)
         _, asha_epochs, _, best_asha = replay_totals(curves, cuts)
         row: dict[str, Any] = {
             "seed": seed,
-            "random_best": finals[BASELINE, seed],
-            "random_epochs_to_target": base[0],
-            "random_worker_s_to_target": base[1],
             "random_total_epochs": full,
             "replayed_stopper_epochs": stopped,
             "stopper_regret": best_stopped - best_full,
             "replayed_asha_epochs": asha_epochs,
             "asha_regret": best_asha - best_full,
         }
-        for arm in arms[:-1]:
-            epochs, seconds = to_target(runs[arm, seed][0], target)
+        for arm in arms:
+            points = runs[arm, seed][0]
             row |= {
-                f"{arm}_best": finals[arm, seed],
-                f"{arm}_epochs_to_target": epochs,
-                f"{arm}_worker_s_to_target": seconds,
-                f"{arm}_epochs_ratio": ratio(epochs, base[0]),
-                f"{arm}_worker_s_ratio": ratio(seconds, base[1]),
-                f"{arm}_total_epochs": max((p.epochs for p in runs[arm, seed][0]), default=0.0),
-                f"{arm}_trials": len({p.trial for p in runs[arm, seed][0]}),
+                f"{arm}_best": min(p.val_loss for p in points),
+                f"{arm}_reached": reach[arm, seed].reached,
+                f"{arm}_epochs_to_target": reach[arm, seed].epochs,
+                f"{arm}_worker_s_to_target": reach[arm, seed].worker_s,
+                f"{arm}_total_epochs": max((p.epochs for p in points), default=0.0),
+                f"{arm}_trials": len({p.trial for p in points}),
             }
         rows.append(row)
     total = sum(r["random_total_epochs"] for r in rows)
     summary: dict[str, Any] = {
         "target_val_loss": target,
+        "seeds": seeds,
         "milestones": milestones,
         "stopper_epochs_saved_fraction": 1 - sum(r["replayed_stopper_epochs"] for r in rows) / total,
         "max_stopper_regret": max(r["stopper_regret"] for r in rows),
         "asha_epochs_saved_fraction": 1 - sum(r["replayed_asha_epochs"] for r in rows) / total,
         "max_asha_regret": max(r["asha_regret"] for r in rows),
     }
+    baseline = [reach[BASELINE, s] for s in seeds]
+    for arm in arms:
+        summary[f"{arm}_reached"] = sum(reach[arm, s].reached for s in seeds)
+        for unit in ("epochs", "worker_s"):
+            summary[f"{arm}_ert_{unit}"] = expected_running_time([reach[arm, s] for s in seeds], unit)
     for arm in arms[:-1]:
-        summary[f"{arm}_median_epochs_ratio"] = median([r[f"{arm}_epochs_ratio"] for r in rows])
-        summary[f"{arm}_median_worker_s_ratio"] = median([r[f"{arm}_worker_s_ratio"] for r in rows])
+        for unit in ("epochs", "worker_s"):
+            mine = [reach[arm, s] for s in seeds]
+            summary[f"{arm}_ert_ratio_{unit}"] = ert_ratio(mine, baseline, unit)
+            summary[f"{arm}_ert_ratio_{unit}_interval90"] = bootstrap_interval(mine, baseline, unit)
     summary["rows"] = rows
     (out / "search_efficiency.json").write_text(json.dumps(summary, indent=2))
-    print_tables(summary, arms, seeds)
+    print_tables(summary, arms)
     return 0
 
 
-def print_tables(summary: dict[str, Any], arms: list[str], seeds: list[int]) -> None:
+def print_tables(summary: dict[str, Any], arms: list[str]) -> None:
     rows = summary["rows"]
-    print(f"target val_loss {summary['target_val_loss']:.4f} (median of random search's final bests, seeds {seeds})")
+    print(f"target val_loss {summary['target_val_loss']:.4f} (fixed before the runs), seeds {summary['seeds']}")
+
+    def spent(r: dict[str, Any], arm: str, unit: str, fmt: str) -> str:
+        value = format(r[f"{arm}_{unit}_to_target"], fmt)
+        return value if r[f"{arm}_reached"] else f"never ({value})"
+
     for arm in arms[:-1]:
-        print(f"\n{arm} / random")
-        print("| seed | best | best random | trial-epochs to target | ratio | worker-s to target | ratio | epochs |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(f"\n{arm} / random; compute to target, or (the whole run) where it never got there")
+        print("| seed | best | best random | trial-epochs | random | worker-s | random |")
+        print("|---|---|---|---|---|---|---|")
         for r in rows:
             print(
                 f"| {r['seed']} | {r[f'{arm}_best']:.4f} | {r['random_best']:.4f} "
-                f"| {r[f'{arm}_epochs_to_target']:.2f} / {r['random_epochs_to_target']:.2f} "
-                f"| {r[f'{arm}_epochs_ratio']:.2f} "
-                f"| {r[f'{arm}_worker_s_to_target']:.0f} / {r['random_worker_s_to_target']:.0f} "
-                f"| {r[f'{arm}_worker_s_ratio']:.2f} "
-                f"| {r[f'{arm}_total_epochs']:.1f} / {r['random_total_epochs']:.1f} |"
+                f"| {spent(r, arm, 'epochs', '.0f')} | {spent(r, 'random', 'epochs', '.0f')} "
+                f"| {spent(r, arm, 'worker_s', '.0f')} | {spent(r, 'random', 'worker_s', '.0f')} |"
             )
-        print(
-            f"median ratio: trial-epochs {summary[f'{arm}_median_epochs_ratio']:.2f}, "
-            f"worker-seconds {summary[f'{arm}_median_worker_s_ratio']:.2f}"
-        )
+        for unit, label in (("epochs", "trial-epochs"), ("worker_s", "worker-seconds")):
+            low, high = summary[f"{arm}_ert_ratio_{unit}_interval90"]
+            print(
+                f"ERT in {label}: {arm} {summary[f'{arm}_ert_{unit}']:.1f} "
+                f"({summary[f'{arm}_reached']}/{len(rows)} reached), random {summary[f'random_ert_{unit}']:.1f} "
+                f"({summary['random_reached']}/{len(rows)}); ratio {summary[f'{arm}_ert_ratio_{unit}']:.2f} "
+                f"(90% interval {low:.2f}-{high:.2f})"
+            )
     print("\nreplayed on random search's trials, in order:")
     print("| seed | trial-epochs | with the stopper | stopper regret | with ASHA | ASHA regret |")
     print("|---|---|---|---|---|---|")
