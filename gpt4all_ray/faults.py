@@ -5,7 +5,8 @@ a real process death, as a preempted node or an OOM-killer would cause; with ":m
 inside step 7 instead, after the backward pass of micro-batch M (1-based) of its gradient
 accumulation and before the optimizer update. "nan:step=7" and
 "inf:step=7" multiply the training loss of step 7 by NaN or inf on every rank before the backward
-pass (":steps=N": steps 7 to 7+N-1), so the gradients go non-finite in the real engine.
+pass (":steps=N": steps 7 to 7+N-1; ":rank=R": on rank R alone), so the gradients go non-finite
+in the real engine.
 "spike:step=7" multiplies the loss of step 7 by 10 (":factor=F", ":steps=N"): a finite loss spike,
 as a bad batch gives. "oom:rank=1:step=7" raises torch's OutOfMemoryError in rank 1 after step 7, as a GPU that ran
 out of memory would (every attempt reaches the step again, so the trial's restarts run out). With
@@ -41,14 +42,14 @@ FIELDS = {
 OPTIONAL = {
     "kill": {"micro"},
     "oom": set(),
-    "nan": {"steps"},
-    "inf": {"steps"},
+    "nan": {"steps", "rank"},
+    "inf": {"steps", "rank"},
     "spike": {"steps", "factor"},
     "driver": {"results", "trials"},
 }
 ONE_OF = {"driver": {"results", "trials"}}  # exactly one of these
 USAGE = (
-    "expected kill:rank=R:step=S[:micro=M], oom:rank=R:step=S, nan|inf:step=S[:steps=N], "
+    "expected kill:rank=R:step=S[:micro=M], oom:rank=R:step=S, nan|inf:step=S[:steps=N][:rank=R], "
     "spike:step=S[:steps=N][:factor=F], driver:results=N or driver:trials=N"
 )
 

@@ -36,6 +36,7 @@ from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
 from gpt4all_ray.ds_ops import use_own_op_builds
 from gpt4all_ray.loss import loss_sum_and_count
 from gpt4all_ray.model import base_model, is_builtin, load_tokenizer, trainable
+from gpt4all_ray.optimizer import SkippableAdamW
 from gpt4all_ray.probes import ProbeCounts, probe_rows, run_probes
 from gpt4all_ray.schedule import lr_multiplier
 from gpt4all_ray.throughput import flop_model, known_peak_tflops
@@ -201,12 +202,17 @@ class TrialRun:
         self.peak_flops = self._peak_flops()
         total_steps = self.steps_per_epoch * cfg.epochs
         multiplier = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, total_steps)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        self.optimizer = SkippableAdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
         with timed(self.seconds, "setup_engine"), _silenced():
             self.engine, ds_optimizer, _, self.scheduler = deepspeed.initialize(
-                model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
+                model=model, optimizer=self.optimizer, lr_scheduler=scheduler, config=self.ds_config
             )
+        # ZeRO-0 in fp32: DeepSpeed steps our optimizer as it is, with no check of the gradients and
+        # no gradient norm; the loop checks and measures them itself (check_finite_step).
+        self.gradients_unchecked = self.engine.optimizer is self.optimizer
+        self.gradients = [p for p in model.parameters() if p.requires_grad]
+        self.own_grad_norm: torch.Tensor | None = None  # the last step's, where DeepSpeed has none
         check_hyperparameters(ds_optimizer, cfg, multiplier, self.scheduler, total_steps)
         self.probe_rows = probe_rows(self.data.val, cfg.probe_prompts, cfg.data_seed)
         self.resumed_from_step = 0  # the checkpoint's step when this attempt resumed a killed one
@@ -248,7 +254,9 @@ class TrialRun:
         cfg, step = self.cfg, state.step_in_epoch
         mine = order[step * cfg.global_batch : (step + 1) * cfg.global_batch][self.rank :: self.world]
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        non_finite_losses = torch.zeros((), dtype=torch.float64, device=self.device)
         label_tokens = 0.0
+        finite, skipped_before = True, self.engine.skipped_steps
         injected = faults.loss_factor(self.rank, state.global_step + 1)  # 1.0 unless a test asks
         for micro in range(self.accumulation):
             picked = mine[micro * cfg.per_device_batch : (micro + 1) * cfg.per_device_batch]
@@ -261,18 +269,40 @@ class TrialRun:
             if injected != 1.0:
                 loss = loss * injected
             self.engine.backward(loss)
+            non_finite_losses += (~torch.isfinite(loss.detach())).double()
+            if micro == self.accumulation - 1:  # DeepSpeed's next step() is the optimizer step
+                finite = self.check_finite_step(non_finite_losses)
             self.engine.step()
             faults.after_micro_batch(self.rank, state.global_step + 1, micro + 1)
             loss_sum += loss.detach().double() * labels  # stays on the device: no sync per micro-batch
             label_tokens += labels
             window.tokens += real
             window.flops += real * self.flops.per_token(batch["input_ids"].shape[1])
+        if not finite and self.engine.skipped_steps == skipped_before:
+            # DeepSpeed counts the steps its own checks skip, and at ZeRO-0 fp32 the one the
+            # optimizer refused (its `overflow`); a step refused for its loss alone, where the
+            # gradients DeepSpeed checked were finite, is counted here.
+            self.engine.skipped_steps += 1
         window.loss_sum += loss_sum
         window.label_tokens += label_tokens
         state.global_step += 1
         state.step_in_epoch += 1
         if on_step:
             on_step(state.global_step, self.rank, mine, (loss_sum / max(label_tokens, 1)).item())
+
+    def check_finite_step(self, non_finite_losses: torch.Tensor) -> bool:
+        """Before the optimizer step: refuse it unless every rank's losses, and the gradients where
+        DeepSpeed does not check them, are finite. One all-reduced count, so every rank decides
+        alike (a rank whose loss alone was NaN would otherwise step while the others skip)."""
+        bad = non_finite_losses.clone()
+        if self.gradients_unchecked:
+            # DeepSpeed has all-reduced the gradients by now: every rank measures the same norm.
+            self.own_grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.gradients if p.grad is not None])
+            bad += (~torch.isfinite(self.own_grad_norm)).double()
+        if dist.is_initialized():
+            dist.all_reduce(bad)
+        self.optimizer.skip_next = bool(bad.item())
+        return not self.optimizer.skip_next
 
     def close_window(self, window: Window, state: LoopState) -> dict[str, float]:
         """All ranks: the log window's metrics over all workers; the loss also joins the epoch's.
@@ -289,6 +319,8 @@ class TrialRun:
             "train/tokens_per_s": tokens / seconds,
         }
         grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None and self.own_grad_norm is not None:
+            grad_norm = self.own_grad_norm.item()  # ZeRO-0 fp32: the last step's, measured by the loop
         if grad_norm is not None and math.isfinite(float(grad_norm)):
             metrics["train/grad_norm"] = float(grad_norm)
         if self.peak_flops:

@@ -78,11 +78,32 @@ def test_stopper_replay_cuts_at_the_first_rise_and_keeps_the_best(bench: ModuleT
     assert (best_full, best_stopped) == (3.0, 3.5)  # and loses the epoch-4 recovery: regret 0.5
 
 
-def test_ratio_of_runs_that_never_reach_the_target(bench: ModuleType) -> None:
-    assert bench.ratio(math.inf, math.inf) == 1.0
-    assert bench.ratio(5.0, math.inf) == 0.0
-    assert bench.ratio(math.inf, 5.0) == math.inf
-    assert bench.median([0.0, math.inf, 1.0, 0.5, math.inf]) == 1.0
+def test_a_run_that_misses_the_target_counts_its_whole_budget(bench: ModuleType) -> None:
+    points = [bench.Evaluation("a", e, 10.0 * e, loss) for e, loss in [(1, 3.4), (2, 3.2), (3, 3.3), (5, 3.25)]]
+    assert bench.to_target(points, 3.2) == bench.RunToTarget(True, 2, 20.0)
+    assert bench.to_target(points, 3.1) == bench.RunToTarget(False, 5, 50.0)
+
+
+def test_expected_running_time_is_all_compute_per_success(bench: ModuleType) -> None:
+    run = bench.RunToTarget
+    arm = [run(True, 4, 40.0), run(False, 10, 90.0), run(True, 6, 70.0)]
+    baseline = [run(True, 8, 80.0), run(False, 12, 100.0), run(False, 12, 110.0)]
+    assert bench.expected_running_time(arm, "epochs") == (4 + 10 + 6) / 2
+    assert bench.expected_running_time(baseline, "worker_s") == 290.0
+    assert bench.ert_ratio(arm, baseline, "epochs") == pytest.approx(10 / 32)
+    assert bench.expected_running_time([run(False, 10, 90.0)], "epochs") == math.inf
+    assert bench.ert_ratio([run(False, 3, 3.0)], [run(True, 3, 3.0)], "epochs") == math.inf
+    assert math.isnan(bench.ert_ratio([run(False, 3, 3.0)], [run(False, 3, 3.0)], "epochs"))
+
+
+def test_bootstrap_interval_holds_the_ratio_and_is_degenerate_for_identical_seeds(bench: ModuleType) -> None:
+    run = bench.RunToTarget
+    arm = [run(True, e, e) for e in (2, 3, 9, 4, 5, 12, 3, 2, 6, 4)]
+    baseline = [run(i % 3 != 0, 10, 10.0) for i in range(10)]
+    low, high = bench.bootstrap_interval(arm, baseline, "epochs")
+    assert low < bench.ert_ratio(arm, baseline, "epochs") < high
+    same = [run(True, 4, 4.0)] * 10
+    assert bench.bootstrap_interval(same, same, "epochs") == (1.0, 1.0)
 
 
 @pytest.mark.parametrize("space", ["tiny_cpu", "tiny_cpu_overfit"])
