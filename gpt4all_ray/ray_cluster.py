@@ -65,6 +65,19 @@ def check_one_trial_fits(resources: Resources, have: dict[str, float], started_h
 
 
 def attached_to_running_cluster() -> bool:
+    """Attach to the cluster Ray's "auto" finds (a running `ray start`), when one answers there."""
+    address = auto_address()
+    if address is None:
+        return False
+    if why := unreachable(address):
+        # A cluster that died without `ray stop` (killed, OOM-killed) leaves its address in this
+        # file, and ray.init(address="auto") would retry it for many minutes.
+        print(
+            f"note: nothing answers at {address} ({why}), the Ray address in {ray_address_file()} (a cluster "
+            "that died without `ray stop`); starting a local instance",
+            flush=True,
+        )
+        return False
     try:
         ray.init(address="auto")
     except ConnectionError:
@@ -72,19 +85,48 @@ def attached_to_running_cluster() -> bool:
     return True
 
 
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Ray retries an address that nothing answers for minutes; a TCP connect says so at once."""
+def ray_address_file() -> str:
+    from ray._common.utils import get_ray_address_file  # Ray 2.60; the pin keeps it
+
+    return get_ray_address_file(None)
+
+
+def auto_address() -> str | None:
+    """The address ray.init(address="auto") would attach to: a running GCS process's, else the
+    one in Ray's address file (Ray's own lookup); None when there is neither."""
+    from ray._private.services import get_ray_address_from_environment  # Ray 2.60; the pin keeps it
+
+    try:
+        return get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        return None
+
+
+def host_and_port(address: str) -> tuple[str, int]:
     hostport = re.sub(r"^[a-z]+://", "", address).split("/")[0]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise SpecError(f"RAY_ADDRESS={address}: expected host:port (or ray://host:port, auto, local)")
+    return host, int(port)
+
+
+def unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing answers a TCP connect at the address, or None when something does."""
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection(host_and_port(address), timeout=timeout_s).close()
     except OSError as err:
+        return str(err.strerror or err)
+    return None
+
+
+def check_reachable(address: str) -> None:
+    """Ray retries an address that nothing answers for minutes; a TCP connect says so at once."""
+    if why := unreachable(address):
+        host, port = host_and_port(address)
         raise SpecError(
-            f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({err.strerror or err}); start the cluster "
+            f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({why}); start the cluster "
             "(`ray start --head`) or unset RAY_ADDRESS to run on a local Ray"
-        ) from None
+        )
 
 
 STALE_LOCK_S = 600  # the op builds in about a minute; a lock this old was left by a killed build

@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from gpt4all_ray import ray_cluster
 from gpt4all_ray.config import Resources, SpecError
 from gpt4all_ray.ds_ops import extensions_dir, use_own_op_builds
-from gpt4all_ray.ray_cluster import check_reachable, warn_if_deepspeed_op_unbuilt
+from gpt4all_ray.ray_cluster import (
+    attached_to_running_cluster,
+    auto_address,
+    check_reachable,
+    warn_if_deepspeed_op_unbuilt,
+)
 
 
 def test_an_old_deepspeed_build_lock_is_named_with_how_to_clear_it(
@@ -88,8 +94,8 @@ def test_an_address_where_nothing_listens_is_refused() -> None:
     ("address", "running_cluster", "asked"),
     [
         ("", True, ["auto"]),
-        ("", False, ["auto", "local"]),
-        ("auto", False, ["auto", "local"]),  # "local" said outright: ray.init would read "auto" from RAY_ADDRESS
+        ("", False, ["local"]),  # Ray's lookup found no cluster: "auto" is never asked
+        ("auto", False, ["local"]),  # "local" said outright: ray.init would read "auto" from RAY_ADDRESS
         ("local", True, ["local"]),  # Ray's meaning: a new local instance, even beside a running cluster
     ],
 )
@@ -109,6 +115,9 @@ def test_ray_address_picks_the_cluster_to_attach_to_or_start(
 
     monkeypatch.setenv("RAY_ADDRESS", address)
     monkeypatch.setattr(ray, "init", init)
+    # Ray's lookup of a running cluster, and its TCP check, answer as the case says.
+    monkeypatch.setattr(ray_cluster, "auto_address", lambda: "127.0.0.1:6379" if running_cluster else None)
+    monkeypatch.setattr(ray_cluster, "unreachable", lambda _: None)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     connect_ray(Resources(workers_per_trial=2, cpus_per_worker=0.5, driver_cpus=0.5))
     assert calls == asked
@@ -123,6 +132,9 @@ def fake_ray(monkeypatch: pytest.MonkeyPatch, address: str, running_cluster: boo
 
     monkeypatch.setenv("RAY_ADDRESS", address)
     monkeypatch.setattr(ray, "init", init)
+    # Ray's lookup of a running cluster, and its TCP check, answer as the case says.
+    monkeypatch.setattr(ray_cluster, "auto_address", lambda: "127.0.0.1:6379" if running_cluster else None)
+    monkeypatch.setattr(ray_cluster, "unreachable", lambda _: None)
     monkeypatch.setattr(ray, "cluster_resources", lambda: have)
 
 
@@ -159,3 +171,40 @@ def test_an_attached_cluster_too_small_now_is_a_warning(
     err = capsys.readouterr().err
     assert "one trial needs 65 CPUs and 8 GPUs but this Ray cluster has 4 CPUs and 0 GPUs now" in err
     assert "autoscaler" in err
+
+
+def plant_address_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, address: str) -> Path:
+    """Ray's address file in a temp dir of the test's own, naming `address`. Ray's lookup also
+    takes any GCS process running on this machine first; the test sees the file alone."""
+    import ray._private.services
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setattr(ray._private.services, "find_gcs_addresses", lambda: [])
+    file = tmp_path / "ray" / "ray_current_cluster"
+    file.parent.mkdir()
+    file.write_text(address)
+    return file
+
+
+def test_a_dead_clusters_address_file_is_named_and_not_attached_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    file = plant_address_file(tmp_path, monkeypatch, f"127.0.0.1:{port}")
+    assert auto_address() == f"127.0.0.1:{port}"  # what ray.init(address="auto") would retry for minutes
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda **_: pytest.fail("ray.init called with a dead address"))
+    assert attached_to_running_cluster() is False
+    out = capsys.readouterr().out
+    assert f"nothing answers at 127.0.0.1:{port} (Connection refused), the Ray address in {file}" in out
+    assert "starting a local instance" in out
+
+
+def test_no_address_file_and_no_cluster_means_a_local_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plant_address_file(tmp_path, monkeypatch, "").unlink()
+    assert auto_address() is None and attached_to_running_cluster() is False
