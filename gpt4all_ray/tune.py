@@ -25,9 +25,11 @@ from gpt4all_ray.data import load_split
 from gpt4all_ray.data.pipeline import DataReport
 from gpt4all_ray.data.sources import DataError
 from gpt4all_ray.experiment import SETTINGS, SPACE_COPY
+from gpt4all_ray.plan import Assumptions
 from gpt4all_ray.progress import clock, short
 
 DEFAULT_SPACE = "search_spaces/tiny_cpu.yaml"
+ASSUMED = Assumptions()  # the dry run's cost assumptions unless its flags say otherwise
 METRIC = "best_val_loss"  # running best: Ray's OptunaSearch tells Optuna the LAST reported value
 
 
@@ -51,7 +53,7 @@ def check_data(spec: SearchSpec) -> DataReport:
     try:
         data = load_split(spec.fixed)
     except DataError as err:
-        raise SpecError(f"{spec.path}: fixed.data: {err}") from None
+        raise SpecError(f"{spec.path}: fixed.{getattr(err, 'key', 'data')}: {err}") from None
     if data.report.train_rows < spec.fixed.global_batch:
         raise SpecError(
             f"{spec.path}: fixed.data_rows: {data.report.train_rows} training rows after cleaning and the "
@@ -137,7 +139,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"search-space YAML, or a name in search_spaces/ (default {DEFAULT_SPACE})",
     )
     p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
-    p.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<experiment>/ goes")
+    p.add_argument("--results-dir", type=Path, help="where results/<experiment>/ goes (default results)")
     p.add_argument("--num-trials", type=int, help="override tune.num_trials of the space")
     p.add_argument(
         "--set",
@@ -149,9 +151,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "e.g. --set tune.searcher=gp --set tune.scheduler=asha",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan and cost estimate; start nothing")
-    p.add_argument("--cluster-gpus", type=int, default=16, help="dry run: GPUs in the cluster")
-    p.add_argument("--mfu", type=float, default=0.35, help="dry run: assumed model FLOPs utilisation")
-    p.add_argument("--usd-per-gpu-hour", type=float, default=4.10, help="dry run: price of a GPU-hour")
+    p.add_argument("--cluster-gpus", type=int, help=f"dry run: GPUs in the cluster (default {ASSUMED.cluster_gpus})")
+    p.add_argument("--mfu", type=float, help=f"dry run: assumed model FLOPs utilisation (default {ASSUMED.mfu})")
+    p.add_argument(
+        "--usd-per-gpu-hour", type=float, help=f"dry run: price of a GPU-hour (default {ASSUMED.usd_per_gpu_hour})"
+    )
     p.add_argument(
         "--storage",
         metavar="URI",
@@ -163,7 +167,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="EXPERIMENT",
         help="continue a stopped or killed experiment: its folder, or its name under --results-dir",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    refuse_unused_flags(args)
+    args.results_dir = args.results_dir or Path("results")
+    return args
+
+
+# A flag that does nothing in a mode is refused there, naming it (never silently ignored).
+DRY_RUN_ONLY = ("cluster_gpus", "mfu", "usd_per_gpu_hour")
+NOT_IN_DRY_RUN = ("name", "results_dir", "storage", "resume")  # a dry run starts and writes nothing
+NOT_WITH_RESUME = ("space", "name", "num_trials")  # a resumed experiment keeps what it was started with
+
+
+def flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def refuse_unused_flags(args: argparse.Namespace) -> None:
+    """Exits 2 (argparse's way) naming a flag the chosen mode would ignore."""
+    given = {dest for dest, value in vars(args).items() if value not in (None, False, [])}
+    if args.dry_run:
+        unused = [(d, "a --dry-run starts and writes nothing") for d in NOT_IN_DRY_RUN if d in given]
+    else:
+        unused = [(d, "only --dry-run uses it, for the plan's cost estimate") for d in DRY_RUN_ONLY if d in given]
+    if args.resume:
+        unused += [
+            (d, "a resumed experiment runs the space and trials it was started with (its space.yaml)")
+            for d in NOT_WITH_RESUME
+            if d in given
+        ]
+    if unused:
+        dest, why = unused[0]
+        print(f"error: {flag(dest)}: {why}; leave {flag(dest)} out", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def space_as_run(path: Path, overrides: list[str]) -> str:
@@ -199,9 +235,7 @@ def experiment_spec(args: argparse.Namespace) -> tuple[SearchSpec, Path]:
         ), exp_dir
     spec = load_spec(resolve_space(args.space), args.overrides)
     if args.num_trials is not None:
-        if args.num_trials < 1:
-            raise SpecError(f"--num-trials: must be > 0, got {args.num_trials}")
-        spec = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, num_trials=args.num_trials))
+        spec = with_num_trials(spec, args.num_trials)
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     exp_dir = args.results_dir / name
     if exp_dir.exists() and any(exp_dir.iterdir()):
@@ -209,6 +243,12 @@ def experiment_spec(args: argparse.Namespace) -> tuple[SearchSpec, Path]:
             f"--name: experiment {exp_dir} exists; continue it with --resume {name} or choose another --name"
         )
     return spec, exp_dir
+
+
+def with_num_trials(spec: SearchSpec, num_trials: int) -> SearchSpec:
+    if num_trials < 1:
+        raise SpecError(f"--num-trials: must be > 0, got {num_trials}")
+    return dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, num_trials=num_trials))
 
 
 def make_scheduler(spec: SearchSpec, exp_dir: Path | None = None) -> Any:
@@ -316,11 +356,14 @@ def run(
 def dry_run(args: argparse.Namespace) -> int:
     """The plan, from the YAML alone (data that cannot be read here is replaced by stated
     assumptions); no Ray, no model download."""
-    from gpt4all_ray.plan import Assumptions, count_train_tokens, make_plan
+    from gpt4all_ray.plan import count_train_tokens, make_plan
 
     try:
         spec = load_spec(resolve_space(args.space), args.overrides)
-        assume = Assumptions(cluster_gpus=args.cluster_gpus, mfu=args.mfu, usd_per_gpu_hour=args.usd_per_gpu_hour)
+        given = {"cluster_gpus": args.cluster_gpus, "mfu": args.mfu, "usd_per_gpu_hour": args.usd_per_gpu_hour}
+        assume = dataclasses.replace(ASSUMED, **{k: v for k, v in given.items() if v is not None})
+        if args.num_trials is not None:
+            spec = with_num_trials(spec, args.num_trials)
         counted = count_train_tokens(spec) if spec.resources.gpus_per_worker else None
         plan = make_plan(spec, assume, *(counted or (None, None)))
     except (SpecError, ValueError) as err:

@@ -7,7 +7,7 @@ from typing import Any
 
 from gpt4all_ray.config import EMBEDDED_DATA, TrialConfig, source_set
 from gpt4all_ray.data.pipeline import DataReport, clean_and_dedup, split
-from gpt4all_ray.data.sources import Columns, load_rows
+from gpt4all_ray.data.sources import Columns, DataError, load_rows
 from gpt4all_ray.data.synthetic import Row, generate_rows
 
 
@@ -28,9 +28,29 @@ def load_split(cfg: TrialConfig) -> SplitData:
             cfg.prompt_column, cfg.response_column, cfg.source_column, cfg.input_column, cfg.explode_column
         )
         raw = load_rows(cfg.data, columns)
+    check_sources_named(cfg, raw)
     rows = clean_and_dedup(raw, report, source_set(cfg.include_sources), source_set(cfg.exclude_sources))
     train, val = split(rows, cfg.val_fraction, cfg.data_seed, report, source_set(cfg.train_only_sources))
     return SplitData(train, val, report)
+
+
+class UnknownSource(DataError):
+    """A source filter names a source no row has (a typo would otherwise filter silently)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def check_sources_named(cfg: TrialConfig, rows: list[Row]) -> None:
+    present = {str(row.get("source", "")) for row in rows}
+    for key in ("include_sources", "exclude_sources", "train_only_sources"):
+        unknown = sorted(source_set(getattr(cfg, key)) - present)
+        if unknown:
+            listed = ", ".join(repr(s) for s in sorted(present)[:20]) + (" ..." if len(present) > 20 else "")
+            raise UnknownSource(
+                key, f"no row has source {', '.join(map(repr, unknown))}; the sources present: {listed}"
+            )
 
 
 def build_tokenizer(data: SplitData) -> Any:

@@ -116,6 +116,18 @@ CASES: dict[str, tuple[Any, str]] = {
         lambda t: ["--resume", str(_resumable(t)), "--storage", f"file://{t}/elsewhere"],
         "--storage: a resumed experiment keeps its storage",
     ),
+    "flag: --num-trials with --resume": (
+        lambda t: ["--resume", str(_resumable(t)), "--num-trials", "20"],
+        "--num-trials: a resumed experiment runs the space and trials it was started with",
+    ),
+    "flag: --mfu without --dry-run": (
+        lambda t: [*_space_args(t), "--mfu", "0.5"],
+        "--mfu: only --dry-run uses it, for the plan's cost estimate; leave --mfu out",
+    ),
+    "yaml: a source filter naming no row's source": (
+        lambda t: space(t, {"data": data_file(t, "s.jsonl", rows(60, source="chat")), "exclude_sources": "p3"}),
+        "fixed.exclude_sources: no row has source 'p3'; the sources present: 'chat'",
+    ),
     "flag: unknown flag": (lambda t: [*_space_args(t), "--num-trails", "3"], "unrecognized arguments: --num-trails"),
     # environment
     "env: RAY_ADDRESS where nothing listens": (lambda t: _space_args(t), "RAY_ADDRESS=127.0.0.1:1: nothing answers"),
@@ -172,7 +184,7 @@ def test_bad_input_is_refused_by_name_and_leaves_nothing(
     results = tmp_path / "results"
     if "--results-dir" not in argv:
         argv += ["--results-dir", str(results)]
-    rc, stderr = run_main([*argv, "--name", "exp"])
+    rc, stderr = run_main(argv if "--resume" in argv else [*argv, "--name", "exp"])  # --resume names it
     assert rc == 2, stderr
     assert message in stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) <= 8  # argparse adds its usage

@@ -80,12 +80,22 @@ def test_source_filters_are_counted(tmp_path: Path) -> None:
     assert excluded.report.dropped["source_filtered"][:2] == [1, 4]
     assert len(excluded.report.dropped["source_filtered"]) == 20
     assert all(r["source"] == "chat" for r in excluded.train + excluded.val)
-    included = load_split(dataclasses.replace(base, include_sources="p3, other"))
+    included = load_split(dataclasses.replace(base, include_sources="p3"))
     assert all(r["source"] == "p3" for r in included.train + included.val)
     for data in (excluded, included):  # nothing is lost: in = kept + dropped, kept = train + val
         report = data.report
         assert report.rows_in == 60 == report.rows_kept + sum(len(v) for v in report.dropped.values())
         assert report.rows_kept == report.train_rows + report.val_rows
+
+
+@pytest.mark.parametrize("key", ["include_sources", "exclude_sources", "train_only_sources"])
+def test_a_source_filter_naming_a_source_no_row_has_is_refused_with_those_present(key: str, tmp_path: Path) -> None:
+    from gpt4all_ray.data import UnknownSource
+
+    path = write(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(UnknownSource, match="no row has source 'P3'; the sources present: 'chat', 'p3'") as err:
+        load_split(TrialConfig(data=str(path), **{key: "chat, P3"}))
+    assert err.value.key == key
 
 
 BAD = [
