@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,11 +16,13 @@ Record = Callable[..., None]
 
 @pytest.fixture
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Record:
-    """record(faults=..., bad_inputs=..., trials_requested=..., trials_lost=..., note=...)."""
+    """record(faults=..., bad_inputs=..., trials=TrialCount, kind=... or case=...): the trial counts
+    come from tests/reliability/accounting.py, counted from what the run left behind."""
     path = Path(os.environ.get("GPT4ALL_RAY_LEDGER", tmp_path / "ledger.jsonl"))
 
-    def record(**counts: object) -> None:
+    def record(trials: Any = None, **counts: object) -> None:
+        fields = trials.ledger_fields() if trials is not None else {}
         with path.open("a") as f:
-            f.write(json.dumps({"test": request.node.nodeid} | counts) + "\n")
+            f.write(json.dumps({"test": request.node.nodeid} | counts | fields) + "\n")
 
     return record

@@ -31,9 +31,9 @@ from gpt4all_ray.checkpoint import check_resumable, saved_step
 from gpt4all_ray.config import load_spec
 from gpt4all_ray.evaluate import validation_loss
 from gpt4all_ray.experiment import stored_trials
-from gpt4all_ray.results import record_from_history
 from tests.conftest import Record
 from tests.integration.conftest import REPO, SMALL_SPACE, ray_bin, run_search, subprocess_env
+from tests.reliability.accounting import count_search
 
 pytestmark = pytest.mark.integration
 
@@ -129,10 +129,7 @@ def account(results: Path, name: str) -> None:
     assert sorted(told) == sorted(r["trial_id"] for r in rows)  # the searcher was told each trial once
     assert (exp / "summary.md").is_file()
 
-    for trial in stored_trials(exp):
-        record = record_from_history(trial.trial_id, trial.params, trial.history, trial.error)
-        assert record.checkpoint_path and Path(record.checkpoint_path).is_dir(), (trial.trial_id, trial.history)
-        assert math.isclose(validation_loss(Path(record.checkpoint_path)), record.best_val_loss, rel_tol=1e-4)
+    assert count_search(exp).kept == REQUESTED  # each with a best checkpoint that reloads to its loss
     best = json.loads((exp / "best.json").read_text())
     assert Path(best["trial_checkpoint_path"]).is_dir()
     assert math.isclose(validation_loss(exp / "best"), best["best_val_loss"], rel_tol=1e-4)
@@ -219,7 +216,6 @@ def test_a_driver_killed_before_any_trial_finishes_mid_search_and_after_the_last
     ledger(
         faults=3,
         kind="driver SIGKILL before any trial finishes, mid-search and after the last trial; --resume after each",
-        trials_requested=REQUESTED,
-        trials_lost=0,
+        trials=count_search(exp),
     )
     ledger(bad_inputs=1, case="same experiment name after a crash")

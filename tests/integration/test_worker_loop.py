@@ -3,7 +3,9 @@
 Every ZeRO stage x {LoRA, full} x {fp32, bf16} trains one epoch on the tiny model, saves a Hugging
 Face checkpoint (full model or PEFT adapter), and the checkpoint reloaded with `from_pretrained`
 (`PeftModel.from_pretrained`) gives the validation loss the loop reported. All cases run in one
-process (tests/integration/worker_runs.py), so imports are paid once.
+process (tests/integration/worker_runs.py), so imports are paid once. ZeRO-1 and ZeRO-3 run again
+with two ranks, where state is partitioned for real: ZeRO-3's export gathers the weights from both
+ranks, and its generation probes run in lock-step (each forward gathers from every rank).
 """
 
 from __future__ import annotations
@@ -105,6 +107,43 @@ def reports(folder: Path) -> list[dict]:
     error = folder / "error.txt"
     assert not error.exists(), error.read_text()[-3000:]
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+TWO_RANKS = {
+    f"{method}-zero{stage}-2ranks": {"method": method, "zero_stage": stage, "probe_prompts": 7}  # 4 + 3: unequal
+    for method in ("full", "lora")
+    for stage in (1, 3)
+}
+
+
+@pytest.fixture(scope="module")
+def runs_two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("worker_runs_2")
+    run_worker_cases(root, {name: BASE | settings for name, settings in TWO_RANKS.items()}, world=2)
+    return root
+
+
+@pytest.mark.parametrize("case", list(TWO_RANKS))
+def test_two_ranks_partitioned_train_export_gathered_and_reload_to_the_reported_loss(
+    runs_two_ranks: Path, case: str
+) -> None:
+    from gpt4all_ray.evaluate import validation_loss
+
+    metrics = reports(runs_two_ranks / case)
+    assert metrics[-1]["stop_reason"] == "completed" and metrics[-1]["epoch_end"]
+    folder = runs_two_ranks / case / "model"
+    ds_config = json.loads((folder / "ds_config.json").read_text())
+    assert ds_config["zero_optimization"]["stage"] == TWO_RANKS[case]["zero_stage"]
+    # Both ranks' optimizer partitions are in the resume checkpoint.
+    engine = runs_two_ranks / case / "checkpoints" / f"step-{metrics[-1]['step']}" / "resume" / "engine"
+    shards = sorted(p.name for p in engine.rglob("*optim_states.pt"))
+    assert len(shards) == 2 and any("rank_1" in name for name in shards), shards
+    best = min(metrics, key=lambda m: m["val_loss"])
+    # The export (ZeRO-3: gathered from both ranks' partitions) reloads on one process to the loss
+    # the two ranks measured together.
+    assert validation_loss(folder) == pytest.approx(best["val_loss"], rel=1e-4)
+    # Probes ran over both ranks' shares of 7 prompts (4 and 3), in lock-step at ZeRO-3.
+    assert 0 <= metrics[-1]["probe_stop_rate"] <= 1 and metrics[-1]["probe_mean_new_tokens"] >= 0
 
 
 HF_CASES = {"hf-path-lora-new-pad": {"method": "lora"}, "hf-path-full-zero3": {"zero_stage": 3}}

@@ -7,38 +7,57 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+COLUMNS = {
+    "faults": "faults injected",
+    "bad_inputs": "bad inputs tried",
+    "trials_requested": "trials requested",
+    "trials_with_result": "with a result",
+    "trials_errored": "ended in error",
+    "trials_best_unusable": "best checkpoint missing or not reloading",
+    "trials_lost": "trials lost",
+}
+"""Ledger field -> heading. The trial counts are counted from each run's outputs
+(tests/reliability/accounting.py): lost = requested - trials with a result, no error and a best
+checkpoint that reloads to its recorded loss."""
+
 
 def main() -> int:
     ledger, command = Path(sys.argv[1]), sys.argv[2]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    commit += " (with uncommitted changes)" if dirty.stdout.strip() else ""
     entries = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
     totals = Counter()
     for e in entries:
-        for key in ("faults", "bad_inputs", "trials_requested", "trials_lost"):
+        for key in COLUMNS:
             totals[key] += int(e.get(key, 0))
     lines = [
         "# Reliability battery",
         "",
-        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}, {platform.node() or 'this machine'} "
-        f"({platform.machine()}, Python {platform.python_version()}).",
+        f"Produced by `{command}` at commit {commit or 'unknown'} on {time.strftime('%Y-%m-%d')}, "
+        f"{platform.node() or 'this machine'} ({platform.machine()}, Python {platform.python_version()}).",
         "",
-        "| faults injected | bad inputs tried | trials requested | trials lost |",
-        "|---|---|---|---|",
-        f"| {totals['faults']} | {totals['bad_inputs']} | {totals['trials_requested']} | {totals['trials_lost']} |",
+        "Trials are counted from what each run left behind (tests/reliability/accounting.py): lost = "
+        "requested - trials with a result, no error and a best checkpoint that reloads to its recorded loss. "
+        "A trial lost by design (a fault with no way back) says so in its row.",
         "",
-        "| test | faults | bad inputs | trials requested | trials lost | what |",
-        "|---|---|---|---|---|---|",
+        "| " + " | ".join(COLUMNS.values()) + " |",
+        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(str(totals[k]) for k in COLUMNS) + " |",
+        "",
+        "| test | " + " | ".join(COLUMNS.values()) + " | what |",
+        "|---|" + "---|" * len(COLUMNS) + "---|",
     ]
     for e in entries:
         what = e.get("kind") or e.get("case") or ""
-        lines.append(
-            f"| {e['test'].split('::')[-1]} | {e.get('faults', 0)} | {e.get('bad_inputs', 0)} | "
-            f"{e.get('trials_requested', 0)} | {e.get('trials_lost', 0)} | {what} |"
-        )
+        counts = " | ".join(str(e.get(k, 0)) for k in COLUMNS)
+        lines.append(f"| {e['test'].split('::')[-1]} | {counts} | {what} |")
     print("\n".join(lines))
     return 0
 
