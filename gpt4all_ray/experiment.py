@@ -12,6 +12,7 @@ from typing import Any
 
 SPACE_COPY = "space.yaml"  # the search space as the experiment ran it, for --resume and the record
 SETTINGS = "experiment.json"  # what the command line set: trials requested, --storage
+ASHA_RUNGS = "asha_rungs.json"  # ASHA's recorded values per rung, kept across --resume (stopping.py)
 TRIAL_DIR = re.compile(r"^trial_driver_(?P<id>[0-9a-f]+)_(?P<index>\d+)_")
 
 

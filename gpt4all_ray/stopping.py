@@ -5,6 +5,7 @@ the whole search, and ASHA. The stoppers are saved with the experiment state and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from gpt4all_ray.divergence import Decision, DivergencePolicy
+from gpt4all_ray.experiment import ASHA_RUNGS
 from gpt4all_ray.stop_log import ASHA, EVERY_TRIAL, GPU_HOURS, record_stop
 
 
@@ -73,14 +75,52 @@ class GpuHourBudget(Stopper):
 
 
 class RecordedASHA(ASHAScheduler):
-    """Ray's ASHA, writing each trial it stops before max_t to the stop log."""
+    """Ray's ASHA, writing each trial it stops before max_t to the stop log, and keeping its rungs
+    in the experiment folder. Ray 2.60's TuneController leaves the scheduler out of the experiment
+    state, and Tuner.restore brings back the scheduler as it was pickled at the start: without the
+    file a resumed search would judge its next trials against empty rungs."""
+
+    _rungs_loaded = False  # class default: the object restored from the start's pickle has not loaded them
 
     def __init__(self, exp_dir: str | Path | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.exp_dir = str(exp_dir) if exp_dir else None
 
+    def _rungs_file(self) -> Path | None:
+        return Path(self.exp_dir) / ASHA_RUNGS if self.exp_dir else None
+
+    def _load_rungs(self) -> None:
+        """Once per driver: the rungs a killed driver recorded (none in a new experiment)."""
+        if self._rungs_loaded:
+            return
+        self._rungs_loaded = True
+        file = self._rungs_file()
+        if file and file.is_file():
+            saved = json.loads(file.read_text())
+            for bracket, rungs in zip(self._brackets, saved, strict=True):
+                bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+
+    def _save_rungs(self) -> None:
+        file = self._rungs_file()
+        if file:
+            rungs = [[[milestone, recorded] for milestone, recorded in b._rungs] for b in self._brackets]
+            partial = file.with_suffix(".partial")
+            partial.write_text(json.dumps(rungs))
+            partial.replace(file)  # a driver killed mid-write leaves the previous rungs whole
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._load_rungs()
+        super().on_trial_add(tune_controller, trial)
+
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        self._load_rungs()
         action = super().on_trial_result(tune_controller, trial, result)
+        self._save_rungs()
         if action == TrialScheduler.STOP and result.get(self._time_attr, self._max_t) < self._max_t:
             record_stop(self.exp_dir, trial.trial_id, ASHA, epoch=result[self._time_attr])
         return action
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        self._load_rungs()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save_rungs()

@@ -32,10 +32,12 @@ CURVES = {
 }
 
 
-def feed(scheduler: ASHAScheduler) -> set[str]:
-    """Each curve through the scheduler as Tune feeds it; the trials it stopped before max_t."""
+def feed(scheduler: ASHAScheduler, trials: list[str] | None = None) -> set[str]:
+    """Each curve (of `trials`, default all) through the scheduler as Tune feeds it; the trials it
+    stopped before max_t."""
     stopped = set()
-    for trial_id, curve in CURVES.items():
+    for trial_id in trials or list(CURVES):
+        curve = CURVES[trial_id]
         trial = SimpleNamespace(trial_id=trial_id)
         scheduler.on_trial_add(None, trial)  # type: ignore[arg-type]
         best = float("inf")
@@ -61,6 +63,26 @@ def test_recorded_asha_logs_exactly_the_trials_rays_asha_stops_early(tmp_path: P
     assert plain and plain < set(CURVES)  # some stopped, some ran to max_t: the case is not trivial
     assert {t for t in CURVES if stopped_by(read_stops(tmp_path), t) == ASHA} == plain
     assert isinstance(pickle.loads(pickle.dumps(recorded_asha)), RecordedASHA)  # saved with the experiment
+
+
+def test_asha_rungs_survive_a_killed_driver_and_resume(tmp_path: Path) -> None:
+    """Tuner.restore brings the scheduler back as pickled at the start (Ray 2.60 saves no scheduler
+    state): ASHA's rungs come back from the experiment folder, and the trials after the resume are
+    judged as in an uninterrupted search."""
+    uninterrupted = feed(ASHAScheduler(reduction_factor=3, **asha_kwargs()))
+    before, after = list(CURVES)[:3], list(CURVES)[3:]
+
+    started = RecordedASHA(exp_dir=tmp_path, reduction_factor=3, **asha_kwargs())
+    at_start = pickle.dumps(started)  # what tuner.pkl holds
+    killed = feed(started, before)
+    resumed = feed(pickle.loads(at_start), after)
+    assert killed | resumed == uninterrupted
+    assert resumed  # the resumed driver stopped trials, as the uninterrupted one did
+    # Ray's own ASHA restored the same way judges the later trials against empty rungs.
+    plain = ASHAScheduler(reduction_factor=3, **asha_kwargs())
+    plain_at_start = pickle.dumps(plain)
+    feed(plain, before)
+    assert feed(pickle.loads(plain_at_start), after) != resumed
 
 
 def test_stoppers_log_their_decisions_once_per_trial_or_search(tmp_path: Path) -> None:
