@@ -12,6 +12,7 @@ from typing import Any
 
 SPACE_COPY = "space.yaml"  # the search space as the experiment ran it, for --resume and the record
 SETTINGS = "experiment.json"  # what the command line set: trials requested, --storage
+STARTS = "starts.json"  # the configurations tried before sampling, with where each comes from
 ASHA_RUNGS = "asha_rungs.json"  # ASHA's recorded values per rung, kept across --resume (stopping.py)
 TRIAL_DIR = re.compile(r"^trial_driver_(?P<id>[0-9a-f]+)_(?P<index>\d+)_")
 
@@ -76,6 +77,21 @@ def stored_trials(exp_dir: Path) -> list[StoredTrial]:
             )
         )
     return sorted(trials, key=lambda t: t.index)
+
+
+def write_starts(exp_dir: Path, starts: list[tuple[str, dict[str, Any]]]) -> None:
+    """(origin, params) of each configuration tried first (spaces.start_points)."""
+    (exp_dir / STARTS).write_text(json.dumps([{"origin": o, "params": p} for o, p in starts], indent=1))
+
+
+def start_origin(exp_dir: Path, params: dict[str, Any]) -> str:
+    """Where a trial's configuration came from when it was tried first (enqueued, a training-log
+    warm start); "" for a sampled one. A start point may fix only some keys (the rest sampled)."""
+    starts = _json(exp_dir / STARTS) or []
+    for start in starts:
+        if all(params.get(key) == value for key, value in start["params"].items()):
+            return str(start["origin"])
+    return ""
 
 
 def min_stop_rate(exp_dir: Path) -> float:

@@ -24,6 +24,7 @@ from gpt4all_ray.experiment import (
     load_study,
     min_stop_rate,
     searcher_values,
+    start_origin,
     storage_root,
     stored_trials,
 )
@@ -171,6 +172,7 @@ def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any
         by = stopped_by(stops, trial.trial_id)
         record = record_from_history(trial.trial_id, trial.params, trial.history, trial.error, by)
         record.searcher_value = values.get(trial.trial_id)
+        record.start = start_origin(exp_dir, trial.params)
         records.append(record)
     names = sorted({k for t in trials for k in t.params})
     configs = {t.trial_id: t.config for t in trials if t.config}

@@ -37,6 +37,9 @@ class TrialRecord:
     """What Optuna holds for this trial (it must be the best epoch's loss, not the last)."""
     probes: dict[str, float] = field(default_factory=dict)
     """The best checkpoint's generation probe scores (gpt4all_ray.probes), without the prefix."""
+    start: str = ""
+    """Where its configuration came from when tried before sampling: "enqueued", or "training log:
+    <run>" for a warm start from GPT4All's log; "" when the searcher sampled it."""
 
     def meets(self, min_stop_rate: float) -> bool:
         return not min_stop_rate or self.probes.get("stop_rate", 0.0) >= min_stop_rate
@@ -94,6 +97,7 @@ def _row(r: TrialRecord, param_names: list[str]) -> dict[str, Any]:
         repetition_rate=r.probes.get("repetition_rate"),
         mean_new_tokens=r.probes.get("mean_new_tokens"),
         val_losses=" ".join(repr(v) for v in r.val_losses),
+        start=r.start,
     )
     return row
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from gpt4all_ray.config import Distribution, SearchSpec
@@ -26,16 +27,36 @@ def param_space(spec: SearchSpec) -> dict[str, Any]:
     return {name: tune_domain(dist) for name, dist in spec.search.items()}
 
 
-def warm_starts(spec: SearchSpec, train_rows: int) -> list[dict[str, Any]]:
+ENQUEUED = "enqueued"
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """A configuration tried before the searcher samples: where it comes from, and its values."""
+
+    origin: str
+    """ENQUEUED (the space's `enqueue` list) or "training log: <the logged run>"."""
+    params: dict[str, Any]
+
+
+def start_points(spec: SearchSpec, train_rows: int) -> list[StartPoint]:
     """Configurations tried first, in order: the space's `enqueue` list, then (with
     tune.warm_start: training_log) GPT4All's logged runs mapped into the space; no point twice."""
-    from gpt4all_ray.warm_starts import from_training_log
+    from gpt4all_ray.warm_starts import TRAINING_LOG, from_training_log
 
-    points = [dict(point) for point in spec.enqueue]
+    points = [StartPoint(ENQUEUED, dict(point)) for point in spec.enqueue]
     if spec.tune.warm_start == "training_log":
-        points += from_training_log(spec, train_rows, spec.tune.scale_lr_by_batch)
-    unique: list[dict[str, Any]] = []
+        logged = from_training_log(spec, train_rows, spec.tune.scale_lr_by_batch)
+        points += [
+            StartPoint(f"training log: {run.name}", point) for run, point in zip(TRAINING_LOG, logged, strict=True)
+        ]
+    unique: list[StartPoint] = []
     for point in points:
-        if point not in unique:
+        if all(point.params != kept.params for kept in unique):
             unique.append(point)
     return unique
+
+
+def warm_starts(spec: SearchSpec, train_rows: int) -> list[dict[str, Any]]:
+    """The values of start_points, for the searcher."""
+    return [point.params for point in start_points(spec, train_rows)]

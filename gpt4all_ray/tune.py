@@ -279,12 +279,12 @@ def run(
 
     from gpt4all_ray.divergence import DivergencePolicy
     from gpt4all_ray.driver_faults import driver_fault_callbacks
-    from gpt4all_ray.experiment import stored_trials, tune_dir
+    from gpt4all_ray.experiment import stored_trials, tune_dir, write_starts
     from gpt4all_ray.progress import progress_callback
     from gpt4all_ray.ray_cluster import warn_if_deepspeed_op_unbuilt
     from gpt4all_ray.report import build_report
     from gpt4all_ray.searcher import make_searcher, storage_url
-    from gpt4all_ray.spaces import param_space, warm_starts
+    from gpt4all_ray.spaces import param_space, start_points
     from gpt4all_ray.stopping import DivergenceStopper, GpuHourBudget
     from gpt4all_ray.storage import mirror_tune, ray_root
     from gpt4all_ray.trial import trial_driver
@@ -312,8 +312,9 @@ def run(
         stoppers: list[Any] = [DivergenceStopper(DivergencePolicy.for_trial(spec.fixed), exp_dir)]
         if spec.tune.gpu_hours:
             stoppers.append(GpuHourBudget(spec.tune.gpu_hours, spec.resources.gpus_per_trial, exp_dir))
-        points = warm_starts(spec, train_rows)
-        searcher = make_searcher(spec, exp_dir, METRIC, points or None)
+        starts = start_points(spec, train_rows)
+        write_starts(exp_dir, [(start.origin, start.params) for start in starts])
+        searcher = make_searcher(spec, exp_dir, METRIC, [start.params for start in starts] or None)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(spec),

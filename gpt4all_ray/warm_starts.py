@@ -86,7 +86,7 @@ def from_training_log(spec: SearchSpec, train_rows: int, scale_lr: bool) -> list
     for run in TRAINING_LOG:
         values = dict(run.values)
         if scale_lr:
-            values["learning_rate"] *= math.sqrt(ours.global_batch / run.global_batch)
+            values["learning_rate"] = sqrt_batch_lr(ours.global_batch, run.global_batch, values["learning_rate"])
         their_steps = GPT4ALL_ROWS * 0.95 / run.global_batch
         our_steps = max(1, train_rows // ours.global_batch)
         values["warmup_steps"] = round(values["warmup_steps"] / their_steps * our_steps)
