@@ -79,7 +79,7 @@ def test_planted_diverging_trial_is_stopped_and_scored_by_its_best_epoch(local_s
     best = float(row["best_val_loss"])
     assert row["stop_reason"] == "diverged"
     assert row["start"] == "enqueued"  # the leaderboard says it was not sampled
-    assert all(r["start"] == "" for r in leaderboard(local_search) if r is not row)
+    assert all(r["start"] == "" for r in leaderboard(local_search) if r["trial_id"] != row["trial_id"])
     assert int(row["epochs_run"]) == len(losses) < int(row["epochs"])  # stopped early
     assert losses[-1] > best == min(losses)  # stopped at a rise above its best...
     assert not any(losses[i] > min(losses[:i]) for i in range(1, len(losses) - 1))  # ...its first one
