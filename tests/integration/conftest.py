@@ -38,9 +38,10 @@ def ray_bin() -> str:
     return str(Path(sys.executable).parent / "ray")
 
 
-def run_search(command: list[str], space: str = SMALL_SPACE) -> str:
-    """Run a search command (bounded in time) from the repo; fail with its output's tail."""
-    command = [*command, "--space", space]
+def run_search(command: list[str], space: str | None = SMALL_SPACE) -> str:
+    """Run a search command (bounded in time) from the repo; fail with its output's tail. space=None:
+    none given (a --resume runs the experiment's own)."""
+    command = [*command, "--space", space] if space else command
     proc = subprocess.run(
         command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=SEARCH_TIMEOUT_S
     )

@@ -45,8 +45,11 @@ RESUMED = re.compile(r"resumed at epoch \d+, step (\d+) from \S*/train/([0-9a-f]
 KILLED = "GPT4ALL_RAY_FAULT: killed the driver"
 
 
-def command(results: Path) -> list[str]:
-    return [sys.executable, "-m", "gpt4all_ray.tune", "--space", SMALL_SPACE, "--results-dir", str(results)]
+def command(results: Path, resume: bool = False) -> list[str]:
+    """A new search of the small space, or (resume) the command that continues one: --resume runs
+    the experiment's own space and refuses --space."""
+    space = [] if resume else ["--space", SMALL_SPACE]
+    return [sys.executable, "-m", "gpt4all_ray.tune", *space, "--results-dir", str(results)]
 
 
 def killed_search(
@@ -55,7 +58,7 @@ def killed_search(
     """Run the search until `until(lines so far)`, then SIGKILL its process group (a driver
     fault has done that itself by then), stop what is left of Ray; the driver's whole output."""
     driver = subprocess.Popen(
-        [*command(results), "--resume" if resume else "--name", name],
+        [*command(results, resume), "--resume" if resume else "--name", name],
         cwd=REPO,
         env=subprocess_env() | ({"GPT4ALL_RAY_FAULT": fault} if fault else {}),
         stdout=subprocess.PIPE,
@@ -196,7 +199,7 @@ def test_a_driver_killed_before_any_trial_finishes_mid_search_and_after_the_last
     # checkpoint, trains no further and reports its last evaluation again (trial.py), not a
     # result without metrics.
     checkpointed = newest_checkpoints(exp)
-    output = run_search([sys.executable, "-m", "gpt4all_ray.tune", "--results-dir", str(tmp_path), "--resume", name])
+    output = run_search(command(tmp_path, resume=True) + ["--resume", name], space=None)
     for trial_id, step in resumed(output, checkpointed).items():
         assert step == reported[trial_id], (trial_id, step, reported)
 
