@@ -185,7 +185,8 @@ def flag(dest: str) -> str:
 
 def refuse_unused_flags(args: argparse.Namespace) -> None:
     """Exits 2 (argparse's way) naming a flag the chosen mode would ignore."""
-    given = {dest for dest, value in vars(args).items() if value not in (None, False, [])}
+    # `is`: a flag given as 0 (--mfu 0) is given, though 0 == False
+    given = {dest for dest, value in vars(args).items() if value is not None and value is not False and value != []}
     if args.dry_run:
         unused = [(d, "a --dry-run starts and writes nothing") for d in NOT_IN_DRY_RUN if d in given]
     else:

@@ -25,6 +25,7 @@ def refusal(argv: list[str]) -> str:
     ("argv", "named"),
     [
         (["--mfu", "0.5"], "--mfu: only --dry-run uses it"),
+        (["--mfu", "0"], "--mfu: only --dry-run uses it"),  # 0 is a value given, not the flag left out
         (["--cluster-gpus", "8"], "--cluster-gpus: only --dry-run uses it"),
         (["--usd-per-gpu-hour", "2"], "--usd-per-gpu-hour: only --dry-run uses it"),
         (["--dry-run", "--name", "x"], "--name: a --dry-run starts and writes nothing"),
