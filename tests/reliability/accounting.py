@@ -73,11 +73,13 @@ def count_search(exp_dir: Path) -> TrialCount:
 
 
 def count_worker_trial(out: Path) -> TrialCount:
-    """One trial run by worker ranks without Ray (tests/integration/worker_runs.py): its reports,
-    its error.txt, and the model folder of its best evaluation."""
-    metrics = out / "metrics.jsonl"
+    """One trial run by worker ranks without Ray (tests/integration/worker_runs.py), over all its
+    attempts: its reports, its error.txt, and the model folder of its best evaluation."""
+    metrics, error = out / "metrics.jsonl", out / "error.txt"
     reports = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
-    errored = (out / "error.txt").is_file()
+    # A killed attempt's surviving rank writes error.txt too; the trial ended in error only when
+    # nothing was reported after it (a later attempt that resumed and reported is the outcome).
+    errored = error.is_file() and (not reports or error.stat().st_mtime >= metrics.stat().st_mtime)
     if not reports:
         return TrialCount(1, 0, int(errored), 0, 0)
     usable = reloads_to(out / "model", reports[-1]["best_val_loss"])

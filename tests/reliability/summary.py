@@ -1,13 +1,13 @@
 """Sum a reliability ledger (one JSON object per recorded test) into Markdown.
 
-python -m tests.reliability.summary LEDGER COMMAND > results/reliability.md
+python -m tests.reliability.summary LEDGER COMMAND COMMIT > results/reliability.md
+(COMMIT: `git describe --always --dirty` of the tree the battery ran on; "-dirty" when it had changes)
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -28,10 +28,7 @@ checkpoint that reloads to its recorded loss."""
 
 
 def main() -> int:
-    ledger, command = Path(sys.argv[1]), sys.argv[2]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    commit += " (with uncommitted changes)" if dirty.stdout.strip() else ""
+    ledger, command, commit = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     entries = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
     totals = Counter()
     for e in entries:
@@ -40,7 +37,7 @@ def main() -> int:
     lines = [
         "# Reliability battery",
         "",
-        f"Produced by `{command}` at commit {commit or 'unknown'} on {time.strftime('%Y-%m-%d')}, "
+        f"Produced by `{command}` at commit {commit} on {time.strftime('%Y-%m-%d')}, "
         f"{platform.node() or 'this machine'} ({platform.machine()}, Python {platform.python_version()}).",
         "",
         "Trials are counted from what each run left behind (tests/reliability/accounting.py): lost = "
