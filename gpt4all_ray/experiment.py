@@ -84,10 +84,14 @@ def write_starts(exp_dir: Path, starts: list[tuple[str, dict[str, Any]]]) -> Non
     (exp_dir / STARTS).write_text(json.dumps([{"origin": o, "params": p} for o, p in starts], indent=1))
 
 
-def start_origin(exp_dir: Path, params: dict[str, Any]) -> str:
+def read_starts(exp_dir: Path) -> list[dict[str, Any]]:
+    return _json(exp_dir / STARTS) or []
+
+
+def start_origin(starts: list[dict[str, Any]], params: dict[str, Any]) -> str:
     """Where a trial's configuration came from when it was tried first (enqueued, a training-log
-    warm start); "" for a sampled one. A start point may fix only some keys (the rest sampled)."""
-    starts = _json(exp_dir / STARTS) or []
+    warm start; `starts` as read_starts gives them); "" for a sampled one. A start point may fix
+    only some keys (the rest sampled)."""
     for start in starts:
         if all(params.get(key) == value for key, value in start["params"].items()):
             return str(start["origin"])

@@ -23,6 +23,7 @@ from gpt4all_ray.experiment import (
     default_storage_url,
     load_study,
     min_stop_rate,
+    read_starts,
     searcher_values,
     start_origin,
     storage_root,
@@ -167,12 +168,12 @@ def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any
     trials = stored_trials(exp_dir)
     study = load_study(storage_url, exp_dir.name)
     values = searcher_values(study)
-    records, stops = [], read_stops(exp_dir)
+    records, stops, starts = [], read_stops(exp_dir), read_starts(exp_dir)
     for trial in trials:
         by = stopped_by(stops, trial.trial_id)
         record = record_from_history(trial.trial_id, trial.params, trial.history, trial.error, by)
         record.searcher_value = values.get(trial.trial_id)
-        record.start = start_origin(exp_dir, trial.params)
+        record.start = start_origin(starts, trial.params)
         records.append(record)
     names = sorted({k for t in trials for k in t.params})
     configs = {t.trial_id: t.config for t in trials if t.config}

@@ -55,8 +55,3 @@ def start_points(spec: SearchSpec, train_rows: int) -> list[StartPoint]:
         if all(point.params != kept.params for kept in unique):
             unique.append(point)
     return unique
-
-
-def warm_starts(spec: SearchSpec, train_rows: int) -> list[dict[str, Any]]:
-    """The values of start_points, for the searcher."""
-    return [point.params for point in start_points(spec, train_rows)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpt4all_ray.config import load_spec
-from gpt4all_ray.spaces import param_space, warm_starts
+from gpt4all_ray.spaces import param_space, start_points
 
 SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
 
@@ -48,9 +48,9 @@ def test_space_loads_with_a_tune_space_and_warm_starts_inside_it(path: Path) -> 
     spec = load_spec(path)
     space = param_space(spec)
     assert set(space) == set(spec.search) and all(hasattr(d, "sample") for d in space.values())
-    for point in warm_starts(spec, train_rows=10_000):
-        assert set(point) == set(spec.search)
-        for key, value in point.items():
+    for start in start_points(spec, train_rows=10_000):
+        assert set(start.params) == set(spec.search)
+        for key, value in start.params.items():
             assert inside(spec.search[key], value), f"{path.name}: warm start {key}={value} outside the space"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpt4all_ray.config import Distribution, load_spec
-from gpt4all_ray.spaces import warm_starts
+from gpt4all_ray.spaces import ENQUEUED, start_points
 from gpt4all_ray.warm_starts import TRAINING_LOG, clip, from_training_log, sqrt_batch_lr
 
 DEFAULT = Path(__file__).resolve().parents[2] / "search_spaces" / "tiny_cpu.yaml"
@@ -65,6 +65,9 @@ def test_enqueued_points_come_first_and_none_twice() -> None:
     )
     logged = from_training_log(spec, 1835, False)
     spec = dataclasses.replace(spec, enqueue=(logged[2], {**logged[0], "epochs": 3}))
-    points = warm_starts(spec, 1835)
+    starts = start_points(spec, 1835)
+    points = [start.params for start in starts]
     assert points[:2] == [logged[2], {**logged[0], "epochs": 3}]
     assert points[2:] == [logged[0], logged[1], logged[3]]
+    assert [start.origin for start in starts[:2]] == [ENQUEUED, ENQUEUED]
+    assert [start.origin for start in starts[2:]] == [f"training log: {TRAINING_LOG[i].name}" for i in (0, 1, 3)]
