@@ -5,7 +5,7 @@
 
 Builds a GPT-J model with GPT-J-6B's width (4096, 16 heads, rotary 64, MLP 16384, vocab 50400)
 and fewer layers, saves it as a Hugging Face folder, and fine-tunes it by that path through
-`gpt4all_ray.worker.train` (the code Ray Train workers run; no Ray here) on long instruction rows,
+`gpt4all_ray.train.loop.train` (the code Ray Train workers run; no Ray here) on long instruction rows,
 one fresh process per case. Each case reports the worker's own metrics: model FLOPs utilisation
 over the last log window (steady state), non-pad tokens/s, gradient norm, loss scale (fp16), and
 the validation loss, which a reload of the saved checkpoint must reproduce where asked.
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 CASE_SCRIPT = """
 import json, os, shutil, sys
 from gpt4all_ray.config import TrialConfig
-from gpt4all_ray.worker import train
+from gpt4all_ray.train.loop import train
 
 out, cfg = sys.argv[1], TrialConfig(**json.loads(sys.argv[2]))
 
@@ -190,7 +190,7 @@ def steady_state(tb_dir: Path) -> dict:
 
 
 def reload_loss(folder: Path) -> float:
-    from gpt4all_ray.evaluate import validation_loss
+    from gpt4all_ray.inspect.evaluate import validation_loss
 
     return validation_loss(folder / "checkpoint", batch_size=4)
 

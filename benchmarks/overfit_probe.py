@@ -6,7 +6,7 @@ only save compute where trials do.
     python benchmarks/overfit_probe.py --case '{"model": "tiny-gptj-wide", "data_rows": 400,
         "val_fraction": 0.25, "learning_rate": 1e-3, "epochs": 8}'     # these cases instead
 
-Each case runs the product's worker loop (`gpt4all_ray.worker.train`, one rank, no Ray) in a
+Each case runs the product's worker loop (`gpt4all_ray.train.loop.train`, one rank, no Ray) in a
 fresh process on the embedded data and prints validation / training loss at each epoch end. A
 case, and a --case (JSON, repeatable), sets TrialConfig fields over BASE.
 """
@@ -53,7 +53,7 @@ CASE_SCRIPT = """
 import json, sys, time
 case = json.loads(sys.argv[1])
 from gpt4all_ray.config import TrialConfig
-from gpt4all_ray.worker import train
+from gpt4all_ray.train.loop import train
 started = time.perf_counter()
 class Printer:
     def report(self, metrics, checkpoint_dir):

@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 from gpt4all_ray.config import TrialConfig  # noqa: E402
 from gpt4all_ray.data.collate import pack, packed_rows, pad_to_longest  # noqa: E402
 from gpt4all_ray.data.encode import IGNORE, Example  # noqa: E402
-from gpt4all_ray.loss import token_losses  # noqa: E402
-from gpt4all_ray.model import padded_vocab, tiny_config  # noqa: E402
+from gpt4all_ray.train.loss import token_losses  # noqa: E402
+from gpt4all_ray.train.model import padded_vocab, tiny_config  # noqa: E402
 
 VOCAB = 2000
 PAD = 1

@@ -95,8 +95,8 @@ def arm_space(out: Path, arm: str, seed: int, trials: int | None = None, space: 
 def search_curve(exp_dir: Path, workers: int) -> tuple[list[Evaluation], list[Curve]]:
     """Every evaluation of the experiment with the compute spent up to it; and each trial's
     (epoch progress, val loss) curve."""
-    from gpt4all_ray.experiment import stored_trials
-    from gpt4all_ray.results import evaluations
+    from gpt4all_ray.experiment.files import stored_trials
+    from gpt4all_ray.experiment.records import evaluations
 
     spent_epochs = spent_s = 0.0
     points, curves = [], []

@@ -37,8 +37,8 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from search_efficiency import ratio  # noqa: E402
 
 from gpt4all_ray.config import TuneSettings, load_spec  # noqa: E402
-from gpt4all_ray.searcher import make_sampler  # noqa: E402
-from gpt4all_ray.spaces import param_space  # noqa: E402
+from gpt4all_ray.search.searcher import make_sampler  # noqa: E402
+from gpt4all_ray.search.spaces import param_space  # noqa: E402
 
 TRIALS_CSV = REPO / "results" / "benchmarks" / "search_trials.csv"
 # Distance scales: about the spread over which the loss changes (a quarter of a decade of learning rate).

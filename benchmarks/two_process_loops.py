@@ -6,7 +6,7 @@ processes on this machine, with the product's tiny model, data, batches and data
     python benchmarks/two_process_loops.py --loop train  --config JSON --out DIR
 
 `bare` is plain PyTorch (DDP over gloo, torch AdamW, LambdaLR, clipping): the floor. `worker` is
-the product's DeepSpeed loop (gpt4all_ray.worker.train) without Ray; both start their processes
+the product's DeepSpeed loop (gpt4all_ray.train.loop.train) without Ray; both start their processes
 with torch.multiprocessing. `train` runs that loop as the product's Ray Train workers do (a local
 Ray, one TorchTrainer, ray_train_loop) without Ray Tune around it. Each writes DIR/timing.json:
 tokens/s per log window (non-pad tokens of all processes / rank 0's seconds), or the TensorBoard
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 
 def bare_loop(cfg: Any, out: Path) -> dict[str, Any]:
-    """Plain PyTorch, the same steps as gpt4all_ray.worker.TrialRun.train_step."""
+    """Plain PyTorch, the same steps as gpt4all_ray.train.loop.TrialRun.train_step."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -39,9 +39,9 @@ def bare_loop(cfg: Any, out: Path) -> dict[str, Any]:
     from gpt4all_ray.data import load_split
     from gpt4all_ray.data.collate import pad_to_longest
     from gpt4all_ray.data.encode import encode_rows
-    from gpt4all_ray.model import base_model, load_tokenizer, trainable
-    from gpt4all_ray.schedule import lr_multiplier
-    from gpt4all_ray.worker import param_groups
+    from gpt4all_ray.train.loop import param_groups
+    from gpt4all_ray.train.model import base_model, load_tokenizer, trainable
+    from gpt4all_ray.train.schedule import lr_multiplier
 
     started_at, setup_started = time.time(), time.perf_counter()
     own_group = not dist.is_initialized()  # Ray Train starts the group itself
@@ -104,7 +104,7 @@ class LastReport:
 
 def worker_loop(cfg: Any, out: Path) -> dict[str, Any]:
     """The product's loop as a Ray Train worker runs it, minus Ray."""
-    from gpt4all_ray.worker import train
+    from gpt4all_ray.train.loop import train
 
     reporter = LastReport()
     tb_dir = out / "tb"
@@ -117,7 +117,7 @@ def ray_train(cfg_json: str, workers: int, out: Path) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from gpt4all_ray.worker import ray_train_loop
+    from gpt4all_ray.train.ray_entry import ray_train_loop
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     tb_dir = out / "tb"

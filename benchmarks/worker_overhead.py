@@ -83,8 +83,8 @@ def tokens_per_s(tb_dir: Path) -> list[float]:
 
 
 def run_ray(space: Path, out: Path) -> dict[str, Any]:
-    from gpt4all_ray.experiment import stored_trials
-    from gpt4all_ray.results import evaluations
+    from gpt4all_ray.experiment.files import stored_trials
+    from gpt4all_ray.experiment.records import evaluations
 
     started = time.time()
     cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(space), "--results-dir", str(out)]
@@ -118,7 +118,7 @@ def where_the_time_goes(run: dict[str, Any]) -> dict[str, float]:
     """The command's wall seconds by phase, from rank 0's last report. Its last checkpoint and
     report are not in it (they were not over when it was sent): they are in `rest`, with the
     command's end (Tune's, Ray's shutdown) and the loop's logging."""
-    from gpt4all_ray.compute import PHASE_GROUPS, REST, grouped_seconds, phase_seconds
+    from gpt4all_ray.experiment.compute import PHASE_GROUPS, REST, grouped_seconds, phase_seconds
 
     last = run["last"]
     timed = phase_seconds(last)  # the product's loop: the summary's groups; bare: setup and steps

@@ -7,7 +7,7 @@ step-level evaluations, `smoothing` (an exponential moving average's weight on t
 one noisy evaluation from stopping a trial.
 
 The same object decides inside the worker loop (every rank sees the same all-reduced losses, so
-all stop together) and, through `gpt4all_ray.stopping`, as a Ray Tune Stopper. Frozen and free of
+all stop together) and, through `gpt4all_ray.search.stopping`, as a Ray Tune Stopper. Frozen and free of
 Ray and torch, so it pickles with Tune's experiment state.
 """
 

@@ -12,8 +12,8 @@ from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
 from gpt4all_ray.data.collate import pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, Example, encode_rows
-from gpt4all_ray.model import build_model
-from gpt4all_ray.probes import run_probes
+from gpt4all_ray.train.model import build_model
+from gpt4all_ray.train.probes import run_probes
 
 pytestmark = pytest.mark.integration
 CFG = TrialConfig(data_rows=1200)

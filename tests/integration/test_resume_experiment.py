@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from gpt4all_ray.checkpoint import check_resumable, saved_step
 from gpt4all_ray.config import load_spec
-from gpt4all_ray.evaluate import validation_loss
-from gpt4all_ray.experiment import stored_trials
+from gpt4all_ray.experiment.files import stored_trials
+from gpt4all_ray.inspect.evaluate import validation_loss
+from gpt4all_ray.train.checkpoint import check_resumable, saved_step
 from tests.conftest import Record
 from tests.integration.conftest import REPO, SMALL_SPACE, ray_bin, run_search, subprocess_env
 from tests.reliability.accounting import count_search

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpt4all_ray.compute import TIMED as PHASE_NAMES
-from gpt4all_ray.evaluate import validation_loss
+from gpt4all_ray.experiment.compute import TIMED as PHASE_NAMES
+from gpt4all_ray.inspect.evaluate import validation_loss
 from tests.integration.conftest import REPO, SMALL_SPACE, Experiment
 
 pytestmark = pytest.mark.integration
@@ -137,7 +137,7 @@ def test_report_regenerates_from_the_stored_experiment_and_matches_the_leaderboa
 ) -> None:
     import shutil
 
-    from gpt4all_ray.report import main as report_main
+    from gpt4all_ray.experiment.report import main as report_main
 
     copy = tmp_path / "copy"
     shutil.copytree(local_search.dir, copy, ignore=shutil.ignore_patterns("best", "tensorboard"))
@@ -160,8 +160,8 @@ def test_report_regenerates_from_the_stored_experiment_and_matches_the_leaderboa
 
 
 def test_each_trial_times_its_phases_and_the_summary_splits_the_wall_time(local_search: Experiment) -> None:
-    from gpt4all_ray.experiment import stored_trials
-    from gpt4all_ray.results import evaluations
+    from gpt4all_ray.experiment.files import stored_trials
+    from gpt4all_ray.experiment.records import evaluations
 
     for trial in stored_trials(local_search.dir):
         last = evaluations(trial.history)[-1]

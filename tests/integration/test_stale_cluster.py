@@ -16,7 +16,7 @@ from tests.integration.conftest import REPO, subprocess_env
 pytestmark = pytest.mark.integration
 
 CONNECT = (
-    "from gpt4all_ray.config import Resources; from gpt4all_ray.ray_cluster import connect_ray; "
+    "from gpt4all_ray.config import Resources; from gpt4all_ray.search.cluster import connect_ray; "
     "import ray; connect_ray(Resources()); ray.shutdown()"
 )
 

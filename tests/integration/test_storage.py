@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt4all_ray.evaluate import validation_loss
+from gpt4all_ray.inspect.evaluate import validation_loss
 from tests.conftest import Record
 from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, run_search, subprocess_env
 from tests.reliability.accounting import count_search
@@ -51,7 +51,7 @@ def test_a_search_on_a_pyarrow_uri_storage_keeps_every_trial_and_its_best_checkp
     # The report is rebuilt from the folder alone (mirror + the recorded storage).
     (exp / "best.json").unlink()
     rebuilt = subprocess.run(
-        [sys.executable, "-m", "gpt4all_ray.report", str(exp)],
+        [sys.executable, "-m", "gpt4all_ray.experiment.report", str(exp)],
         cwd=REPO,
         env=subprocess_env(),
         capture_output=True,

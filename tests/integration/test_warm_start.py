@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gpt4all_ray.experiment import stored_trials
-from gpt4all_ray.warm_starts import TRAINING_LOG
+from gpt4all_ray.experiment.files import stored_trials
+from gpt4all_ray.search.warm_starts import TRAINING_LOG
 from tests.integration.conftest import run_search
 
 pytestmark = pytest.mark.integration

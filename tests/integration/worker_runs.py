@@ -23,8 +23,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray import worker
 from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.train import loop as worker
 
 
 class FolderReporter:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gpt4all_ray.tune import main
+from gpt4all_ray.cli.tune import main
 from tests.conftest import Record
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 _CODE = (
-    "import sys; from gpt4all_ray.tune import main; "
+    "import sys; from gpt4all_ray.cli.tune import main; "
     "rc = main(sys.argv[1:]); "
     "print('ray imported' if 'ray' in sys.modules else 'ray never imported'); sys.exit(rc)"
 )

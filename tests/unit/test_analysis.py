@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from gpt4all_ray.analysis import example_losses, map_2d, perplexity, prompt_type, spearman
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
 from gpt4all_ray.data.encode import IGNORE, encode_rows
 from gpt4all_ray.data.synthetic import generate_rows
-from gpt4all_ray.model import build_model
+from gpt4all_ray.inspect.losses import example_losses, map_2d, perplexity, prompt_type, spearman
+from gpt4all_ray.train.model import build_model
 
 
 def test_length_bias_is_gone_for_examples_of_equal_difficulty() -> None:

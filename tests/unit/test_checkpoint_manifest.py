@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gpt4all_ray.checkpoint import (
+from gpt4all_ray.train.checkpoint import (
     LoopState,
     NoUsableCheckpoint,
     check_resumable,

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from gpt4all_ray import compute as groups
-from gpt4all_ray.compute import PHASE_GROUPS, TIMED, compute_used, phase_seconds
-from gpt4all_ray.experiment import StoredTrial
-from gpt4all_ray.report import time_by_phase_lines
-from gpt4all_ray.results import record_from_history
+from gpt4all_ray.experiment import compute as groups
+from gpt4all_ray.experiment.compute import PHASE_GROUPS, TIMED, compute_used, phase_seconds
+from gpt4all_ray.experiment.files import StoredTrial
+from gpt4all_ray.experiment.records import record_from_history
+from gpt4all_ray.experiment.report import time_by_phase_lines
 
 # One epoch of a timed trial: 10 s of steps, 2 s evaluating, 1 s checkpoint and report; once a
 # trial: 6 s of setup and 12 s for Ray Train to start its workers.
@@ -40,7 +40,7 @@ def used(trials: list[StoredTrial]) -> Any:
 
 
 def test_the_summary_groups_every_phase_the_workers_time() -> None:
-    from gpt4all_ray.worker import PHASES
+    from gpt4all_ray.train.loop import PHASES
 
     assert set(TIMED) == {"train", *PHASES} and len(TIMED) == len(PHASES) + 1
     # results.py reads probe_* keys as the generation probes' scores.

@@ -124,7 +124,8 @@ def test_cli_refuses_bad_space_before_ray_starts(tmp_path: Path, change: dict, m
 
 
 def test_space_by_name_and_data_summary_before_ray() -> None:
-    from gpt4all_ray.tune import check_data, resolve_space
+    from gpt4all_ray.cli.preflight import check_data
+    from gpt4all_ray.cli.tune import resolve_space
 
     assert resolve_space(Path("tiny_cpu")).resolve() == DEFAULT
     summary = check_data(load_spec(DEFAULT)).summary()
@@ -136,7 +137,7 @@ def test_asha_scheduler_rungs_in_epochs_of_the_space() -> None:
 
     from ray.tune.schedulers import ASHAScheduler
 
-    from gpt4all_ray.tune import make_scheduler
+    from gpt4all_ray.search.driver import make_scheduler
 
     spec = load_spec(DEFAULT)
     assert make_scheduler(spec) is None

@@ -130,8 +130,8 @@ def test_split_is_seeded_disjoint_and_complete(data) -> None:  # noqa: ANN001
 def test_padding_to_max_length_gives_the_same_loss(data, tokenizer) -> None:  # noqa: ANN001
     import torch
 
-    from gpt4all_ray.loss import loss_sum_and_count
-    from gpt4all_ray.model import build_model
+    from gpt4all_ray.train.loss import loss_sum_and_count
+    from gpt4all_ray.train.model import build_model
 
     model = build_model(CFG, tokenizer).eval()
     examples, _ = encode_rows(data.val[:8], tokenizer, CFG.max_length)

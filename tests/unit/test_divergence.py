@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from gpt4all_ray.divergence import DIVERGED, NON_FINITE, DivergencePolicy
-from gpt4all_ray.stopping import DivergenceStopper
+from gpt4all_ray.search.stopping import DivergenceStopper
 
 nan, inf = math.nan, math.inf
 QUARTERS = [0.25 * i for i in range(1, 13)]  # four step-level evaluations an epoch, 3 epochs
@@ -115,7 +115,7 @@ def test_stopper_ignores_results_without_a_validation_loss_and_repeats() -> None
 
 
 def test_gpu_hour_budget_ends_the_search_when_spent_and_pickles() -> None:
-    from gpt4all_ray.stopping import GpuHourBudget
+    from gpt4all_ray.search.stopping import GpuHourBudget
 
     budget = GpuHourBudget(hours=2.0, gpus_per_trial=8)  # 8 GPUs a trial: 15 minutes of trials
     assert budget("a", {"time_total_s": 400.0}) is False and budget.stop_all() is False

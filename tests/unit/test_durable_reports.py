@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gpt4all_ray.durable_reports import save_report, saved_reports
-from gpt4all_ray.experiment import stored_trials
+from gpt4all_ray.experiment.durable_reports import save_report, saved_reports
+from gpt4all_ray.experiment.files import stored_trials
 
 
 def test_reports_come_back_in_step_order_and_a_redone_step_keeps_its_last_report(tmp_path: Path) -> None:

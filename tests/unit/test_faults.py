@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt4all_ray import faults
+from gpt4all_ray.train import faults
 
 
 def test_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,7 +26,8 @@ def test_bad_specs_are_refused(spec: str) -> None:
 def test_kills_its_process_at_the_step_and_only_once(tmp_path: Path) -> None:
     marker = tmp_path / "fired"
     code = (
-        "from gpt4all_ray import faults\nfor s in range(1, 6):\n    faults.after_step(1, s)\n    print(s, flush=True)\n"
+        "from gpt4all_ray.train import faults\nfor s in range(1, 6):\n"
+        "    faults.after_step(1, s)\n    print(s, flush=True)\n"
     )
     env = {faults.FAULT_ENV: "kill:rank=1:step=3", faults.ONCE_ENV: str(marker)}
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -38,7 +39,7 @@ def test_kills_its_process_at_the_step_and_only_once(tmp_path: Path) -> None:
 
 def test_a_micro_batch_kill_fires_inside_its_step_only(tmp_path: Path) -> None:
     code = (
-        "from gpt4all_ray import faults\nfor s in range(1, 4):\n    for m in range(1, 4):\n"
+        "from gpt4all_ray.train import faults\nfor s in range(1, 4):\n    for m in range(1, 4):\n"
         "        faults.after_micro_batch(0, s, m)\n        print(f'{s}.{m}', flush=True)\n"
         "    faults.after_step(0, s)\n"
     )
@@ -100,7 +101,7 @@ def test_a_driver_fault_kills_its_process_group_once(tmp_path: Path) -> None:
     # as the local Ray it started: both die; with the marker present nothing fires again.
     marker = tmp_path / "fired"
     code = (
-        "import subprocess, sys\nfrom gpt4all_ray import faults\n"
+        "import subprocess, sys\nfrom gpt4all_ray.train import faults\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],\n"
         "                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
         "print(child.pid, flush=True)\nfaults.kill_driver('results', 1)\nprint('alive', flush=True)\nchild.kill()\n"

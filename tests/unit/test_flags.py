@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt4all_ray.tune import parse_args
+from gpt4all_ray.cli.tune import parse_args
 
 
 def refusal(argv: list[str]) -> str:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from gpt4all_ray.config import TrialConfig
-from gpt4all_ray.schedule import lr_multiplier
-from gpt4all_ray.worker import HyperparameterMismatch, check_hyperparameters, param_groups
+from gpt4all_ray.train.loop import HyperparameterMismatch, check_hyperparameters, param_groups
+from gpt4all_ray.train.schedule import lr_multiplier
 
 TOTAL = 100
 

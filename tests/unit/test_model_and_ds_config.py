@@ -6,8 +6,8 @@ import pytest
 
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
-from gpt4all_ray.ds_config import deepspeed_config
-from gpt4all_ray.model import build_model, padded_vocab
+from gpt4all_ray.train.ds_config import deepspeed_config
+from gpt4all_ray.train.model import build_model, padded_vocab
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_pad_token_added_and_embeddings_grown_to_a_multiple_of_64() -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from gpt4all_ray.model import ensure_pad_token, fit_embeddings, tiny_config
+    from gpt4all_ray.train.model import ensure_pad_token, fit_embeddings, tiny_config
 
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -105,7 +105,7 @@ def test_fp16_loss_scaling_and_offload_are_spelled_out() -> None:
 
 
 def test_lora_targets_come_from_the_architecture_table_or_the_config(tokenizer) -> None:  # noqa: ANN001
-    from gpt4all_ray.model import lora_targets
+    from gpt4all_ray.train.model import lora_targets
 
     assert lora_targets(TrialConfig(method="lora"), "gpt_neox") == ["query_key_value"]
     assert lora_targets(TrialConfig(method="lora", lora_targets="q_proj, k_proj,v_proj"), "gptj") == [
@@ -121,7 +121,7 @@ def test_lora_targets_come_from_the_architecture_table_or_the_config(tokenizer) 
 
 
 def test_a_hugging_face_model_loads_by_local_path_with_its_own_tokenizer(tmp_path, tokenizer) -> None:  # noqa: ANN001
-    from gpt4all_ray.model import load_tokenizer
+    from gpt4all_ray.train.model import load_tokenizer
 
     saved = build_model(TrialConfig(model="tiny-llama"), tokenizer)
     saved.save_pretrained(tmp_path)
@@ -141,7 +141,7 @@ def test_gelu_new_loads_as_the_same_function_in_one_fused_kernel(tmp_path, token
     import torch
     from transformers import GPTJForCausalLM
 
-    from gpt4all_ray.model import base_model
+    from gpt4all_ray.train.model import base_model
 
     reference = build_model(TrialConfig(model="tiny-gptj"), tokenizer)
     reference.config.activation_function = "gelu_new"  # as GPT-J-6B's own config.json says

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gpt4all_ray.cli.tune import experiment_spec, parse_args, space_as_run
 from gpt4all_ray.config import SpecError, load_spec
-from gpt4all_ray.tune import experiment_spec, parse_args, space_as_run
 from tests.unit.cli import run_tune
 
 DEFAULT = Path(__file__).resolve().parents[2] / "search_spaces" / "tiny_cpu.yaml"

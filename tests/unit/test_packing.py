@@ -12,8 +12,8 @@ from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
 from gpt4all_ray.data.collate import pack, packed_rows, pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, Example, encode_rows
-from gpt4all_ray.loss import loss_sum_and_count
-from gpt4all_ray.model import build_model
+from gpt4all_ray.train.loss import loss_sum_and_count
+from gpt4all_ray.train.model import build_model
 
 CFG = TrialConfig(data_rows=400)
 DATA = load_split(CFG)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpt4all_ray.config import load_spec
-from gpt4all_ray.plan import Assumptions, make_plan
+from gpt4all_ray.search.plan import Assumptions, make_plan
 from tests.unit.cli import run_tune
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -60,8 +60,8 @@ def test_tokens_per_epoch_are_counted_from_readable_data_and_the_model_counted_o
     from gpt4all_ray.config import Resources
     from gpt4all_ray.data import build_tokenizer, load_split
     from gpt4all_ray.data.encode import encode_rows
-    from gpt4all_ray.model import build_model
-    from gpt4all_ray.plan import count_train_tokens
+    from gpt4all_ray.search.plan import count_train_tokens
+    from gpt4all_ray.train.model import build_model
 
     spec = load_spec(SPACES / "tiny_cpu.yaml")
     spec = dataclasses.replace(spec, resources=Resources(workers_per_trial=2, gpus_per_worker=1.0))

@@ -12,9 +12,9 @@ import torch
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
 from gpt4all_ray.data.encode import PromptEncoder
-from gpt4all_ray.model import build_model
-from gpt4all_ray.probes import EMBEDDED_EXACT, ProbeCounts, exact_sources, generate, repeated_ngrams, score
-from gpt4all_ray.results import TrialRecord, best_record
+from gpt4all_ray.experiment.records import TrialRecord, best_record
+from gpt4all_ray.train.model import build_model
+from gpt4all_ray.train.probes import EMBEDDED_EXACT, ProbeCounts, exact_sources, generate, repeated_ngrams, score
 
 CFG = TrialConfig(data_rows=300)
 

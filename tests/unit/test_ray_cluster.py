@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from gpt4all_ray import ray_cluster
 from gpt4all_ray.config import Resources, SpecError
-from gpt4all_ray.ds_ops import extensions_dir, use_own_op_builds
-from gpt4all_ray.ray_cluster import (
+from gpt4all_ray.search import cluster as ray_cluster
+from gpt4all_ray.search.cluster import (
     attached_to_running_cluster,
     auto_address,
     check_reachable,
     warn_if_deepspeed_op_unbuilt,
 )
+from gpt4all_ray.train.ds_ops import extensions_dir, use_own_op_builds
 
 
 def test_an_old_deepspeed_build_lock_is_named_with_how_to_clear_it(
@@ -104,7 +104,7 @@ def test_ray_address_picks_the_cluster_to_attach_to_or_start(
 ) -> None:
     import ray
 
-    from gpt4all_ray.ray_cluster import connect_ray
+    from gpt4all_ray.search.cluster import connect_ray
 
     calls: list[str] = []
 
@@ -145,7 +145,7 @@ def fake_ray(monkeypatch: pytest.MonkeyPatch, address: str, running_cluster: boo
 def test_a_local_instance_too_small_for_one_trial_is_refused(
     address: str, running_cluster: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gpt4all_ray.ray_cluster import connect_ray
+    from gpt4all_ray.search.cluster import connect_ray
 
     fake_ray(monkeypatch, address, running_cluster, {"CPU": 2.0})
     with pytest.raises(SpecError, match="one trial needs 4.5 CPUs but this Ray cluster has 2 CPUs "):
@@ -153,7 +153,7 @@ def test_a_local_instance_too_small_for_one_trial_is_refused(
 
 
 def test_a_gpu_space_on_a_local_instance_without_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpt4all_ray.ray_cluster import connect_ray
+    from gpt4all_ray.search.cluster import connect_ray
 
     fake_ray(monkeypatch, "", False, {"CPU": 16.0})
     with pytest.raises(SpecError, match="one trial needs 8 GPUs but this Ray cluster has 0 GPUs "):
@@ -164,7 +164,7 @@ def test_a_gpu_space_on_a_local_instance_without_gpus_is_refused(monkeypatch: py
 def test_an_attached_cluster_too_small_now_is_a_warning(
     address: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gpt4all_ray.ray_cluster import connect_ray
+    from gpt4all_ray.search.cluster import connect_ray
 
     fake_ray(monkeypatch, address, True, {"CPU": 4.0})  # a head node whose GPU workers autoscale from 0
     connect_ray(Resources(workers_per_trial=8, cpus_per_worker=8.0, gpus_per_worker=1.0, driver_cpus=1.0))

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from gpt4all_ray.results import ERROR, record_from_history, write_report
+from gpt4all_ray.experiment.records import ERROR, record_from_history, write_report
 
 
 def epochs(losses: list[float], reasons: list[str], ckpt_dir: Path | None = None) -> list[dict]:
@@ -122,7 +122,7 @@ def test_a_step_reported_again_after_a_restore_counts_once() -> None:
 def test_parameter_importances_are_plotted_from_five_completed_trials(tmp_path: Path) -> None:
     import optuna
 
-    from gpt4all_ray.report import plot_importances
+    from gpt4all_ray.experiment.report import plot_importances
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from gpt4all_ray.schedule import lr_multiplier
+from gpt4all_ray.train.schedule import lr_multiplier
 
 
 @pytest.mark.parametrize("name", ["constant_with_warmup", "linear", "cosine"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpt4all_ray.config import load_spec
-from gpt4all_ray.spaces import param_space, start_points
+from gpt4all_ray.search.spaces import param_space, start_points
 
 SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
 

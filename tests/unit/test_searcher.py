@@ -11,8 +11,8 @@ import optuna
 import pytest
 
 from gpt4all_ray.config import load_spec
-from gpt4all_ray.searcher import make_searcher
-from gpt4all_ray.spaces import param_space
+from gpt4all_ray.search.searcher import make_searcher
+from gpt4all_ray.search.spaces import param_space
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def test_a_trial_without_any_finite_loss_is_a_failure_for_optuna(tmp_path: Path)
 
 
 def test_optuna_is_told_who_stopped_a_trial_the_workers_did_not(tmp_path: Path) -> None:
-    from gpt4all_ray.stop_log import ASHA, record_stop
+    from gpt4all_ray.experiment.stop_log import ASHA, record_stop
 
     spec = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")
     searcher = make_searcher(spec, tmp_path / "exp", "best_val_loss", None)

@@ -11,10 +11,10 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from gpt4all_ray.config import load_spec
 from gpt4all_ray.divergence import DIVERGED, NON_FINITE, DivergencePolicy
-from gpt4all_ray.progress import stopper_description
-from gpt4all_ray.results import record_from_history
-from gpt4all_ray.stop_log import ASHA, EVERY_TRIAL, GPU_HOURS, read_stops, record_stop, stopped_by
-from gpt4all_ray.stopping import DivergenceStopper, GpuHourBudget, RecordedASHA
+from gpt4all_ray.experiment.records import record_from_history
+from gpt4all_ray.experiment.stop_log import ASHA, EVERY_TRIAL, GPU_HOURS, read_stops, record_stop, stopped_by
+from gpt4all_ray.search.progress import stopper_description
+from gpt4all_ray.search.stopping import DivergenceStopper, GpuHourBudget, RecordedASHA
 from tests.unit.test_divergence import result
 from tests.unit.test_results import epochs
 

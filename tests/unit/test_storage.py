@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gpt4all_ray.config import SpecError
-from gpt4all_ray.storage import check_storage, fetch_checkpoint, mirror_tune, ray_root
+from gpt4all_ray.experiment.storage import check_storage, fetch_checkpoint, mirror_tune, ray_root
 
 
 def test_ray_root_is_the_experiment_folder_or_a_folder_named_after_it_in_the_storage(tmp_path: Path) -> None:

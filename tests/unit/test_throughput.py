@@ -6,8 +6,8 @@ import pytest
 
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
-from gpt4all_ray.model import build_model
-from gpt4all_ray.throughput import FlopModel, flop_model, known_peak_tflops
+from gpt4all_ray.train.model import build_model
+from gpt4all_ray.train.throughput import FlopModel, flop_model, known_peak_tflops
 
 
 def test_per_token_flops_by_hand() -> None:

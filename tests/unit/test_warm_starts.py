@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gpt4all_ray.config import Distribution, load_spec
-from gpt4all_ray.spaces import ENQUEUED, start_points
-from gpt4all_ray.warm_starts import TRAINING_LOG, clip, from_training_log, sqrt_batch_lr
+from gpt4all_ray.search.spaces import ENQUEUED, start_points
+from gpt4all_ray.search.warm_starts import TRAINING_LOG, clip, from_training_log, sqrt_batch_lr
 
 DEFAULT = Path(__file__).resolve().parents[2] / "search_spaces" / "tiny_cpu.yaml"
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gpt4all_ray.worker import perplexity
+from gpt4all_ray.train.loop import perplexity
 
 
 def test_perplexity_is_reported_only_where_it_is_a_finite_number() -> None:

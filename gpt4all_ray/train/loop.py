@@ -25,21 +25,21 @@ import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
-from gpt4all_ray import faults
-from gpt4all_ray.checkpoint import LoopState, ResumePoint, load_state, pick_resumable, save_model, save_state
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import load_split
 from gpt4all_ray.data.collate import pack, pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, encode_rows
 from gpt4all_ray.divergence import COMPLETED, NON_FINITE, DivergencePolicy
-from gpt4all_ray.ds_config import deepspeed_config, gradient_accumulation
-from gpt4all_ray.ds_ops import use_own_op_builds
-from gpt4all_ray.loss import loss_sum_and_count
-from gpt4all_ray.model import base_model, is_builtin, load_tokenizer, trainable
-from gpt4all_ray.optimizer import SkippableAdamW
-from gpt4all_ray.probes import ProbeCounts, probe_rows, run_probes
-from gpt4all_ray.schedule import lr_multiplier
-from gpt4all_ray.throughput import flop_model, known_peak_tflops
+from gpt4all_ray.train import faults
+from gpt4all_ray.train.checkpoint import LoopState, ResumePoint, load_state, pick_resumable, save_model, save_state
+from gpt4all_ray.train.ds_config import deepspeed_config, gradient_accumulation
+from gpt4all_ray.train.ds_ops import use_own_op_builds
+from gpt4all_ray.train.loss import loss_sum_and_count
+from gpt4all_ray.train.model import base_model, is_builtin, load_tokenizer, trainable
+from gpt4all_ray.train.optimizer import SkippableAdamW
+from gpt4all_ray.train.probes import ProbeCounts, probe_rows, run_probes
+from gpt4all_ray.train.schedule import lr_multiplier
+from gpt4all_ray.train.throughput import flop_model, known_peak_tflops
 
 
 class Reporter(Protocol):
@@ -569,34 +569,3 @@ def _evaluate_and_report(
         with timed(run.seconds, "report"):
             reporter.report(metrics, tmp)
     return reason not in ("", COMPLETED)
-
-
-class RayTrainReporter:
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def ray_train_loop(config: dict[str, Any]) -> None:
-    """Entry point of each Ray Train worker; after a worker failure Ray Train restarts the group
-    and hands every worker the last reported checkpoint. If that one is broken, train() falls
-    back to the newest valid checkpoint_* beside it (Ray keeps the best one too); on local or
-    mounted storage, that is: as_directory() of remote storage downloads the handed one alone."""
-    import ray.train
-    from ray.train.v2._internal.execution import context
-
-    # Ray 2.60 logs every report at INFO under a logger named by file path, which Train's
-    # LoggingConfig(log_level=...) does not reach; our progress lines already say the same.
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
-    cfg = TrialConfig(**config["trial"])
-    args = (cfg, RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1))
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        # A restarted group's start is not timed: fit() began before the first attempt.
-        worker_group_s = time.time() - config["fit_started_at"] if "fit_started_at" in config else 0.0
-        train(*args, hparams=config.get("hparams"), worker_group_s=worker_group_s)
-        return
-    with checkpoint.as_directory() as folder:
-        train(*args, resume_from=folder)

@@ -15,7 +15,7 @@ import torch
 
 from gpt4all_ray.data.collate import pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, Example
-from gpt4all_ray.loss import token_losses
+from gpt4all_ray.train.loss import token_losses
 
 
 @dataclass

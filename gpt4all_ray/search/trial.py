@@ -14,9 +14,9 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from gpt4all_ray.config import SearchSpec
-from gpt4all_ray.ds_config import deepspeed_config
-from gpt4all_ray.durable_reports import save_report
-from gpt4all_ray.worker import ray_train_loop
+from gpt4all_ray.experiment.durable_reports import save_report
+from gpt4all_ray.train.ds_config import deepspeed_config
+from gpt4all_ray.train.ray_entry import ray_train_loop
 
 
 class DurableReportCallback(TuneReportCallback):

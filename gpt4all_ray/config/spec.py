@@ -133,7 +133,7 @@ class TrialConfig:
     step-level evaluations; 0: each evaluation judged as it is)."""
     probe_prompts: int = 32
     """Validation prompts answered greedily at each new best checkpoint (0: no probes): stop
-    rate, answer length, repetition, exact match (gpt4all_ray.probes)."""
+    rate, answer length, repetition, exact match (gpt4all_ray.train.probes)."""
     probe_max_new_tokens: int = 64
     """The answer length at which a probe counts as not stopped."""
     probe_each_epoch: bool = False

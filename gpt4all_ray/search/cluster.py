@@ -11,7 +11,8 @@ import time
 import ray
 
 from gpt4all_ray.config import Resources, SpecError
-from gpt4all_ray.ds_ops import SHM_OP, extensions_dir, shm_op_built
+from gpt4all_ray.ray_private import auto_address, ray_address_file
+from gpt4all_ray.train.ds_ops import SHM_OP, extensions_dir, shm_op_built
 
 
 def connect_ray(resources: Resources) -> None:
@@ -83,23 +84,6 @@ def attached_to_running_cluster() -> bool:
     except ConnectionError:
         return False
     return True
-
-
-def ray_address_file() -> str:
-    from ray._common.utils import get_ray_address_file  # Ray 2.60; the pin keeps it
-
-    return get_ray_address_file(None)
-
-
-def auto_address() -> str | None:
-    """The address ray.init(address="auto") would attach to: a running GCS process's, else the
-    one in Ray's address file (Ray's own lookup); None when there is neither."""
-    from ray._private.services import get_ray_address_from_environment  # Ray 2.60; the pin keeps it
-
-    try:
-        return get_ray_address_from_environment("auto", None)
-    except ConnectionError:
-        return None
 
 
 def host_and_port(address: str) -> tuple[str, int]:

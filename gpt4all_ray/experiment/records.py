@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.checkpoint import RESUME_DIR
-from gpt4all_ray.storage import fetch_checkpoint
+from gpt4all_ray.experiment.storage import fetch_checkpoint
+from gpt4all_ray.train.checkpoint import RESUME_DIR
 
 ERROR = "error"
 NO_RESULT = "no_result"
@@ -36,7 +36,7 @@ class TrialRecord:
     searcher_value: float | None = None
     """What Optuna holds for this trial (it must be the best epoch's loss, not the last)."""
     probes: dict[str, float] = field(default_factory=dict)
-    """The best checkpoint's generation probe scores (gpt4all_ray.probes), without the prefix."""
+    """The best checkpoint's generation probe scores (gpt4all_ray.train.probes), without the prefix."""
     start: str = ""
     """Where its configuration came from when tried before sampling: "enqueued", or "training log:
     <run>" for a warm start from GPT4All's log; "" when the searcher sampled it."""

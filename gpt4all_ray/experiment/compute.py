@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpt4all_ray.experiment import StoredTrial
-from gpt4all_ray.results import TrialRecord, evaluations
-from gpt4all_ray.stop_log import ASHA, GPU_HOURS
+from gpt4all_ray.experiment.files import StoredTrial
+from gpt4all_ray.experiment.records import TrialRecord, evaluations
+from gpt4all_ray.experiment.stop_log import ASHA, GPU_HOURS
 
 STOPPED_EARLY = ("diverged", "non_finite", "stopped", ASHA, GPU_HOURS)
 # The workers' timed phases (worker.PHASES, reported as <phase>_s) in the groups the summary and

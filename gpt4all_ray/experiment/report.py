@@ -1,4 +1,4 @@
-"""`python -m gpt4all_ray.report results/<experiment>`: the experiment's report, from its stored
+"""`python -m gpt4all_ray.experiment.report results/<experiment>`: the experiment's report, from its stored
 files alone (the search writes the same report when it ends).
 
 results/<experiment>/ gets leaderboard.csv/.md, best.json and best/ (results.py), and summary.md:
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.compute import LABELS, STOPPED_EARLY, Compute, compute_used
-from gpt4all_ray.experiment import (
+from gpt4all_ray.experiment.compute import LABELS, STOPPED_EARLY, Compute, compute_used
+from gpt4all_ray.experiment.files import (
     StoredTrial,
     default_storage_url,
     load_study,
@@ -29,8 +29,8 @@ from gpt4all_ray.experiment import (
     storage_root,
     stored_trials,
 )
-from gpt4all_ray.results import TrialRecord, evaluations, ranked, record_from_history, write_report
-from gpt4all_ray.stop_log import read_stops, stopped_by
+from gpt4all_ray.experiment.records import TrialRecord, evaluations, ranked, record_from_history, write_report
+from gpt4all_ray.experiment.stop_log import read_stops, stopped_by
 
 MIN_TRIALS_FOR_IMPORTANCE = 5  # importances from fewer completed trials say little
 
@@ -200,7 +200,7 @@ def summary_markdown(
     importances: dict[str, float] | str | None,
 ) -> str:
     lines = [f"# Experiment {exp_dir.name}", ""]
-    lines += [f"{len(trials)} trials. Regenerate with `python -m gpt4all_ray.report {exp_dir}`.", ""]
+    lines += [f"{len(trials)} trials. Regenerate with `python -m gpt4all_ray.experiment.report {exp_dir}`.", ""]
     if best is not None:
         winner = next(r for r in records if r.trial_id == best["trial_id"])
         lines += ["## Best configuration", ""]
@@ -264,7 +264,7 @@ def time_by_phase_lines(compute: Compute) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.experiment.report", description=__doc__.splitlines()[0])
     p.add_argument("experiment", type=Path, help="results/<experiment>")
     p.add_argument("--optuna-storage", help="the study's RDB URL when not the experiment's SQLite file")
     args = p.parse_args(argv)

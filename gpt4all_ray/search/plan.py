@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.config import EMBEDDED_DATA, EMBEDDED_MODELS, SearchSpec
-from gpt4all_ray.ds_config import deepspeed_config
-from gpt4all_ray.throughput import PEAK_TFLOPS, FlopModel
+from gpt4all_ray.train.ds_config import deepspeed_config
+from gpt4all_ray.train.throughput import PEAK_TFLOPS, FlopModel
 
 # Shapes of the models the GPT4All spaces name (their config.json), so that a plan needs no Hub.
 KNOWN_MODELS = {
@@ -67,7 +67,7 @@ def model_shape(spec: SearchSpec, tokenizer_size: int | None = None) -> dict[str
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from gpt4all_ray.model import padded_vocab, tiny_config
+    from gpt4all_ray.train.model import padded_vocab, tiny_config
 
     if name in EMBEDDED_MODELS:
         config = tiny_config(name, padded_vocab(tokenizer_size or 4096))
@@ -75,7 +75,7 @@ def model_shape(spec: SearchSpec, tokenizer_size: int | None = None) -> dict[str
         config = AutoConfig.from_pretrained(name, trust_remote_code=spec.fixed.trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    from gpt4all_ray.throughput import flop_model
+    from gpt4all_ray.train.throughput import flop_model
 
     counted = flop_model(model)
     return {"params": counted.weights, "layers": counted.layers, "width": counted.width}
@@ -91,7 +91,7 @@ def count_train_tokens(spec: SearchSpec) -> tuple[float, int] | None:
         return None
     from gpt4all_ray.data import load_split
     from gpt4all_ray.data.encode import encode_rows
-    from gpt4all_ray.model import load_tokenizer
+    from gpt4all_ray.train.model import load_tokenizer
 
     data = load_split(cfg)
     tokenizer = load_tokenizer(cfg, data)

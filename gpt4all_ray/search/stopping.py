@@ -13,8 +13,8 @@ from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from gpt4all_ray.divergence import Decision, DivergencePolicy
-from gpt4all_ray.experiment import ASHA_RUNGS
-from gpt4all_ray.stop_log import ASHA, EVERY_TRIAL, GPU_HOURS, record_stop
+from gpt4all_ray.experiment.files import ASHA_RUNGS
+from gpt4all_ray.experiment.stop_log import ASHA, EVERY_TRIAL, GPU_HOURS, record_stop
 
 
 class DivergenceStopper(Stopper):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpt4all_ray import faults
+from gpt4all_ray.train import faults
 
 
 def driver_fault_callbacks() -> list[Any]:

@@ -34,8 +34,8 @@ def tune_dir(exp_dir: Path) -> Path:
 
 
 def storage_root(exp_dir: Path) -> str:
-    """Where Ray keeps this experiment's tune/ and train/ (gpt4all_ray.storage)."""
-    from gpt4all_ray.storage import ray_root
+    """Where Ray keeps this experiment's tune/ and train/ (gpt4all_ray.experiment.storage)."""
+    from gpt4all_ray.experiment.storage import ray_root
 
     settings = _json(exp_dir / SETTINGS) or {}
     return ray_root(settings.get("storage"), exp_dir)
@@ -53,7 +53,7 @@ def _json(path: Path) -> Any:
 def stored_trials(exp_dir: Path) -> list[StoredTrial]:
     """Each trial's history is its durable reports (durable_reports.py) followed by Tune's
     result.json: where both hold a step, Tune's (with its timings) comes last and wins."""
-    from gpt4all_ray.durable_reports import saved_reports
+    from gpt4all_ray.experiment.durable_reports import saved_reports
 
     trials, train_root = [], f"{storage_root(exp_dir)}/train"
     for folder in tune_dir(exp_dir).iterdir():

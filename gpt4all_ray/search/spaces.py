@@ -42,7 +42,7 @@ class StartPoint:
 def start_points(spec: SearchSpec, train_rows: int) -> list[StartPoint]:
     """Configurations tried first, in order: the space's `enqueue` list, then (with
     tune.warm_start: training_log) GPT4All's logged runs mapped into the space; no point twice."""
-    from gpt4all_ray.warm_starts import TRAINING_LOG, from_training_log
+    from gpt4all_ray.search.warm_starts import TRAINING_LOG, from_training_log
 
     points = [StartPoint(ENQUEUED, dict(point)) for point in spec.enqueue]
     if spec.tune.warm_start == "training_log":

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.config import SearchSpec
-from gpt4all_ray.stop_log import DESCRIPTIONS, read_stops, stopped_by
+from gpt4all_ray.experiment.stop_log import DESCRIPTIONS, read_stops, stopped_by
 
 
 def clock(t0: float) -> str:

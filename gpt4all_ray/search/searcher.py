@@ -19,8 +19,8 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from gpt4all_ray.config import SearchSpec, TuneSettings
-from gpt4all_ray.experiment import default_storage_url
-from gpt4all_ray.stop_log import read_stops, stopped_by
+from gpt4all_ray.experiment.files import default_storage_url
+from gpt4all_ray.experiment.stop_log import read_stops, stopped_by
 
 TOLD = ("best_epoch", "best_step", "epoch", "stop_reason", "probe_stop_rate", "probe_exact_match")
 

@@ -1,6 +1,6 @@
 """Recompute a saved checkpoint's validation loss from its files alone.
 
-`python -m gpt4all_ray.evaluate results/<experiment>/best` rebuilds the trial's validation split
+`python -m gpt4all_ray.inspect.evaluate results/<experiment>/best` rebuilds the trial's validation split
 from trial_config.json, tokenizes it with the checkpoint's own tokenizer, and prints the
 token-weighted loss: it must equal the best_val_loss the search recorded.
 """
@@ -26,7 +26,7 @@ def load_checkpoint(folder: Path) -> tuple[Any, Any, TrialConfig]:
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        from gpt4all_ray.model import build_model
+        from gpt4all_ray.train.model import build_model
 
         base = build_model(dataclasses.replace(cfg, method="full"), tokenizer)
         model: Any = PeftModel.from_pretrained(base, folder)
@@ -41,7 +41,7 @@ def validation_loss(folder: Path, batch_size: int = 16) -> float:
     from gpt4all_ray.data import load_split
     from gpt4all_ray.data.collate import pad_to_longest
     from gpt4all_ray.data.encode import encode_rows
-    from gpt4all_ray.loss import loss_sum_and_count
+    from gpt4all_ray.train.loss import loss_sum_and_count
 
     model, tokenizer, cfg = load_checkpoint(folder)
     examples, _ = encode_rows(load_split(cfg).val, tokenizer, cfg.max_length, cfg.length_policy)
@@ -54,7 +54,7 @@ def validation_loss(folder: Path, batch_size: int = 16) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.inspect.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
     args = p.parse_args(argv)
     loss = validation_loss(args.checkpoint)

@@ -44,7 +44,7 @@ class LoopState:
     best_epoch: int = 0
     best_step: int = 0
     best_probes: dict[str, float] = field(default_factory=dict)
-    """Generation probe scores of the best checkpoint (gpt4all_ray.probes)."""
+    """Generation probe scores of the best checkpoint (gpt4all_ray.train.probes)."""
     skipped_at_last_evaluation: int = 0
     """The engine's skipped-step count at the previous evaluation."""
     train_seconds: float = 0.0

@@ -1,6 +1,6 @@
 """What a checkpoint learned, example by example, against the model it started from.
 
-    python -m gpt4all_ray.analyze results/<experiment>/best [--data PATH] [--self-instruct PATH]
+    python -m gpt4all_ray.inspect.analyze results/<experiment>/best [--data PATH] [--self-instruct PATH]
 
 Writes to <checkpoint>-analysis/ (or --out):
   examples.parquet   one row per example: prompt, response, source, prompt type, token counts,
@@ -41,7 +41,7 @@ SELF_INSTRUCT = Columns(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.analyze", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.inspect.analyze", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder (results/<experiment>/best)")
     p.add_argument("--data", help="rows to analyse: a file or folder (default: the trial's validation split)")
     p.add_argument("--self-instruct", type=Path, help="perplexity on this self-instruct-format file")
@@ -83,15 +83,15 @@ def load_analysis_rows(cfg: TrialConfig, data: str | None, limit: int) -> tuple[
 
 
 def score_model(model: Any, tokenizer: Any, cfg: TrialConfig, rows: list[dict[str, str]]) -> tuple[list[Any], Any]:
-    from gpt4all_ray.analysis import example_losses
     from gpt4all_ray.data.encode import encode_rows
+    from gpt4all_ray.inspect.losses import example_losses
 
     examples, encoded = encode_rows(rows, tokenizer, cfg.max_length, "truncate")
     return example_losses(model, examples, tokenizer.pad_token_id, cfg.max_length), encoded
 
 
 def probe_scores(model: Any, tokenizer: Any, cfg: TrialConfig, rows: list[dict[str, str]], n: int) -> dict[str, float]:
-    from gpt4all_ray.probes import probe_rows, run_probes
+    from gpt4all_ray.train.probes import probe_rows, run_probes
 
     return run_probes(model, tokenizer, cfg, probe_rows(rows, n, cfg.data_seed)).scores() if n else {}
 
@@ -99,7 +99,7 @@ def probe_scores(model: Any, tokenizer: Any, cfg: TrialConfig, rows: list[dict[s
 def base_of(cfg: TrialConfig, tokenizer: Any) -> Any:
     """The weights fine-tuning started from: the seeded built-in model, or the pretrained one with
     the same embedding growth."""
-    from gpt4all_ray.model import base_model
+    from gpt4all_ray.train.model import base_model
 
     return base_model(dataclasses.replace(cfg, method="full", gradient_checkpointing=False), tokenizer)[0].eval()
 
@@ -125,7 +125,7 @@ def by_group(table: list[dict[str, Any]], key: str, top_cut: float) -> list[dict
 
 
 def plot_maps(table: list[dict[str, Any]], path: Path, with_base: bool) -> None:
-    from gpt4all_ray.report import _pyplot, _save
+    from gpt4all_ray.experiment.report import _pyplot, _save
 
     plt = _pyplot()
     panels = [("base", "base model (before fine-tuning)")] if with_base else []
@@ -148,7 +148,7 @@ def plot_maps(table: list[dict[str, Any]], path: Path, with_base: bool) -> None:
 
 
 def plot_length(table: list[dict[str, Any]], path: Path) -> None:
-    from gpt4all_ray.report import _pyplot, _save
+    from gpt4all_ray.experiment.report import _pyplot, _save
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -242,9 +242,9 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import torch
 
-    from gpt4all_ray.analysis import map_2d, perplexity, prompt_type, spearman
     from gpt4all_ray.data.sources import load_rows
-    from gpt4all_ray.evaluate import load_checkpoint
+    from gpt4all_ray.inspect.evaluate import load_checkpoint
+    from gpt4all_ray.inspect.losses import map_2d, perplexity, prompt_type, spearman
 
     torch.manual_seed(0)
     model, tokenizer, cfg = load_checkpoint(args.checkpoint)

@@ -52,7 +52,7 @@ def check_storage(storage: str) -> None:
 
 def mirror_tune(root: str, local_tune_dir: Path) -> None:
     """Copy Tune's experiment folder (trial results and configs; checkpoints live under train/)
-    next to the report, where a later `python -m gpt4all_ray.report` reads it."""
+    next to the report, where a later `python -m gpt4all_ray.experiment.report` reads it."""
     import pyarrow.fs
 
     fs, path = filesystem(root)

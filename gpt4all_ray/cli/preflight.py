@@ -1,0 +1,94 @@
+"""Checks run before Ray starts: the data makes steps, the model resolves, the warmup ends, the
+results folder can be written. Each failure is a SpecError naming the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gpt4all_ray.config import SearchSpec, SpecError
+from gpt4all_ray.data import load_split
+from gpt4all_ray.data.pipeline import DataReport
+from gpt4all_ray.data.sources import DataError
+
+
+def check_data(spec: SearchSpec) -> DataReport:
+    """Build the rows and split the workers will build (pure Python, fast) and refuse data that
+    makes no optimizer step, before Ray starts. The report says what was kept and dropped."""
+    try:
+        data = load_split(spec.fixed)
+    except DataError as err:
+        raise SpecError(f"{spec.path}: fixed.{getattr(err, 'key', 'data')}: {err}") from None
+    if data.report.train_rows < spec.fixed.global_batch:
+        raise SpecError(
+            f"{spec.path}: fixed.data_rows: {data.report.train_rows} training rows after cleaning and the "
+            f"validation split make no step of global_batch {spec.fixed.global_batch} ({data.report.summary()})"
+        )
+    if spec.fixed.length_policy in ("raise", "drop"):  # otherwise only the workers would find out
+        from gpt4all_ray.data.encode import TooLong, encode_rows
+        from gpt4all_ray.train.model import load_tokenizer
+
+        tokenizer = load_tokenizer(spec.fixed, data)
+        for part, rows in (("train", data.train), ("validation", data.val)):
+            try:
+                kept, _ = encode_rows(rows, tokenizer, spec.fixed.max_length, spec.fixed.length_policy)
+            except TooLong as err:
+                raise SpecError(f"{spec.path}: fixed.length_policy: {part} {err}") from None
+            need = spec.fixed.global_batch if part == "train" else 1
+            if len(kept) < need:
+                raise SpecError(
+                    f"{spec.path}: fixed.length_policy: drop leaves {len(kept)} of {len(rows)} {part} rows "
+                    f"within max_length {spec.fixed.max_length} (needed: {need}); raise max_length or truncate"
+                )
+    check_warmup(spec, data.report.train_rows)
+    return data.report
+
+
+def check_warmup(spec: SearchSpec, train_rows: int) -> None:
+    """A warmup no trial can finish is a mistake in the space (GPT4All's warmup was 100 of
+    thousands of steps)."""
+    steps_per_epoch = train_rows // spec.fixed.global_batch
+    warmup = spec.search.get("warmup_steps")
+    lowest_warmup = int(min(warmup.args)) if warmup else spec.fixed.warmup_steps
+    longest_run = steps_per_epoch * spec.max_epochs
+    if lowest_warmup >= longest_run:
+        key = "search.warmup_steps" if warmup else "fixed.warmup_steps"
+        raise SpecError(
+            f"{spec.path}: {key}: warmup of {lowest_warmup} steps is not shorter than the longest run "
+            f"({spec.max_epochs} epochs x {steps_per_epoch} steps = {longest_run}); no trial would finish warming up"
+        )
+
+
+def check_results_dir(exp_dir: Path) -> None:
+    """The experiment folder can be written: refused before Ray starts otherwise."""
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        probe = exp_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise SpecError(f"--results-dir: cannot write the experiment folder {exp_dir}: {err.strerror or err}") from None
+
+
+def check_model(spec: SearchSpec) -> None:
+    """A Hugging Face model must resolve (local folder, cache or Hub) before Ray starts, and LoRA
+    must know which modules to adapt."""
+    from gpt4all_ray.train.model import is_builtin, lora_targets
+
+    cfg = spec.fixed
+    if is_builtin(cfg):
+        return
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError(
+            f"{spec.path}: fixed.model: {cfg.model!r} is not a built-in model, a local model folder, or a "
+            f"Hugging Face model this machine can load ({first})"
+        ) from None
+    if cfg.method == "lora":
+        try:
+            lora_targets(cfg, config.model_type)
+        except ValueError as err:
+            raise SpecError(f"{spec.path}: fixed.{err}") from None

@@ -1,0 +1,1 @@
+"""The Tune driver: searcher, stoppers, scheduler, progress lines, cluster attach, the plan."""

@@ -1,0 +1,38 @@
+"""Where Ray Train meets the loop: the function each Ray Train worker runs, and the Reporter that
+hands an evaluation's metrics and checkpoint to `ray.train.report`. The loop itself (loop.py)
+runs without Ray (under torchrun for the GPU check, and in fast tests)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray.train
+
+from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.ray_private import quiet_train_report_logger
+from gpt4all_ray.train.loop import train
+
+
+class RayTrainReporter:
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def ray_train_loop(config: dict[str, Any]) -> None:
+    """Entry point of each Ray Train worker; after a worker failure Ray Train restarts the group
+    and hands every worker the last reported checkpoint. If that one is broken, train() falls
+    back to the newest valid checkpoint_* beside it (Ray keeps the best one too); on local or
+    mounted storage, that is: as_directory() of remote storage downloads the handed one alone."""
+    quiet_train_report_logger()
+    cfg = TrialConfig(**config["trial"])
+    args = (cfg, RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        # A restarted group's start is not timed: fit() began before the first attempt.
+        worker_group_s = time.time() - config["fit_started_at"] if "fit_started_at" in config else 0.0
+        train(*args, hparams=config.get("hparams"), worker_group_s=worker_group_s)
+        return
+    with checkpoint.as_directory() as folder:
+        train(*args, resume_from=folder)

@@ -1,0 +1,38 @@
+"""Ray's private API, used in gpt4all_ray/ray_private.py (and two private attributes elsewhere):
+each test names what a Ray upgrade removed, so the fix starts from the right place."""
+
+from __future__ import annotations
+
+import logging
+
+from gpt4all_ray import ray_private
+
+
+def test_address_lookups_exist_and_answer() -> None:
+    assert ray_private.ray_address_file().endswith("ray_current_cluster")
+    address = ray_private.auto_address()
+    assert address is None or ":" in address
+
+
+def test_train_report_logger_is_found_and_quieted() -> None:
+    from ray.train.v2._internal.execution import context
+
+    ray_private.quiet_train_report_logger()
+    assert logging.getLogger(context.__file__).level == logging.WARNING
+
+
+def test_asha_keeps_its_rungs_where_recorded_asha_reads_them() -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    asha = ASHAScheduler(time_attr="epoch", max_t=9, grace_period=1, reduction_factor=3, metric="m", mode="min")
+    rungs = asha._brackets[0]._rungs  # search/stopping.py saves and restores these
+    assert [milestone for milestone, _ in rungs] == [9, 3, 1]
+    assert all(isinstance(recorded, dict) for _, recorded in rungs)
+
+
+def test_optuna_search_keeps_its_trials_where_the_searcher_reads_them() -> None:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="min")
+    assert search._ot_trials == {} and search._completed_trials == set()  # search/searcher.py reads both
