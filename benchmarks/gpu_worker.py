@@ -34,7 +34,8 @@ from gpt4all_ray.train.loop import train
 out, cfg = sys.argv[1], TrialConfig(**json.loads(sys.argv[2]))
 
 class FolderReporter:
-    def report(self, metrics, checkpoint_dir):
+    def report(self, evaluation, checkpoint_dir):
+        metrics = evaluation.to_metrics()
         with open(os.path.join(out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(metrics) + "\\n")
         exported = checkpoint_dir and os.path.exists(os.path.join(checkpoint_dir, "trial_config.json"))

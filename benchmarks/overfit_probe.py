@@ -56,10 +56,10 @@ from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.train.loop import train
 started = time.perf_counter()
 class Printer:
-    def report(self, metrics, checkpoint_dir):
-        if metrics["epoch_end"]:
-            print("EPOCH " + json.dumps({"epoch": metrics["epoch"], "val": metrics["val_loss"],
-                  "train": metrics["train_loss"], "s": time.perf_counter() - started}), flush=True)
+    def report(self, evaluation, checkpoint_dir):
+        if evaluation.epoch_end:
+            print("EPOCH " + json.dumps({"epoch": evaluation.epoch, "val": evaluation.val_loss,
+                  "train": evaluation.train_loss, "s": time.perf_counter() - started}), flush=True)
 train(TrialConfig(**case), Printer(), threads=2)
 """
 

@@ -20,9 +20,9 @@ The runs share one `ray start --head` cluster (started here, stopped at the end)
 Figures, from the stored experiments alone:
 - expected running time to a target validation loss (ERT, as in COCO/BBOB), in trial-epochs and in
   worker-seconds. The target is fixed before the runs (--target; default 3.1401, the median of random
-  search's final bests over seeds 0-4 at 6 trials, results/benchmarks/search_efficiency.json of
-  2026-11-30). A run's compute to target counts its trials in start order (they run one at a time) up
-  to the first evaluation at or under the target; a run that never reaches it counts its whole budget.
+  search's final bests over seeds 0-4 at 6 trials, results/benchmarks/search_efficiency/2026-11-30.json).
+  A run's compute to target counts its trials in start order (they run one at a time) up to the first
+  evaluation at or under the target; a run that never reaches it counts its whole budget.
   ERT(arm) = compute of all its runs / runs that reached the target. The figure is ERT(arm) /
   ERT(random), with a bootstrap 90% interval over seeds (resampled in pairs: an arm and random search
   on the same seeds), and every seed's compute to target listed;
@@ -55,7 +55,7 @@ CAPPED = "asha_x2"
 BASELINE = "random"
 DEFAULT_TARGET = 3.1401
 """Fixed before the ERT runs of 2026-12-06: the median of random search's final bests, seeds 0-4 at
-6 trials (search_efficiency.json of 2026-11-30); those runs' seeds are not reused (default --seeds)."""
+6 trials (results/benchmarks/search_efficiency/2026-11-30.json); those runs' seeds are not reused (default --seeds)."""
 
 
 Curve = list[tuple[float, float]]
@@ -95,22 +95,20 @@ def arm_space(out: Path, arm: str, seed: int, trials: int | None = None, space: 
 def search_curve(exp_dir: Path, workers: int) -> tuple[list[Evaluation], list[Curve]]:
     """Every evaluation of the experiment with the compute spent up to it; and each trial's
     (epoch progress, val loss) curve."""
+    from gpt4all_ray.evaluation import evaluations
     from gpt4all_ray.experiment.files import stored_trials
-    from gpt4all_ray.experiment.records import evaluations
 
     spent_epochs = spent_s = 0.0
     points, curves = [], []
     for trial in stored_trials(exp_dir):  # Tune's start order
         reported = evaluations(trial.history)
         for h in reported:
-            seconds = float(h["time_total_s"]) * workers
-            points.append(
-                Evaluation(trial.trial_id, spent_epochs + h["epoch_progress"], spent_s + seconds, h["val_loss"])
-            )
-        curves.append([(float(h["epoch_progress"]), float(h["val_loss"])) for h in reported])
+            seconds = h.time_total_s * workers
+            points.append(Evaluation(trial.trial_id, spent_epochs + h.epoch_progress, spent_s + seconds, h.val_loss))
+        curves.append([(h.epoch_progress, h.val_loss) for h in reported])
         if reported:
-            spent_epochs += float(reported[-1]["epoch_progress"])
-            spent_s += float(reported[-1]["time_total_s"]) * workers
+            spent_epochs += reported[-1].epoch_progress
+            spent_s += reported[-1].time_total_s * workers
     return points, curves
 
 

@@ -98,8 +98,8 @@ class LastReport:
     def __init__(self) -> None:
         self.metrics: dict[str, Any] = {}
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        self.metrics = metrics
+    def report(self, evaluation: Any, checkpoint_dir: str | None) -> None:
+        self.metrics = evaluation.to_metrics()
 
 
 def worker_loop(cfg: Any, out: Path) -> dict[str, Any]:

@@ -83,8 +83,8 @@ def tokens_per_s(tb_dir: Path) -> list[float]:
 
 
 def run_ray(space: Path, out: Path) -> dict[str, Any]:
+    from gpt4all_ray.evaluation import evaluations
     from gpt4all_ray.experiment.files import stored_trials
-    from gpt4all_ray.experiment.records import evaluations
 
     started = time.time()
     cmd = [sys.executable, "-m", "gpt4all_ray.tune", "--space", str(space), "--results-dir", str(out)]
@@ -96,9 +96,9 @@ def run_ray(space: Path, out: Path) -> dict[str, Any]:
     return {
         "windows": tokens_per_s(tb_dir),
         "started": started,
-        "trial_s": last["time_total_s"],
+        "trial_s": last.time_total_s,
         "command_s": wall,
-        "last": last,
+        "last": last.to_metrics(),  # flat, as the bare loops' timing.json
     }
 
 
@@ -118,10 +118,12 @@ def where_the_time_goes(run: dict[str, Any]) -> dict[str, float]:
     """The command's wall seconds by phase, from rank 0's last report. Its last checkpoint and
     report are not in it (they were not over when it was sent): they are in `rest`, with the
     command's end (Tune's, Ray's shutdown) and the loop's logging."""
+    from gpt4all_ray.evaluation import Evaluation
     from gpt4all_ray.experiment.compute import PHASE_GROUPS, REST, grouped_seconds, phase_seconds
 
     last = run["last"]
-    timed = phase_seconds(last)  # the product's loop: the summary's groups; bare: setup and steps
+    evaluation = Evaluation.from_result(last)  # None for a bare loop's timing.json
+    timed = phase_seconds(evaluation) if evaluation else None  # the product's loop: the summary's groups
     groups = grouped_seconds(timed) if timed else {"setup": last["setup_s"], "train": last["train_s"]}
     phases = {group: groups.get(group, 0.0) for group in PHASE_GROUPS}
     # Processes and imports; for the Ray arms Ray's start and Tune's trial, then Ray Train's worker

@@ -18,16 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-COMPLETED = "completed"
-DIVERGED = "diverged"
-NON_FINITE = "non_finite"
+from gpt4all_ray.evaluation import StopReason
 
 
 @dataclass(frozen=True)
 class Decision:
     stop: bool
-    reason: str
-    """"" while running, else DIVERGED or NON_FINITE."""
+    reason: StopReason
+    """RUNNING, else DIVERGED or NON_FINITE."""
     at: int
     """1-based index of the evaluation the decision was made at."""
     at_epoch: float
@@ -76,7 +74,7 @@ class DivergencePolicy:
         smoothed = None
         for i, (loss, epoch) in enumerate(zip(losses, at_epoch, strict=True), start=1):
             if not math.isfinite(loss):
-                return Decision(True, NON_FINITE, i, epoch, best, best_at)
+                return Decision(True, StopReason.NON_FINITE, i, epoch, best, best_at)
             smoothed = loss if smoothed is None else self.smoothing * smoothed + (1 - self.smoothing) * loss
             if loss < best:
                 best, best_at = loss, i
@@ -85,7 +83,7 @@ class DivergencePolicy:
             elif epoch > self.grace_epochs and smoothed > best_smoothed * (1 + self.min_delta):
                 rises += 1
                 if rises >= self.patience and self.stop_on_rise:
-                    return Decision(True, DIVERGED, i, epoch, best, best_at)
+                    return Decision(True, StopReason.DIVERGED, i, epoch, best, best_at)
             else:  # within min_delta of the best, or inside the grace period: the run of rises ends
                 rises = 0
-        return Decision(False, "", len(losses), at_epoch[-1], best, best_at)
+        return Decision(False, StopReason.RUNNING, len(losses), at_epoch[-1], best, best_at)

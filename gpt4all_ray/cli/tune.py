@@ -3,7 +3,7 @@ search-space YAML.
 
 Validates the YAML before anything heavy is imported or started, attaches to a Ray cluster
 (RAY_ADDRESS, as under `ray job submit`, or a running `ray start`) or starts a local one, runs
-Ray Tune + Optuna over Ray Train DeepSpeed trials, and writes results/<experiment>/.
+Ray Tune + Optuna over Ray Train DeepSpeed trials, and writes runs/<experiment>/.
 """
 
 from __future__ import annotations
@@ -14,17 +14,23 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from gpt4all_ray.cli.preflight import check_data, check_model, check_results_dir
 from gpt4all_ray.config import SearchSpec, SpecError, load_spec, read_space, with_overrides
 from gpt4all_ray.experiment.files import SETTINGS, SPACE_COPY
+
+if TYPE_CHECKING:
+    from gpt4all_ray.experiment.report import ExperimentReport
 from gpt4all_ray.search.plan import Assumptions
 from gpt4all_ray.search.progress import short
 
 DEFAULT_SPACE = "search_spaces/tiny_cpu.yaml"
+DEFAULT_RESULTS = "runs"  # a user's runs; results/ in the repository holds the reference reports
 ASSUMED = Assumptions()  # the dry run's cost assumptions unless its flags say otherwise
 
 
@@ -51,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"search-space YAML, or a name in search_spaces/ (default {DEFAULT_SPACE})",
     )
     p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
-    p.add_argument("--results-dir", type=Path, help="where results/<experiment>/ goes (default results)")
+    p.add_argument("--results-dir", type=Path, help=f"where <experiment>/ goes (default {DEFAULT_RESULTS})")
     p.add_argument("--num-trials", type=int, help="override tune.num_trials of the space")
     p.add_argument(
         "--set",
@@ -81,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     refuse_unused_flags(args)
-    args.results_dir = args.results_dir or Path("results")
+    args.results_dir = args.results_dir or Path(DEFAULT_RESULTS)
     return args
 
 
@@ -184,18 +190,21 @@ def dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.dry_run:
-        return dry_run(args)
-    try:
-        spec, exp_dir = experiment_spec(args)
-        check_model(spec)
-        data_report = check_data(spec)
-        print(f"Data: {data_report.summary()}", flush=True)
-    except SpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+@dataclass(frozen=True)
+class Finished:
+    """A search that ran: its experiment folder and what its report found."""
+
+    exp_dir: Path
+    report: ExperimentReport
+
+
+def run_experiment(args: argparse.Namespace) -> Finished:
+    """Check everything that can be checked before Ray starts, attach to Ray, run the search and
+    write its report; SpecError (naming the file, key or flag) before any worker starts."""
+    spec, exp_dir = experiment_spec(args)
+    check_model(spec)
+    data_report = check_data(spec)
+    print(f"Data: {data_report.summary()}", flush=True)
     exp_dir = exp_dir.resolve()
     made_here = not exp_dir.exists()
     try:
@@ -208,11 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         from gpt4all_ray.search.cluster import connect_ray
 
         connect_ray(spec.resources)
-    except SpecError as err:
+    except SpecError:
         if made_here and exp_dir.is_dir() and not any(exp_dir.iterdir()):
             exp_dir.rmdir()  # nothing half-written left behind
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise
     print(f"Experiment {exp_dir.name}: results in {exp_dir}", flush=True)
     if not args.resume:
         (exp_dir / SPACE_COPY).write_text(space_as_run(spec.path, args.overrides))
@@ -229,25 +237,34 @@ def main(argv: list[str] | None = None) -> int:
             "absolute path to keep the results where you can find them",
             flush=True,
         )
-    try:
-        from gpt4all_ray.search.driver import run
+    from gpt4all_ray.search.driver import run
 
-        best = run(spec, exp_dir, data_report.train_rows, resume=bool(args.resume), storage=storage)
+    return Finished(exp_dir, run(spec, exp_dir, data_report.train_rows, resume=bool(args.resume), storage=storage))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.dry_run:
+        return dry_run(args)
+    try:
+        finished = run_experiment(args)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    exp_dir, best = finished.exp_dir, finished.report.best
     print((exp_dir / "leaderboard.md").read_text(), end="")
     if best is None:
         print("No trial produced a checkpoint.", file=sys.stderr)
         return 1
-    loss = best["best_val_loss"]
+    record = best.record
     print(
-        f"\nBest trial {best['trial_id']}: val_loss {loss:.4f} (perplexity {math.exp(loss):.2f}) "
-        f"at epoch {best['best_epoch']} of {best['epochs_run']} run; {short(best['params'])}"
+        f"\nBest trial {record.trial_id}: val_loss {record.best_val_loss:.4f} "
+        f"(perplexity {math.exp(record.best_val_loss):.2f}) at epoch {record.best_epoch} of {record.epochs_run} run; "
+        f"{short(record.params)}"
     )
     print(f"Leaderboard:      {exp_dir / 'leaderboard.md'} (and .csv)")
     print(f"Best config:      {exp_dir / 'best.json'}")
-    print(f"Best checkpoint:  {exp_dir / 'best'} (Hugging Face format)")
+    print(f"Best checkpoint:  {best.checkpoint} (Hugging Face format)")
     print(f"TensorBoard:      tensorboard --logdir {exp_dir / 'tensorboard'}")
     return 0
 

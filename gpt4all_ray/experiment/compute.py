@@ -4,14 +4,12 @@ what stopping early saved."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from gpt4all_ray.evaluation import Evaluation, evaluations
 from gpt4all_ray.experiment.files import StoredTrial
-from gpt4all_ray.experiment.records import TrialRecord, evaluations
-from gpt4all_ray.experiment.stop_log import ASHA, GPU_HOURS
+from gpt4all_ray.experiment.records import TrialRecord
 
-STOPPED_EARLY = ("diverged", "non_finite", "stopped", ASHA, GPU_HOURS)
-# The workers' timed phases (worker.PHASES, reported as <phase>_s) in the groups the summary and
+# The workers' timed phases (evaluation.PHASES) in the groups the summary and
 # benchmarks/worker_overhead.py show; what no phase holds (Tune starting the trial, its end, the
 # last checkpoint and report) is the rest of its wall time.
 PHASE_GROUPS = {
@@ -46,12 +44,12 @@ class Compute:
     phases (empty where none did: experiments from before they did)."""
 
 
-def phase_seconds(last: dict[str, Any]) -> dict[str, float] | None:
+def phase_seconds(last: Evaluation) -> dict[str, float] | None:
     """A trial's seconds by phase from its last report, or None where its workers did not time
     them. Checkpoint and report seconds lack the last evaluation's (not over when it was sent)."""
-    if "evaluate_s" not in last:
+    if not last.timed_phases:
         return None
-    return {phase: float(last.get(f"{phase}_s", 0.0)) for phase in TIMED}
+    return {phase: last.phase_seconds.get(phase, 0.0) for phase in TIMED if phase != "train"} | {"train": last.train_s}
 
 
 def grouped_seconds(phases: dict[str, float]) -> dict[str, float]:
@@ -67,7 +65,7 @@ def compute_used(trials: list[StoredTrial], records: list[TrialRecord]) -> Compu
     by_phase: dict[str, float] = {}
     for trial, record in zip(trials, records, strict=True):
         last = evaluations(trial.history)
-        done = float(last[-1].get("epoch_progress", last[-1]["epoch"])) if last else 0.0
+        done = (last[-1].epoch_progress or float(last[-1].epoch)) if last else 0.0
         asked = float((trial.config or {}).get("epochs", trial.params.get("epochs", done)))
         workers = float((trial.resources or {}).get("workers_per_trial", 1))
         run, requested = run + done, requested + asked
@@ -78,7 +76,7 @@ def compute_used(trials: list[StoredTrial], records: list[TrialRecord]) -> Compu
             grouped[REST] = max(record.wall_s - sum(grouped.values()), 0.0)
             for name, seconds in grouped.items():
                 by_phase[name] = by_phase.get(name, 0.0) + seconds * workers / 3600
-        if record.stop_reason in STOPPED_EARLY and done > 0:
+        if record.stop_reason.stopped_early and done > 0:
             # Without timed phases (older experiments) the whole wall time, start included.
             spent = sum(phases[p] for p in PER_EPOCH) if phases is not None else record.wall_s
             saved += (asked - done) * (spent / done) * workers / 3600

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt4all_ray.evaluation import StopReason, evaluations
 from gpt4all_ray.experiment.storage import fetch_checkpoint
 from gpt4all_ray.train.checkpoint import RESUME_DIR
-
-ERROR = "error"
-NO_RESULT = "no_result"
 
 
 @dataclass
@@ -29,7 +27,7 @@ class TrialRecord:
     epochs_run: int = 0
     restarts: int = 0
     """Times the trial's workers died and were resumed from a checkpoint."""
-    stop_reason: str = NO_RESULT
+    stop_reason: StopReason = StopReason.NO_RESULT
     wall_s: float = 0.0
     checkpoint_path: str | None = None
     val_losses: list[float] = field(default_factory=list)
@@ -45,38 +43,49 @@ class TrialRecord:
         return not min_stop_rate or self.probes.get("stop_rate", 0.0) >= min_stop_rate
 
 
-def evaluations(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A trial's reported evaluations in step order, each step once: a trial resumed after its
-    driver was killed can report a step again, and the last report wins."""
-    by_step = {h.get("step", i): h for i, h in enumerate(history) if "val_loss" in h}
-    return sorted(by_step.values(), key=lambda h: h.get("step", 0))
+@dataclass(frozen=True)
+class BestTrial:
+    """The trial the search picked (best.json holds the same)."""
+
+    record: TrialRecord
+    config: dict[str, Any] | None
+    """Its full trial configuration (every fixed and sampled setting)."""
+    checkpoint: Path
+    """<experiment>/best: its best checkpoint's model in Hugging Face format."""
+    min_stop_rate: float
+    constraint_met: bool
+    """Whether it meets tune.min_stop_rate (False: no trial did; it is the lowest loss overall)."""
 
 
 def record_from_history(
-    trial_id: str, params: dict[str, Any], history: list[dict[str, Any]], error: bool, stopped_by: str | None = None
+    trial_id: str,
+    params: dict[str, Any],
+    history: list[dict[str, Any]],
+    error: bool,
+    stopped_by: StopReason | None = None,
 ) -> TrialRecord:
     """One trial's reported evaluations (in order) -> its leaderboard row. val_losses holds the
     epoch ends; the best may come from a step-level evaluation. The stop reason is the workers'
-    own, else what the stop log says stopped it in the driver (stop_log.py), else "stopped"."""
+    own, else what the stop log says stopped it in the driver (stop_log.py), else STOPPED."""
     record = TrialRecord(trial_id, params)
     reported = evaluations(history)
     if reported:
-        record.val_losses = [float(h["val_loss"]) for h in reported if h.get("epoch_end", True)]
+        record.val_losses = [e.val_loss for e in reported if e.epoch_end]
         last = reported[-1]
-        record.best_val_loss = float(last["best_val_loss"])
-        record.best_epoch = int(last["best_epoch"])
-        record.best_step = int(last.get("best_step", 0))
-        record.epochs_run = int(last["epoch"])
-        record.restarts = len({h["resumed_from_step"] for h in reported if h.get("resumed_from_step")})
-        record.stop_reason = last.get("stop_reason") or stopped_by or "stopped"
-        record.wall_s = float(last.get("time_total_s", 0.0))
-        record.probes = {k.removeprefix("probe_"): float(v) for k, v in last.items() if k.startswith("probe_")}
+        record.best_val_loss = last.best_val_loss
+        record.best_epoch = last.best_epoch
+        record.best_step = last.best_step
+        record.epochs_run = last.epoch
+        record.restarts = len({e.resumed_from_step for e in reported if e.resumed_from_step})
+        record.stop_reason = last.stop_reason or stopped_by or StopReason.STOPPED
+        record.wall_s = last.time_total_s
+        record.probes = dict(last.probes)
         # The evaluation that set the best holds the exported model (a later tie does not).
-        at_best = [h for h in reported if h.get("checkpoint_path") and h.get("step") == record.best_step]
-        at_best = at_best or [h for h in reported if h.get("checkpoint_path") and h["val_loss"] == record.best_val_loss]
-        record.checkpoint_path = at_best[-1]["checkpoint_path"] if at_best else None
+        at_best = [e for e in reported if e.checkpoint_path and e.step == record.best_step]
+        at_best = at_best or [e for e in reported if e.checkpoint_path and e.val_loss == record.best_val_loss]
+        record.checkpoint_path = at_best[-1].checkpoint_path if at_best else None
     if error:
-        record.stop_reason = ERROR
+        record.stop_reason = StopReason.ERROR
     return record
 
 
@@ -88,7 +97,7 @@ def _row(r: TrialRecord, param_names: list[str]) -> dict[str, Any]:
         best_epoch=r.best_epoch,
         best_step=r.best_step,
         epochs_run=r.epochs_run,
-        stop_reason=r.stop_reason,
+        stop_reason=r.stop_reason.value,
         restarts=r.restarts,
         wall_s=round(r.wall_s, 1),
         searcher_value=r.searcher_value,
@@ -131,7 +140,7 @@ def write_report(
     trial_configs: dict[str, dict[str, Any]],
     min_stop_rate: float = 0.0,
     storage_root: str | None = None,
-) -> dict[str, Any] | None:
+) -> BestTrial | None:
     """Write the leaderboard and, when some trial has a checkpoint, best.json and best/ (copied
     through the filesystem of storage_root, Ray's storage; local when None)."""
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +171,7 @@ def write_report(
         "best_epoch": best.best_epoch,
         "best_step": best.best_step,
         "epochs_run": best.epochs_run,
-        "stop_reason": best.stop_reason,
+        "stop_reason": best.stop_reason.value,
         "probes": best.probes,
         "min_stop_rate": min_stop_rate,
         "constraint_met": constraint_met,
@@ -170,4 +179,4 @@ def write_report(
         "trial_checkpoint_path": best.checkpoint_path,
     }
     (exp_dir / "best.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return BestTrial(best, trial_configs.get(best.trial_id), best_dir.resolve(), min_stop_rate, constraint_met)

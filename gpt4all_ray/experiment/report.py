@@ -14,10 +14,12 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.experiment.compute import LABELS, STOPPED_EARLY, Compute, compute_used
+from gpt4all_ray.evaluation import StopReason, evaluations
+from gpt4all_ray.experiment.compute import LABELS, Compute, compute_used
 from gpt4all_ray.experiment.files import (
     StoredTrial,
     default_storage_url,
@@ -29,7 +31,7 @@ from gpt4all_ray.experiment.files import (
     storage_root,
     stored_trials,
 )
-from gpt4all_ray.experiment.records import TrialRecord, evaluations, ranked, record_from_history, write_report
+from gpt4all_ray.experiment.records import BestTrial, TrialRecord, ranked, record_from_history, write_report
 from gpt4all_ray.experiment.stop_log import read_stops, stopped_by
 
 MIN_TRIALS_FOR_IMPORTANCE = 5  # importances from fewer completed trials say little
@@ -48,7 +50,7 @@ def why_it_won(best: TrialRecord, others: list[TrialRecord]) -> str:
         runner = min(finite, key=lambda r: r.best_val_loss)
         gap = runner.best_val_loss - best.best_val_loss
         text += f"; {gap:.4f} ({gap / runner.best_val_loss:.1%}) below the runner-up, trial {runner.trial_id}"
-    if best.stop_reason in STOPPED_EARLY:
+    if best.stop_reason.stopped_early:
         text += f"; the trial was stopped ({best.stop_reason}) and its best checkpoint kept, as GPT4All kept epoch 1"
     return text + "."
 
@@ -74,12 +76,12 @@ def probe_line(best: TrialRecord, min_stop_rate: float, met: bool) -> str:
 
 def stop_line(trial: StoredTrial, record: TrialRecord) -> str:
     reported = evaluations(trial.history)
-    if record.stop_reason == "error":
+    if record.stop_reason is StopReason.ERROR:
         return f"- {record.trial_id}: failed (see its error.txt under ray/tune/)"
     if not reported:
         return f"- {record.trial_id}: no evaluation reported ({record.stop_reason})"
     last = reported[-1]
-    at = f"epoch {last['epoch']}, step {last['step']}"
+    at = f"epoch {last.epoch}, step {last.step}"
     restarts = f"; workers restarted {record.restarts}x from checkpoints" if record.restarts else ""
     best = f"best at epoch {record.best_epoch} (step {record.best_step})"
     return f"- {record.trial_id}: {record.stop_reason} at {at}; {best}{restarts}"
@@ -105,16 +107,14 @@ def plot_curves(trials: list[StoredTrial], records: list[TrialRecord], path: Pat
     fig, ax = _pyplot().subplots(figsize=(8, 5))
     drawn: dict[str, Any] = {}
     for trial, record in zip(trials, records, strict=True):
-        points = [
-            (float(h.get("epoch_progress", h["epoch"])), float(h["val_loss"])) for h in evaluations(trial.history)
-        ]
+        points = [(e.epoch_progress or float(e.epoch), e.val_loss) for e in evaluations(trial.history)]
         if not points:
             continue
         xs, ys = zip(*points, strict=True)
         (line,) = ax.plot(xs, ys, marker=".", label=f"{record.trial_id} ({record.stop_reason})")
         best = min(range(len(ys)), key=ys.__getitem__)
         ax.plot(xs[best], ys[best], marker="*", markersize=12, color=line.get_color())
-        stopped = record.stop_reason in STOPPED_EARLY
+        stopped = record.stop_reason.stopped_early
         if stopped:
             ax.plot(xs[-1], ys[-1], marker="X", markersize=11, color="black")
         drawn[record.trial_id] = {"points": points, "best": [xs[best], ys[best]], "stopped": stopped}
@@ -161,8 +161,16 @@ def plot_importances(study: Any, path: Path) -> dict[str, float] | None:
     return dict(importances)
 
 
-def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any] | None:
-    """Leaderboard, best checkpoint, summary.md and figures; the best trial's summary, if any."""
+@dataclass(frozen=True)
+class ExperimentReport:
+    leaderboard: list[TrialRecord]
+    """Every trial, best first."""
+    best: BestTrial | None
+    """None when no trial produced a checkpoint."""
+
+
+def build_report(exp_dir: Path, storage_url: str | None = None) -> ExperimentReport:
+    """Leaderboard, best checkpoint, summary.md and figures, from the experiment folder alone."""
     exp_dir = exp_dir.resolve()
     storage_url = storage_url or default_storage_url(exp_dir)
     trials = stored_trials(exp_dir)
@@ -188,25 +196,25 @@ def build_report(exp_dir: Path, storage_url: str | None = None) -> dict[str, Any
         importances = f"parameter importances could not be computed: {type(err).__name__}: {err}"
     compute = compute_used(trials, records)
     (exp_dir / "summary.md").write_text(summary_markdown(exp_dir, trials, records, best, compute, importances))
-    return best
+    return ExperimentReport(ranked(records), best)
 
 
 def summary_markdown(
     exp_dir: Path,
     trials: list[StoredTrial],
     records: list[TrialRecord],
-    best: dict[str, Any] | None,
+    best: BestTrial | None,
     compute: Compute,
     importances: dict[str, float] | str | None,
 ) -> str:
     lines = [f"# Experiment {exp_dir.name}", ""]
     lines += [f"{len(trials)} trials. Regenerate with `python -m gpt4all_ray.experiment.report {exp_dir}`.", ""]
     if best is not None:
-        winner = next(r for r in records if r.trial_id == best["trial_id"])
+        winner = best.record
         lines += ["## Best configuration", ""]
         lines += [f"Trial {winner.trial_id}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in winner.params.items()), ""]
         lines += ["Why it won: " + why_it_won(winner, [r for r in records if r is not winner]), ""]
-        lines += [probe_line(winner, best["min_stop_rate"], best["constraint_met"]), ""]
+        lines += [probe_line(winner, best.min_stop_rate, best.constraint_met), ""]
         lines += ["Checkpoint: `best/` (Hugging Face format); full configuration in `best.json`.", ""]
     else:
         lines += ["No trial produced a checkpoint.", ""]
@@ -271,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.experiment / "ray" / "tune").is_dir():
         print(f"error: {args.experiment}: no stored experiment (ray/tune/ missing)", file=sys.stderr)
         return 2
-    best = build_report(args.experiment, args.optuna_storage)
+    report = build_report(args.experiment, args.optuna_storage)
     print(f"Report: {args.experiment.resolve() / 'summary.md'}")
-    return 0 if best is not None else 1
+    return 0 if report.best is not None else 1
 
 
 if __name__ == "__main__":

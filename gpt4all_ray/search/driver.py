@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.config import SearchSpec
+from gpt4all_ray.evaluation import SEARCH_METRIC, TIME_AXIS
+from gpt4all_ray.experiment.report import ExperimentReport, build_report
 from gpt4all_ray.search.progress import clock
-
-METRIC = "best_val_loss"  # running best: Ray's OptunaSearch tells Optuna the LAST reported value
 
 
 def make_scheduler(spec: SearchSpec, exp_dir: Path | None = None) -> Any:
@@ -27,7 +27,7 @@ def make_scheduler(spec: SearchSpec, exp_dir: Path | None = None) -> Any:
 
     return RecordedASHA(
         exp_dir=exp_dir,
-        time_attr="epoch_progress",
+        time_attr=TIME_AXIS,
         max_t=spec.max_epochs,
         grace_period=spec.tune.asha_grace_epochs,  # type: ignore[arg-type]  # rungs in epochs: floats work
         reduction_factor=spec.tune.asha_reduction_factor,
@@ -36,7 +36,7 @@ def make_scheduler(spec: SearchSpec, exp_dir: Path | None = None) -> Any:
 
 def run(
     spec: SearchSpec, exp_dir: Path, train_rows: int, resume: bool = False, storage: str | None = None
-) -> dict[str, Any] | None:
+) -> ExperimentReport:
     # The legacy Tune console output honours verbose=0; the new one prints a status box anyway.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import optuna
@@ -45,7 +45,6 @@ def run(
 
     from gpt4all_ray.divergence import DivergencePolicy
     from gpt4all_ray.experiment.files import stored_trials, tune_dir, write_starts
-    from gpt4all_ray.experiment.report import build_report
     from gpt4all_ray.experiment.storage import mirror_tune, ray_root
     from gpt4all_ray.search.cluster import warn_if_deepspeed_op_unbuilt
     from gpt4all_ray.search.driver_faults import driver_fault_callbacks
@@ -80,14 +79,14 @@ def run(
             stoppers.append(GpuHourBudget(spec.tune.gpu_hours, spec.resources.gpus_per_trial, exp_dir))
         starts = start_points(spec, train_rows)
         write_starts(exp_dir, [(start.origin, start.params) for start in starts])
-        searcher = make_searcher(spec, exp_dir, METRIC, [start.params for start in starts] or None)
+        searcher = make_searcher(spec, exp_dir, SEARCH_METRIC, [start.params for start in starts] or None)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(spec),
             tune_config=tune.TuneConfig(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.tune.max_concurrent),
                 num_samples=spec.tune.num_trials,
-                metric=METRIC,
+                metric=SEARCH_METRIC,
                 mode="min",
                 scheduler=make_scheduler(spec, exp_dir),
                 time_budget_s=spec.tune.time_budget_s or None,
@@ -110,11 +109,11 @@ def run(
     grid = tuner.fit()
     if storage:  # the report reads Tune's trial folders from a local mirror
         mirror_tune(root, tune_dir(exp_dir))
-    best = build_report(exp_dir, storage_url(spec, exp_dir))
+    report = build_report(exp_dir, storage_url(spec, exp_dir))
     reported = len(stored_trials(exp_dir))
     if reported != len(grid):
         print(f"warning: Tune holds {len(grid)} trials but {reported} are stored", file=sys.stderr)
     print(f"[{clock(t0)}] search finished: {reported} of {spec.tune.num_trials} trials", flush=True)
     print(f"Optuna study:     optuna-dashboard {storage_url(spec, exp_dir)}", flush=True)
     print(f"Summary:          {exp_dir / 'summary.md'} (figures beside it)", flush=True)
-    return best
+    return report

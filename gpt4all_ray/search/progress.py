@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.config import SearchSpec
+from gpt4all_ray.evaluation import Evaluation, StopReason
 from gpt4all_ray.experiment.stop_log import DESCRIPTIONS, read_stops, stopped_by
 
 
@@ -42,6 +42,28 @@ def stopper_description(spec: SearchSpec, by: str | None) -> str:
     return DESCRIPTIONS[by].format(reduction_factor=spec.tune.asha_reduction_factor) if by in DESCRIPTIONS else "Tune"
 
 
+WORKER_STOPS = {
+    StopReason.DIVERGED: "validation loss rose above its best; best checkpoint kept",
+    StopReason.NON_FINITE: "loss or gradients are NaN/inf",
+}
+
+
+def evaluation_line(trial_id: str, e: Evaluation, epochs: int) -> str:
+    """One evaluation as the user sees it while the search runs."""
+    where = f"epoch {e.epoch}/{epochs}" + ("" if e.epoch_end else f" step {e.step}")
+    line = (
+        f"trial {trial_id} {where}: val_loss {e.val_loss:.4f} (best {e.best_val_loss:.4f} at epoch "
+        f"{e.best_epoch}), train_loss {e.train_loss:.4f}, {e.epoch_s:.1f} s"
+    )
+    if e.mfu is not None:
+        line += f", MFU {e.mfu:.1%}"
+    if e.skipped_steps:
+        line += f", {e.skipped_steps} steps skipped (non-finite gradients)"
+    if e.stop_reason in WORKER_STOPS:
+        line += f" -> stopped: {WORKER_STOPS[e.stop_reason]}"
+    return line
+
+
 def progress_callback(spec: SearchSpec, t0: float, exp_dir: Path | None = None) -> Any:
     from ray.tune import Callback
 
@@ -49,7 +71,6 @@ def progress_callback(spec: SearchSpec, t0: float, exp_dir: Path | None = None) 
         """One line per trial start, epoch and end, as they happen."""
 
         def __init__(self) -> None:
-            self.history: dict[str, list[dict[str, Any]]] = defaultdict(list)
             self.params: dict[str, dict[str, Any]] = {}
             self.errors: set[str] = set()
 
@@ -62,38 +83,22 @@ def progress_callback(spec: SearchSpec, t0: float, exp_dir: Path | None = None) 
             print(f"[{clock(t0)}] trial {trial.trial_id} started: {short(self.params[trial.trial_id])}", flush=True)
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            if "val_loss" not in result:
-                return
-            self.history[trial.trial_id].append({k: v for k, v in result.items() if k != "config"})
-            epochs = self.epochs(trial.trial_id)
-            where = f"epoch {result['epoch']}/{epochs}"
-            if not result.get("epoch_end", True):
-                where += f" step {result['step']}"
-            line = (
-                f"[{clock(t0)}] trial {trial.trial_id} {where}: "
-                f"val_loss {result['val_loss']:.4f} (best {result['best_val_loss']:.4f} at epoch "
-                f"{result['best_epoch']}), train_loss {result['train_loss']:.4f}, {result['epoch_s']:.1f} s"
-            )
-            if "mfu" in result:
-                line += f", MFU {result['mfu']:.1%}"
-            if result.get("skipped_steps"):
-                line += f", {result['skipped_steps']} steps skipped (non-finite gradients)"
-            reason = result.get("stop_reason")
-            if reason == "diverged":
-                line += " -> stopped: validation loss rose above its best; best checkpoint kept"
-            elif reason == "non_finite":
-                line += " -> stopped: loss or gradients are NaN/inf"
-            print(line, flush=True)
+            evaluation = Evaluation.from_result(result)
+            if evaluation is not None:
+                print(
+                    f"[{clock(t0)}] {evaluation_line(trial.trial_id, evaluation, self.epochs(trial.trial_id))}",
+                    flush=True,
+                )
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            last = trial.last_result or {}
+            last = Evaluation.from_result(trial.last_result or {})
             epochs = self.epochs(trial.trial_id)
-            if "val_loss" not in last or last.get("stop_reason") or last.get("epoch_progress", 0) >= epochs:
+            if last is None or last.stop_reason or last.epoch_progress >= epochs:
                 return  # ran its epochs, or the worker already said why it stopped
             by = stopper_description(spec, stopped_by(read_stops(exp_dir), trial.trial_id) if exp_dir else None)
             print(
-                f"[{clock(t0)}] trial {trial.trial_id} stopped at epoch {last['epoch']}/{epochs} by {by}; "
-                f"best {last['best_val_loss']:.4f} kept",
+                f"[{clock(t0)}] trial {trial.trial_id} stopped at epoch {last.epoch}/{epochs} by {by}; "
+                f"best {last.best_val_loss:.4f} kept",
                 flush=True,
             )
 

@@ -19,10 +19,9 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from gpt4all_ray.config import SearchSpec, TuneSettings
+from gpt4all_ray.evaluation import Evaluation
 from gpt4all_ray.experiment.files import default_storage_url
 from gpt4all_ray.experiment.stop_log import read_stops, stopped_by
-
-TOLD = ("best_epoch", "best_step", "epoch", "stop_reason", "probe_stop_rate", "probe_exact_match")
 
 
 class TellingOptunaSearch(OptunaSearch):
@@ -41,6 +40,7 @@ class TellingOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        evaluation = Evaluation.from_result(result) if result else None
         if result and not math.isfinite(float(result.get(self.metric, math.nan))):
             # No finite loss ever (non-finite from the first evaluation): Optuna gets a failure,
             # not a value (Ray's OptunaSearch tells any value it finds as COMPLETE).
@@ -49,16 +49,16 @@ class TellingOptunaSearch(OptunaSearch):
         if ot_trial is not None and trial_id not in self._completed_trials:
             try:
                 ot_trial.set_user_attr("ray_trial_id", trial_id)  # the report maps study rows to trials
-                for key in TOLD:
-                    if result and key in result:
-                        ot_trial.set_user_attr(key, result[key])
-                # Stopped in the driver (ASHA, a budget): the workers said nothing, the stop log does.
-                by = stopped_by(read_stops(Path(self.exp_dir)), trial_id) if self.exp_dir else None
-                if result and not result.get("stop_reason") and by:
-                    ot_trial.set_user_attr("stop_reason", by)
+                if evaluation is not None:
+                    for key, value in told(evaluation).items():
+                        ot_trial.set_user_attr(key, value)
+                    # Stopped in the driver (ASHA, a budget): the workers said nothing, the stop log does.
+                    by = stopped_by(read_stops(Path(self.exp_dir)), trial_id) if self.exp_dir else None
+                    if not evaluation.stop_reason and by:
+                        ot_trial.set_user_attr("stop_reason", by.value)
                 if self.min_stop_rate:
                     # TPE models infeasible trials (constraint > 0) apart from the good ones.
-                    stop_rate = float((result or {}).get("probe_stop_rate", 0.0))
+                    stop_rate = evaluation.probes.get("stop_rate", 0.0) if evaluation else 0.0
                     ot_trial.set_constraint("min_stop_rate", self.min_stop_rate - stop_rate)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Told before the driver was killed; the restored searcher's snapshot is older than
@@ -66,6 +66,20 @@ class TellingOptunaSearch(OptunaSearch):
                 self._completed_trials.add(trial_id)
                 return
         super().on_trial_complete(trial_id, result, error)
+
+
+def told(evaluation: Evaluation) -> dict[str, Any]:
+    """What the study keeps of a trial's last evaluation, as user attributes (optuna-dashboard
+    shows them beside the value)."""
+    attributes: dict[str, Any] = {
+        "best_epoch": evaluation.best_epoch,
+        "best_step": evaluation.best_step,
+        "epoch": evaluation.epoch,
+        "stop_reason": evaluation.stop_reason.value,
+    }
+    return attributes | {
+        f"probe_{name}": evaluation.probes[name] for name in ("stop_rate", "exact_match") if name in evaluation.probes
+    }
 
 
 def storage_url(spec: SearchSpec, exp_dir: Path) -> str:

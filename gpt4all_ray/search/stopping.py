@@ -13,8 +13,9 @@ from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from gpt4all_ray.divergence import Decision, DivergencePolicy
+from gpt4all_ray.evaluation import TUNE_TIME, Evaluation, StopReason
 from gpt4all_ray.experiment.files import ASHA_RUNGS
-from gpt4all_ray.experiment.stop_log import ASHA, EVERY_TRIAL, GPU_HOURS, record_stop
+from gpt4all_ray.experiment.stop_log import EVERY_TRIAL, record_stop
 
 
 class DivergenceStopper(Stopper):
@@ -28,18 +29,19 @@ class DivergenceStopper(Stopper):
         self.decisions: dict[str, Decision] = {}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        if "val_loss" not in result:
+        evaluation = Evaluation.from_result(result)
+        if evaluation is None:
             return False
         seen = self.steps.setdefault(trial_id, set())
-        if result["step"] in seen:  # reported again after a restore: judged already
+        if evaluation.step in seen:  # reported again after a restore: judged already
             return self.decisions[trial_id].stop
-        seen.add(result["step"])
+        seen.add(evaluation.step)
         evaluations = self.history.setdefault(trial_id, [])
-        evaluations.append((float(result["epoch_progress"]), float(result["val_loss"])))
+        evaluations.append((evaluation.epoch_progress, evaluation.val_loss))
         decision = self.policy.decide([loss for _, loss in evaluations], [epoch for epoch, _ in evaluations])
         self.decisions[trial_id] = decision
         if decision.stop:
-            record_stop(self.exp_dir, trial_id, decision.reason, epoch=result["epoch_progress"])
+            record_stop(self.exp_dir, trial_id, decision.reason, epoch=evaluation.epoch_progress)
         return decision.stop
 
     def stop_all(self) -> bool:
@@ -64,13 +66,13 @@ class GpuHourBudget(Stopper):
         return sum(self.seconds.values()) * self.gpus_per_trial / 3600
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        self.seconds[trial_id] = float(result.get("time_total_s", 0.0))
+        self.seconds[trial_id] = float(result.get(TUNE_TIME, 0.0))  # Tune's, on every result
         return False
 
     def stop_all(self) -> bool:
         if not self.spent and self.used_hours() >= self.hours:
             self.spent = True
-            record_stop(self.exp_dir, EVERY_TRIAL, GPU_HOURS, hours=round(self.used_hours(), 3))
+            record_stop(self.exp_dir, EVERY_TRIAL, StopReason.GPU_HOURS, hours=round(self.used_hours(), 3))
         return self.spent
 
 
@@ -117,7 +119,7 @@ class RecordedASHA(ASHAScheduler):
         action = super().on_trial_result(tune_controller, trial, result)
         self._save_rungs()
         if action == TrialScheduler.STOP and result.get(self._time_attr, self._max_t) < self._max_t:
-            record_stop(self.exp_dir, trial.trial_id, ASHA, epoch=result[self._time_attr])
+            record_stop(self.exp_dir, trial.trial_id, StopReason.ASHA, epoch=result[self._time_attr])
         return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:

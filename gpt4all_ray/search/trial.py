@@ -14,6 +14,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from gpt4all_ray.config import SearchSpec
+from gpt4all_ray.evaluation import CHECKPOINT_SCORE
 from gpt4all_ray.experiment.durable_reports import save_report
 from gpt4all_ray.train.ds_config import deepspeed_config
 from gpt4all_ray.train.ray_entry import ray_train_loop
@@ -67,7 +68,7 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
             # Every evaluation reports a resumable checkpoint; Ray keeps the best by val_loss (the
             # one holding the exported model) and, always, the latest (to resume from).
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="min"
+                num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order="min"
             ),
             # A dead worker: Ray Train restarts the group, which resumes from the last checkpoint.
             failure_config=ray.train.FailureConfig(max_failures=spec.tune.worker_restarts),

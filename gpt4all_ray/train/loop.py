@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +29,8 @@ from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import load_split
 from gpt4all_ray.data.collate import pack, pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, encode_rows
-from gpt4all_ray.divergence import COMPLETED, NON_FINITE, DivergencePolicy
+from gpt4all_ray.divergence import DivergencePolicy
+from gpt4all_ray.evaluation import PHASES, Evaluation, StopReason
 from gpt4all_ray.train import faults
 from gpt4all_ray.train.checkpoint import LoopState, ResumePoint, load_state, pick_resumable, save_model, save_state
 from gpt4all_ray.train.ds_config import deepspeed_config, gradient_accumulation
@@ -43,7 +44,7 @@ from gpt4all_ray.train.throughput import flop_model, known_peak_tflops
 
 
 class Reporter(Protocol):
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+    def report(self, evaluation: Evaluation, checkpoint_dir: str | None) -> None:
         """Called by every rank at each evaluation with its own checkpoint folder (the ranks'
         folders together make the checkpoint)."""
 
@@ -133,20 +134,6 @@ def check_hyperparameters(
 def _rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
-
-PHASES = (
-    "worker_group",  # from the trial's TorchTrainer.fit() to this loop: Ray Train's workers, imports
-    "setup_libraries",  # DeepSpeed's and transformers' imports, the process group
-    "setup_data",  # rows, tokenizer, encoding
-    "setup_model",
-    "setup_engine",  # deepspeed.initialize
-    "resume",  # loading a checkpoint, after a restart
-    "evaluate",
-    "probes",  # generation probes (not "probe": probe_* metrics are the probe scores)
-    "checkpoint",  # writing it
-    "report",  # handing metrics and checkpoint over (Ray Train persists the checkpoint then)
-)
-"""The phases of a trial outside optimizer steps, each timed on every rank."""
 
 StepHook = Callable[[int, int, list[int], float], None]
 """(global_step, rank, example indices this rank trained on, this rank's mean loss): for tests."""
@@ -304,8 +291,8 @@ class TrialRun:
         self.optimizer.skip_next = bool(bad.item())
         return not self.optimizer.skip_next
 
-    def close_window(self, window: Window, state: LoopState) -> dict[str, float]:
-        """All ranks: the log window's metrics over all workers; the loss also joins the epoch's.
+    def close_window(self, window: Window, state: LoopState) -> WindowStats:
+        """All ranks: the log window's statistics over all workers; the loss also joins the epoch's.
         The caller starts a new Window."""
         loss_sum, labels, tokens, flops = self.all_reduced(
             float(window.loss_sum), window.label_tokens, window.tokens, window.flops
@@ -313,21 +300,17 @@ class TrialRun:
         seconds = max(time.perf_counter() - window.started, 1e-9)
         state.epoch_loss_sum += loss_sum
         state.epoch_label_tokens += labels
-        metrics = {
-            "train/loss": loss_sum / max(labels, 1),
-            "train/lr": self.scheduler.get_last_lr()[0],
-            "train/tokens_per_s": tokens / seconds,
-        }
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is None and self.own_grad_norm is not None:
             grad_norm = self.own_grad_norm.item()  # ZeRO-0 fp32: the last step's, measured by the loop
-        if grad_norm is not None and math.isfinite(float(grad_norm)):
-            metrics["train/grad_norm"] = float(grad_norm)
-        if self.peak_flops:
-            metrics["train/mfu"] = flops / seconds / (self.peak_flops * self.world)
-        if self.cfg.precision == "fp16":
-            metrics["train/loss_scale"] = float(self.engine.optimizer.cur_scale)
-        return metrics
+        return WindowStats(
+            loss=loss_sum / max(labels, 1),
+            lr=self.scheduler.get_last_lr()[0],
+            tokens_per_s=tokens / seconds,
+            grad_norm=float(grad_norm) if grad_norm is not None and math.isfinite(float(grad_norm)) else None,
+            mfu=flops / seconds / (self.peak_flops * self.world) if self.peak_flops else None,
+            loss_scale=float(self.engine.optimizer.cur_scale) if self.cfg.precision == "fp16" else None,
+        )
 
     def probe(self) -> dict[str, float]:
         """Generation probes of the current weights, over all workers' shares of the prompts."""
@@ -364,6 +347,22 @@ class TrialRun:
         return total / max(tokens, 1)
 
 
+@dataclass(frozen=True)
+class WindowStats:
+    """What the steps of one log window did, over all workers (TensorBoard's train/* scalars)."""
+
+    loss: float
+    lr: float
+    tokens_per_s: float
+    grad_norm: float | None
+    mfu: float | None
+    loss_scale: float | None
+
+    def scalars(self) -> dict[str, float]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f"train/{name}": value for name, value in values.items() if value is not None}
+
+
 @dataclass
 class Window:
     """What the steps since the last log line did, on this rank."""
@@ -375,10 +374,10 @@ class Window:
     flops: float = 0.0
 
 
-def perplexity(val_loss: float) -> dict[str, float]:
-    """val_ppl only where it is a number: e^50 and above (or a NaN loss) would make Tune's
-    TensorBoard logger warn "NaN or Inf found" at every report, and the loss says it already."""
-    return {"val_ppl": math.exp(val_loss)} if val_loss < 50 else {}
+def perplexity(val_loss: float) -> float | None:
+    """Only where it is a number: e^50 and above (or a NaN loss) would make Tune's TensorBoard
+    logger warn "NaN or Inf found" at every report, and the loss says it already."""
+    return math.exp(val_loss) if val_loss < 50 else None
 
 
 def write_hparams(writer: Any, hparams: dict[str, Any]) -> None:
@@ -447,13 +446,13 @@ def train(
             eval_due = epoch_end or (cfg.eval_every_steps > 0 and state.global_step % cfg.eval_every_steps == 0)
             if eval_due or state.global_step % cfg.log_every_steps == 0:
                 # An evaluation reports the epoch's train loss so far: the window closes then too.
-                window_metrics, window = run.close_window(window, state), Window()
+                window_stats, window = run.close_window(window, state), Window()
                 if writer:
-                    for key, value in window_metrics.items():
+                    for key, value in window_stats.scalars().items():
                         writer.add_scalar(key, value, state.global_step)
             if eval_due:
                 elapsed = time.perf_counter() - epoch_started
-                stopped = _evaluate_and_report(run, state, policy, reporter, writer, epoch_end, window_metrics, elapsed)
+                stopped = _evaluate_and_report(run, state, policy, reporter, writer, epoch_end, window_stats, elapsed)
                 window = Window()  # tokens/s counts training steps, not the evaluation and checkpoint
         if not stopped:
             state.next_epoch()
@@ -483,7 +482,7 @@ def _evaluate_and_report(
     reporter: Reporter,
     writer: Any,
     epoch_end: bool,
-    window_metrics: dict[str, float],
+    window_stats: WindowStats,
     epoch_s: float,
 ) -> bool:
     """Evaluate, decide, checkpoint and report (every rank); True when the trial stops here."""
@@ -511,47 +510,51 @@ def _evaluate_and_report(
     interval = evaluated_steps[-1] - (evaluated_steps[-2] if len(evaluated_steps) > 1 else run.resumed_from_step)
     all_skipped = interval > 0 and skipped - state.skipped_at_last_evaluation >= interval
     if not reason and all_skipped and cfg.precision != "fp16":
-        reason = NON_FINITE
+        reason = StopReason.NON_FINITE
     state.skipped_at_last_evaluation = skipped
     if not reason and epoch_end and state.epoch == cfg.epochs:
-        reason = COMPLETED
-    metrics = {
-        "epoch": state.epoch,
-        "step": state.global_step,
-        "epoch_end": epoch_end,
-        "epoch_progress": progress,
-        "val_loss": val_loss,
-        # What Ray ranks checkpoints by to keep the best: only an evaluation that improved holds
-        # the exported model, so every other one (a tie, a rise, a NaN) scores the largest float:
-        # finite, since Tune's TensorBoard logger warns "NaN or Inf found" at every inf.
-        "checkpoint_score": val_loss if improved else sys.float_info.max,
-        "train_loss": state.epoch_loss_sum / max(state.epoch_label_tokens, 1),
-        "best_val_loss": state.best_val_loss,
-        "best_epoch": state.best_epoch,
-        "best_step": state.best_step,
-        "lr": run.scheduler.get_last_lr()[0],
-        "epoch_s": epoch_s,
-        "stop_reason": reason,
-        "resumed_from_step": run.resumed_from_step,
-        "resume_fallbacks": run.resume_fallbacks,
-        "skipped_steps": skipped,
-        "train_s": state.train_seconds,
-        "first_step_at": run.first_step_at,
-        "worker_started_at": run.started_at,
-        "truncated_rows": run.encode_report.truncated,
-        "dropped_too_long_rows": len(run.encode_report.dropped_too_long),
-        "duplicate_rows": len(run.data.report.dropped.get("duplicate", [])),
-    } | {key.removeprefix("train/"): value for key, value in window_metrics.items() if key != "train/loss"}
-    metrics |= perplexity(val_loss)
-    # Checkpoint and report seconds count the evaluations before this one: this one's are not
-    # over yet (the metrics are saved in the checkpoint).
-    metrics |= {f"{phase}_s": seconds for phase, seconds in run.seconds.items()}
-    # The best checkpoint's probes (exact match is NaN, left out, where no answer is exact).
-    metrics |= {f"probe_{key}": value for key, value in state.best_probes.items() if math.isfinite(value)}
+        reason = StopReason.COMPLETED
+    evaluation = Evaluation(
+        epoch=state.epoch,
+        step=state.global_step,
+        epoch_end=epoch_end,
+        epoch_progress=progress,
+        val_loss=val_loss,
+        # Only an evaluation that improved holds the exported model, so every other one (a tie, a
+        # rise, a NaN) scores the largest float: finite, since Tune's TensorBoard logger warns
+        # "NaN or Inf found" at every inf.
+        checkpoint_score=val_loss if improved else sys.float_info.max,
+        train_loss=state.epoch_loss_sum / max(state.epoch_label_tokens, 1),
+        best_val_loss=state.best_val_loss,
+        best_epoch=state.best_epoch,
+        best_step=state.best_step,
+        lr=run.scheduler.get_last_lr()[0],
+        epoch_s=epoch_s,
+        stop_reason=reason,
+        resumed_from_step=run.resumed_from_step,
+        resume_fallbacks=run.resume_fallbacks,
+        skipped_steps=skipped,
+        train_s=state.train_seconds,
+        first_step_at=run.first_step_at,
+        worker_started_at=run.started_at,
+        truncated_rows=run.encode_report.truncated,
+        dropped_too_long_rows=len(run.encode_report.dropped_too_long),
+        duplicate_rows=len(run.data.report.dropped.get("duplicate", [])),
+        tokens_per_s=window_stats.tokens_per_s,
+        grad_norm=window_stats.grad_norm,
+        mfu=window_stats.mfu,
+        loss_scale=window_stats.loss_scale,
+        val_ppl=perplexity(val_loss),
+        # Checkpoint and report seconds count the evaluations before this one: this one's are not
+        # over yet (the evaluation is saved in the checkpoint).
+        phase_seconds=dict(run.seconds),
+        # The best checkpoint's probes (exact match is NaN, left out, where no answer is exact).
+        probes={key: value for key, value in state.best_probes.items() if math.isfinite(value)},
+    )
     if writer:
         writer.add_scalar("val/loss", val_loss, state.global_step)
-        if "val_ppl" in metrics:
-            writer.add_scalar("val/ppl", metrics["val_ppl"], state.global_step)
+        if evaluation.val_ppl is not None:
+            writer.add_scalar("val/ppl", evaluation.val_ppl, state.global_step)
         if epoch_end:
             writer.add_scalar("val/loss_by_epoch", val_loss, state.epoch)
         for key, value in probes.items():
@@ -563,9 +566,16 @@ def _evaluate_and_report(
         with timed(run.seconds, "checkpoint"):
             if improved:
                 save_model(
-                    run.engine, run.tokenizer, cfg, run.ds_config, metrics, folder, run.rank, run.embeddings_grew
+                    run.engine,
+                    run.tokenizer,
+                    cfg,
+                    run.ds_config,
+                    evaluation.to_metrics(),
+                    folder,
+                    run.rank,
+                    run.embeddings_grew,
                 )
             save_state(run.engine, state, folder, run.rank)
         with timed(run.seconds, "report"):
-            reporter.report(metrics, tmp)
-    return reason not in ("", COMPLETED)
+            reporter.report(evaluation, tmp)
+    return reason not in (StopReason.RUNNING, StopReason.COMPLETED)

@@ -160,15 +160,15 @@ def test_report_regenerates_from_the_stored_experiment_and_matches_the_leaderboa
 
 
 def test_each_trial_times_its_phases_and_the_summary_splits_the_wall_time(local_search: Experiment) -> None:
+    from gpt4all_ray.evaluation import evaluations
     from gpt4all_ray.experiment.files import stored_trials
-    from gpt4all_ray.experiment.records import evaluations
 
     for trial in stored_trials(local_search.dir):
         last = evaluations(trial.history)[-1]
         # Ray Train took its time to start the workers (measured from fit() in the trial's driver).
-        assert 0 < last["worker_group_s"] < last["time_total_s"]
-        timed = [last[f"{phase}_s"] for phase in PHASE_NAMES]
-        assert min(timed) >= 0 and sum(timed) < last["time_total_s"]
+        assert 0 < last.phase_seconds["worker_group"] < last.time_total_s
+        timed = [last.phase_seconds[phase] for phase in PHASE_NAMES] + [last.train_s]
+        assert min(timed) >= 0 and sum(timed) < last.time_total_s
     summary = (local_search.dir / "summary.md").read_text()
     table = summary.split("Where the trials' wall time went:")[1].split("## Figures")[0]
     assert "| training steps |" in table and "| starting the trial's workers" in table

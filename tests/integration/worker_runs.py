@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.evaluation import Evaluation
 from gpt4all_ray.train import loop as worker
 
 
@@ -31,7 +32,8 @@ class FolderReporter:
     def __init__(self, out: Path) -> None:
         self.out = out
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+    def report(self, evaluation: Evaluation, checkpoint_dir: str | None) -> None:
+        metrics = evaluation.to_metrics()  # as Ray carries it
         rank = int(os.environ.get("RANK", "0"))
         if rank == 0:
             with (self.out / "metrics.jsonl").open("a") as f:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from gpt4all_ray.evaluation import evaluations
 from gpt4all_ray.experiment import compute as groups
 from gpt4all_ray.experiment.compute import PHASE_GROUPS, TIMED, compute_used, phase_seconds
 from gpt4all_ray.experiment.files import StoredTrial
@@ -40,7 +41,7 @@ def used(trials: list[StoredTrial]) -> Any:
 
 
 def test_the_summary_groups_every_phase_the_workers_time() -> None:
-    from gpt4all_ray.train.loop import PHASES
+    from gpt4all_ray.evaluation import PHASES
 
     assert set(TIMED) == {"train", *PHASES} and len(TIMED) == len(PHASES) + 1
     # results.py reads probe_* keys as the generation probes' scores.
@@ -76,7 +77,7 @@ def test_a_completed_trial_saves_nothing() -> None:
 
 def test_trials_whose_workers_did_not_time_phases_fall_back_to_wall_time() -> None:
     old = trial("old", 4, 1, "diverged", timed=False)
-    assert phase_seconds(old.history[-1]) is None
+    assert phase_seconds(evaluations(old.history)[-1]) is None
     compute = used([old])
     assert compute.worker_hours_by_phase == {} and time_by_phase_lines(compute) == []
     assert compute.worker_hours_saved == pytest.approx(3 * 40.0 * 2 / 3600)

@@ -8,8 +8,11 @@ import pickle
 
 import pytest
 
-from gpt4all_ray.divergence import DIVERGED, NON_FINITE, DivergencePolicy
+from gpt4all_ray.divergence import DivergencePolicy
+from gpt4all_ray.evaluation import StopReason
 from gpt4all_ray.search.stopping import DivergenceStopper
+
+DIVERGED, NON_FINITE = StopReason.DIVERGED, StopReason.NON_FINITE
 
 nan, inf = math.nan, math.inf
 QUARTERS = [0.25 * i for i in range(1, 13)]  # four step-level evaluations an epoch, 3 epochs
@@ -91,7 +94,12 @@ def test_policy_pickles() -> None:
 
 
 def result(step: int, loss: float, per_epoch: int = 10) -> dict:
-    return {"step": step, "epoch_progress": step / per_epoch, "val_loss": loss}
+    """A worker's report as Tune hands it to a stopper (the fields a stopper does not read kept simple)."""
+    epoch = -(-step // per_epoch)
+    return {"step": step, "epoch": epoch, "epoch_progress": step / per_epoch, "val_loss": loss} | {
+        "best_val_loss": loss,
+        "best_epoch": epoch,
+    }
 
 
 def test_stopper_judges_each_trial_on_its_own_history_and_pickles_midway() -> None:

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "gpt4all_ray"
 # the evaluation contract) are rooms too; cli may import anything.
 ALLOWED = {
     "config": set(),
-    "divergence": set(),
+    "divergence": {"evaluation"},
     "evaluation": set(),
     "ray_private": set(),
     "data": {"config"},

@@ -7,7 +7,10 @@ import json
 import math
 from pathlib import Path
 
-from gpt4all_ray.experiment.records import ERROR, record_from_history, write_report
+from gpt4all_ray.evaluation import StopReason
+from gpt4all_ray.experiment.records import record_from_history, write_report
+
+ERROR = StopReason.ERROR
 
 
 def epochs(losses: list[float], reasons: list[str], ckpt_dir: Path | None = None) -> list[dict]:
@@ -60,7 +63,8 @@ def test_report_ranks_by_best_loss_and_copies_the_best_checkpoint(tmp_path: Path
     good.searcher_value = 2.0
     best = write_report(tmp_path / "exp", [bad, failed, good], ["learning_rate"], {"good": {"epochs": 2}})
     assert best is not None
-    assert best["trial_id"] == "good" and best["best_val_loss"] == 2.0 and best["best_epoch"] == 2
+    assert best.record.trial_id == "good" and best.record.best_val_loss == 2.0 and best.record.best_epoch == 2
+    assert best.checkpoint == (tmp_path / "exp" / "best").resolve() and best.config == {"epochs": 2}
     assert (tmp_path / "exp" / "best" / "model.safetensors").read_text() == "epoch 2"
     assert json.loads((tmp_path / "exp" / "best.json").read_text())["config"] == {"epochs": 2}
     with (tmp_path / "exp" / "leaderboard.csv").open() as f:
@@ -104,7 +108,7 @@ def test_a_step_level_best_is_found_and_best_holds_the_model_not_the_resume_stat
     assert record.val_losses == [2.5, 2.4]  # epoch ends only
     assert record.checkpoint_path == str(tmp_path / "checkpoint_15")
     summary = write_report(tmp_path / "exp", [record], [], {})
-    assert summary is not None and summary["best_step"] == 15
+    assert summary is not None and summary.record.best_step == 15
     assert (tmp_path / "exp" / "best" / "model.safetensors").read_text() == "step 15"
     assert not (tmp_path / "exp" / "best" / "resume").exists()
 

@@ -17,6 +17,11 @@ from gpt4all_ray.search.spaces import param_space
 REPO = Path(__file__).resolve().parents[2]
 
 
+def reported(best: float, **extra: object) -> dict:
+    """A trial's last result as Tune hands it to the searcher: the worker's last evaluation."""
+    return {"epoch": 2, "val_loss": best, "best_val_loss": best, "best_epoch": 2} | extra
+
+
 def test_searcher_tells_tpe_the_stop_rate_constraint(tmp_path: Path) -> None:
     """The real searcher (Ray's OptunaSearch subclass) on a real SQLite study: a trial below the
     required stop rate is infeasible for TPE, one above is feasible."""
@@ -26,7 +31,7 @@ def test_searcher_tells_tpe_the_stop_rate_constraint(tmp_path: Path) -> None:
     searcher.set_search_properties("best_val_loss", "min", param_space(spec))
     for trial_id, stop_rate in (("a", 0.5), ("b", 1.0)):
         assert searcher.suggest(trial_id)
-        searcher.on_trial_complete(trial_id, {"best_val_loss": 3.0, "probe_stop_rate": stop_rate})
+        searcher.on_trial_complete(trial_id, reported(3.0, probe_stop_rate=stop_rate))
     study = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}")
     constraints = [t.constraints["min_stop_rate"] for t in study.trials]
     assert constraints == [pytest.approx(0.4), pytest.approx(-0.1)]  # feasible when <= 0
@@ -38,14 +43,17 @@ def test_a_trial_without_any_finite_loss_is_a_failure_for_optuna(tmp_path: Path)
     searcher.set_search_properties("best_val_loss", "min", param_space(spec))
     for trial_id, best in (("finite", 3.2), ("never_finite", math.inf)):
         assert searcher.suggest(trial_id)
-        searcher.on_trial_complete(trial_id, {"best_val_loss": best, "stop_reason": "non_finite"})
+        searcher.on_trial_complete(trial_id, reported(best, stop_reason="non_finite"))
     study = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}")
     assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 3.2), ("FAIL", None)]
     assert study.trials[1].user_attrs["stop_reason"] == "non_finite"
 
 
 def test_optuna_is_told_who_stopped_a_trial_the_workers_did_not(tmp_path: Path) -> None:
-    from gpt4all_ray.experiment.stop_log import ASHA, record_stop
+    from gpt4all_ray.evaluation import StopReason
+    from gpt4all_ray.experiment.stop_log import record_stop
+
+    ASHA = StopReason.ASHA
 
     spec = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")
     searcher = make_searcher(spec, tmp_path / "exp", "best_val_loss", None)
@@ -53,8 +61,8 @@ def test_optuna_is_told_who_stopped_a_trial_the_workers_did_not(tmp_path: Path) 
     for trial_id in ("cut", "ran"):
         assert searcher.suggest(trial_id)
     record_stop(tmp_path / "exp", "cut", ASHA, epoch=1.0)  # what the scheduler writes as it stops it
-    searcher.on_trial_complete("cut", {"best_val_loss": 3.4, "stop_reason": ""})
-    searcher.on_trial_complete("ran", {"best_val_loss": 3.2, "stop_reason": "completed"})
+    searcher.on_trial_complete("cut", reported(3.4, stop_reason=""))
+    searcher.on_trial_complete("ran", reported(3.2, stop_reason="completed"))
     study = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}")
     assert [t.user_attrs["stop_reason"] for t in study.trials] == [ASHA, "completed"]
 

@@ -10,13 +10,17 @@ from types import SimpleNamespace
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from gpt4all_ray.config import load_spec
-from gpt4all_ray.divergence import DIVERGED, NON_FINITE, DivergencePolicy
+from gpt4all_ray.divergence import DivergencePolicy
+from gpt4all_ray.evaluation import StopReason
 from gpt4all_ray.experiment.records import record_from_history
-from gpt4all_ray.experiment.stop_log import ASHA, EVERY_TRIAL, GPU_HOURS, read_stops, record_stop, stopped_by
+from gpt4all_ray.experiment.stop_log import EVERY_TRIAL, read_stops, record_stop, stopped_by
 from gpt4all_ray.search.progress import stopper_description
 from gpt4all_ray.search.stopping import DivergenceStopper, GpuHourBudget, RecordedASHA
 from tests.unit.test_divergence import result
 from tests.unit.test_results import epochs
+
+DIVERGED, NON_FINITE = StopReason.DIVERGED, StopReason.NON_FINITE
+ASHA, GPU_HOURS = StopReason.ASHA, StopReason.GPU_HOURS
 
 DEFAULT = Path(__file__).resolve().parents[2] / "search_spaces" / "tiny_cpu.yaml"
 
