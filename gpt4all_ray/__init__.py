@@ -1,3 +1,6 @@
-"""gpt4all-ray: hyperparameter search for LLM instruction fine-tuning on Ray (Tune + Optuna + Train/DeepSpeed)."""
+"""gpt4all-ray: hyperparameter search for LLM instruction fine-tuning (Ray Tune + Optuna over Ray
+Train DeepSpeed workers). `run_search` is the Python API; `gpt4all-ray` the command line."""
 
-__version__ = "0.1.0"
+from gpt4all_ray.api import SearchResult, run_search
+
+__all__ = ["SearchResult", "run_search"]

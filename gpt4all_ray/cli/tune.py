@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -48,13 +48,31 @@ def resolve_space(given: Path | None) -> Path:
     return default_space_path().parent / f"{given}.yaml"
 
 
+class HelpSpace(argparse.Action):
+    """--help-space: like --help, it answers and exits before any other flag is checked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from gpt4all_ray.config.reference import reference_markdown
+
+        print(reference_markdown(), end="")
+        parser.exit()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.tune", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="gpt4all-ray tune", description=__doc__.splitlines()[0])
     p.add_argument(
         "--space",
         type=Path,
         default=None,
         help=f"search-space YAML, or a name in search_spaces/ (default {DEFAULT_SPACE})",
+    )
+    p.add_argument(
+        "--help-space",
+        action=HelpSpace,
+        help="print the search-space reference (every key, its default and meaning; docs/configuration.md) and exit",
     )
     p.add_argument("--name", help="experiment name (default: <space name>-<date>-<time>)")
     p.add_argument("--results-dir", type=Path, help=f"where <experiment>/ goes (default {DEFAULT_RESULTS})")

@@ -26,6 +26,7 @@ import math
 import os
 import signal
 from pathlib import Path
+from typing import Protocol
 
 FAULT_ENV = "GPT4ALL_RAY_FAULT"
 ONCE_ENV = "GPT4ALL_RAY_FAULT_ONCE"
@@ -145,3 +146,47 @@ def kill_driver(event: str, count: int) -> None:
     if os.getpgid(0) == os.getpid():
         os.killpg(os.getpid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FaultPoints(Protocol):
+    """The seam the training loop is handed: the three points where a test's fault can fire."""
+
+    def loss_factor(self, rank: int, global_step: int) -> float: ...
+
+    def after_micro_batch(self, rank: int, global_step: int, micro: int) -> None: ...
+
+    def after_step(self, rank: int, global_step: int) -> None: ...
+
+
+class NoFaults:
+    """What a real run is handed: the loop pays nothing, not even an environment lookup."""
+
+    def loss_factor(self, rank: int, global_step: int) -> float:
+        return 1.0
+
+    def after_micro_batch(self, rank: int, global_step: int, micro: int) -> None:
+        return None
+
+    def after_step(self, rank: int, global_step: int) -> None:
+        return None
+
+
+class EnvironmentFaults:
+    """The fault GPT4ALL_RAY_FAULT names (read at each point: a restarted worker sees the ONCE
+    marker its predecessor wrote)."""
+
+    def loss_factor(self, rank: int, global_step: int) -> float:
+        return loss_factor(rank, global_step)
+
+    def after_micro_batch(self, rank: int, global_step: int, micro: int) -> None:
+        after_micro_batch(rank, global_step, micro)
+
+    def after_step(self, rank: int, global_step: int) -> None:
+        after_step(rank, global_step)
+
+
+def from_environment() -> FaultPoints:
+    """EnvironmentFaults when GPT4ALL_RAY_FAULT names a worker fault (checked here, so a typo fails
+    the worker at once), else NoFaults."""
+    spec = os.environ.get(FAULT_ENV)
+    return EnvironmentFaults() if spec and parse(spec)[0] != "driver" else NoFaults()

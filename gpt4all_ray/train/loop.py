@@ -31,10 +31,10 @@ from gpt4all_ray.data.collate import pack, pad_to_longest
 from gpt4all_ray.data.encode import IGNORE, encode_rows
 from gpt4all_ray.divergence import DivergencePolicy
 from gpt4all_ray.evaluation import PHASES, Evaluation, StopReason
-from gpt4all_ray.train import faults
 from gpt4all_ray.train.checkpoint import LoopState, ResumePoint, load_state, pick_resumable, save_model, save_state
 from gpt4all_ray.train.ds_config import deepspeed_config, gradient_accumulation
 from gpt4all_ray.train.ds_ops import use_own_op_builds
+from gpt4all_ray.train.faults import FaultPoints, NoFaults
 from gpt4all_ray.train.loss import loss_sum_and_count
 from gpt4all_ray.train.model import base_model, is_builtin, load_tokenizer, trainable
 from gpt4all_ray.train.optimizer import SkippableAdamW
@@ -142,7 +142,8 @@ StepHook = Callable[[int, int, list[int], float], None]
 class TrialRun:
     """One worker's share of a trial: data, model and DeepSpeed engine, built once."""
 
-    def __init__(self, cfg: TrialConfig, threads: int = 1) -> None:
+    def __init__(self, cfg: TrialConfig, threads: int = 1, faults: FaultPoints | None = None) -> None:
+        self.faults = faults or NoFaults()
         # Where the time outside optimizer steps goes, by phase (each reported as <phase>_s): in a
         # short trial, most of its wall time. train() adds the attempts before this one.
         self.seconds = dict.fromkeys(PHASES, 0.0)
@@ -244,7 +245,7 @@ class TrialRun:
         non_finite_losses = torch.zeros((), dtype=torch.float64, device=self.device)
         label_tokens = 0.0
         finite, skipped_before = True, self.engine.skipped_steps
-        injected = faults.loss_factor(self.rank, state.global_step + 1)  # 1.0 unless a test asks
+        injected = self.faults.loss_factor(self.rank, state.global_step + 1)  # 1.0 unless a test asks
         for micro in range(self.accumulation):
             picked = mine[micro * cfg.per_device_batch : (micro + 1) * cfg.per_device_batch]
             cpu = self.cpu_batch([self.train_examples[i] for i in picked])
@@ -260,7 +261,7 @@ class TrialRun:
             if micro == self.accumulation - 1:  # DeepSpeed's next step() is the optimizer step
                 finite = self.check_finite_step(non_finite_losses)
             self.engine.step()
-            faults.after_micro_batch(self.rank, state.global_step + 1, micro + 1)
+            self.faults.after_micro_batch(self.rank, state.global_step + 1, micro + 1)
             loss_sum += loss.detach().double() * labels  # stays on the device: no sync per micro-batch
             label_tokens += labels
             window.tokens += real
@@ -400,6 +401,7 @@ def train(
     on_step: StepHook | None = None,
     hparams: dict[str, Any] | None = None,
     worker_group_s: float = 0.0,
+    faults: FaultPoints | None = None,
 ) -> None:
     """Train for cfg.epochs, evaluating at each epoch end (and every eval_every_steps), each
     evaluation reported with a checkpoint that resumes the run; the model itself is exported only
@@ -407,7 +409,7 @@ def train(
     # The newest valid checkpoint, picked before the engine is built: with none usable the trial
     # fails at once, naming each, instead of loading a broken one or starting over from step 0.
     point = pick_resumable(Path(resume_from)) if resume_from else None
-    run = TrialRun(cfg, threads)
+    run = TrialRun(cfg, threads, faults)
     run.seconds["worker_group"] = worker_group_s
     state = LoopState()
     if point:
@@ -441,7 +443,7 @@ def train(
             state.train_seconds += time.perf_counter() - step_started
             if run.first_step_at is None:
                 run.first_step_at = time.time()
-            faults.after_step(run.rank, state.global_step)
+            run.faults.after_step(run.rank, state.global_step)
             epoch_end = state.step_in_epoch == run.steps_per_epoch
             eval_due = epoch_end or (cfg.eval_every_steps > 0 and state.global_step % cfg.eval_every_steps == 0)
             if eval_due or state.global_step % cfg.log_every_steps == 0:

@@ -25,6 +25,7 @@ from typing import Any
 
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.evaluation import Evaluation
+from gpt4all_ray.train import faults
 from gpt4all_ray.train import loop as worker
 
 
@@ -67,7 +68,14 @@ def main(argv: list[str]) -> int:
         worker.param_groups = without_weight_decay if name.startswith("planted_") else real_groups  # type: ignore[assignment]
         try:
             cfg = TrialConfig(**settings)
-            worker.train(cfg, FolderReporter(out), str(out / "tb"), resume_from=resume_from, on_step=step_logger(out))
+            worker.train(
+                cfg,
+                FolderReporter(out),
+                str(out / "tb"),
+                resume_from=resume_from,
+                on_step=step_logger(out),
+                faults=faults.from_environment(),
+            )
         except Exception:  # noqa: BLE001 (the test reads what failed, per case)
             (out / "error.txt").write_text(traceback.format_exc())
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -115,3 +116,17 @@ def test_a_driver_fault_kills_its_process_group_once(tmp_path: Path) -> None:
     assert _dies(int(child_pid))  # the group's other process went with it
     again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stdout.split()[-1] == "alive"
+
+
+def test_the_loop_is_handed_no_faults_unless_a_worker_fault_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(faults.FAULT_ENV, raising=False)
+    assert isinstance(faults.from_environment(), faults.NoFaults)
+    monkeypatch.setenv(faults.FAULT_ENV, "driver:trials=2")  # the driver's, not the loop's
+    assert isinstance(faults.from_environment(), faults.NoFaults)
+    monkeypatch.setenv(faults.FAULT_ENV, "nan:step=3:rank=1")
+    injected = faults.from_environment()
+    assert isinstance(injected, faults.EnvironmentFaults)
+    assert math.isnan(injected.loss_factor(1, 3)) and injected.loss_factor(0, 3) == injected.loss_factor(1, 4) == 1.0
+    monkeypatch.setenv(faults.FAULT_ENV, "nan:stp=3")
+    with pytest.raises(ValueError, match="bad field 'stp=3'"):
+        faults.from_environment()
