@@ -6,7 +6,7 @@ search to half of random search's compute (issue 7's goal 3) on the embedded def
 Not a measurement of the product: each search here asks Optuna's samplers for points of
 search_spaces/tiny_cpu.yaml and answers with a surrogate of the validation loss, the final loss of
 the three nearest trials really run by `benchmarks/search_efficiency.py` (results/benchmarks/
-search_trials.csv, one row per distinct configuration, written from that benchmark's output
+search_surrogate/2026-12-01-trials.csv, one row per distinct configuration, written from that benchmark's output
 folder with --from-runs; inverse-distance weighted over log learning rate, schedule, epochs, warmup and
 weight decay). A surrogate search takes seconds where a real one takes minutes, so many seeds and
 budgets fit in one run; it says which settings are worth a real run, and how often a 5-seed median
@@ -40,7 +40,7 @@ from gpt4all_ray.config import TuneSettings, load_spec  # noqa: E402
 from gpt4all_ray.search.searcher import make_sampler  # noqa: E402
 from gpt4all_ray.search.spaces import param_space  # noqa: E402
 
-TRIALS_CSV = REPO / "results" / "benchmarks" / "search_trials.csv"
+TRIALS_CSV = REPO / "results" / "benchmarks" / "search_surrogate" / "2026-12-01-trials.csv"
 # Distance scales: about the spread over which the loss changes (a quarter of a decade of learning rate).
 SCALES = {"learning_rate": 0.15, "epochs": 0.7, "warmup_steps": 130.0, "weight_decay": 0.22}
 NEIGHBOURS = 3

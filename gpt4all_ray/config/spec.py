@@ -70,8 +70,12 @@ class TrialConfig:
     JSON, CSV or Parquet file, or a folder of them (visible to every worker), or
     `hf:<name>` for the train split of a Hugging Face data set (needs the Hub)."""
     prompt_column: str = "prompt"
+    """Column holding the prompt (instruction) in a data file."""
     response_column: str = "response"
+    """Column holding the response the model learns to give."""
     source_column: str = "source"
+    """Column naming the row's source (for the source filters and per-source counts); where a
+    row has none, its file's name stands in."""
     input_column: str = ""
     """Joined to the prompt with a newline when non-empty (Alpaca/GPTeacher `input`)."""
     explode_column: str = ""
@@ -96,9 +100,13 @@ class TrialConfig:
     """Pad each batch to its longest row, every row to max_length (GPT4All's), or pack a batch's
     examples into rows of max_length with per-example positions and attention."""
     per_device_batch: int = 8
+    """Examples per worker in one micro-batch (one forward and backward pass)."""
     global_batch: int = 16
-    """per_device_batch x workers x gradient accumulation."""
+    """Examples per optimizer step, over all workers: per_device_batch x workers_per_trial x
+    gradient accumulation steps (must be a multiple of the first two)."""
     zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1 (optimizer state partitioned), 2 (and
+    gradients) or 3 (and parameters)."""
     precision: str = "fp32"
     """fp32, bf16, or fp16 with dynamic loss scaling (GPU only)."""
     offload_optimizer: bool = False
@@ -106,17 +114,28 @@ class TrialConfig:
     offload_params: bool = False
     """ZeRO 3 only: parameters kept on the CPU between uses."""
     learning_rate: float = 1e-3
+    """Peak learning rate of AdamW, reached at the end of warmup."""
     lr_schedule: str = "linear"
+    """After warmup: constant_with_warmup (hold), linear (to 0 at the last step) or cosine (to 0)."""
     warmup_steps: int = 10
+    """Optimizer steps of linear warmup up to learning_rate (0: none)."""
     weight_decay: float = 0.0
+    """AdamW weight decay, on weight matrices only (not biases or norms); 0: none."""
     epochs: int = 3
+    """Passes over the training split (a trial may stop earlier)."""
     grad_clip: float = 1.0
+    """Largest global gradient norm; gradients above it are scaled down to it (0: no clipping)."""
     lora_r: int = 8
+    """LoRA rank (method: lora only)."""
     lora_alpha: int = 32
+    """LoRA scaling numerator: updates are scaled by lora_alpha / lora_r (method: lora only)."""
     lora_dropout: float = 0.1
+    """Dropout on the LoRA adapter's input, a fraction in [0, 1) (method: lora only)."""
     seed: int = 0
     """Seed of model initialisation and data order."""
     log_every_steps: int = 10
+    """Optimizer steps between training-metric logs (loss, learning rate, grad norm, tokens/s,
+    MFU) to TensorBoard."""
     eval_every_steps: int = 0
     """Also evaluate (and checkpoint for resume) every N optimizer steps; 0: at epoch ends only."""
     peak_tflops: float = 0.0
@@ -149,8 +168,11 @@ class TrialConfig:
 @dataclass(frozen=True)
 class Resources:
     workers_per_trial: int = 2
+    """DeepSpeed worker processes (Ray Train workers) per trial."""
     cpus_per_worker: float = 0.5
+    """CPUs Ray reserves for each worker (fractions allowed)."""
     gpus_per_worker: float = 0.0
+    """GPUs Ray reserves for each worker; 0: train on CPU."""
     driver_cpus: float = 0.5
     """CPUs of the Tune trial that drives one TorchTrainer."""
 
@@ -162,8 +184,11 @@ class Resources:
 @dataclass(frozen=True)
 class TuneSettings:
     num_trials: int = 6
+    """Trials to run (sampled, enqueued and warm starts together)."""
     max_concurrent: int = 1
+    """Trials running at once, at most (fewer if the cluster has no room)."""
     seed: int = 0
+    """Seed of the searcher's sampler (the same seed draws the same first trials)."""
     min_stop_rate: float = 0.0
     """A constraint: the best trial is the lowest validation loss among trials whose best
     checkpoint stops (emits EOS) on at least this share of probe prompts; the searcher is told it too."""
@@ -185,6 +210,7 @@ class TuneSettings:
     asha_grace_epochs: float = 1.0
     """Epochs every trial gets before ASHA may stop it."""
     asha_reduction_factor: int = 3
+    """ASHA keeps 1 in this many trials at each rung (at least 2)."""
     time_budget_s: float = 0.0
     """Stop starting and running trials after this many seconds (0: no limit)."""
     gpu_hours: float = 0.0
