@@ -1,7 +1,7 @@
 """The configuration reference, docs/configuration.md, generated from spec.py.
 
 Each key's description is the docstring under its field in spec.py, read with `ast`; types and
-defaults come from the dataclasses; allowed values from the tuples spec.py checks a key against.
+defaults come from the dataclasses; groups and allowed values from each field's metadata (spec.setting).
 Imports neither torch nor Ray.
 
     python -m gpt4all_ray.config.reference > docs/configuration.md   # regenerate
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -115,54 +114,10 @@ def field_docstrings(source: str | None = None) -> dict[str, dict[str, str]]:
     return found
 
 
-def allowed_values(source: str | None = None) -> dict[str, tuple[Any, ...]]:
-    """Key -> the values spec.py accepts for it, where it checks the key against a tuple: a
-    module-level one (SCHEDULES, METHODS, ...) or a literal one."""
-    tree = ast.parse(source if source is not None else spec_source())
-    tuples: dict[str, tuple[Any, ...]] = {}
-    for node in tree.body:
-        named = isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-        if named and isinstance(node.value, ast.Tuple):  # type: ignore[union-attr]
-            with contextlib.suppress(ValueError):
-                tuples[node.targets[0].id] = ast.literal_eval(node.value)  # type: ignore[union-attr]
-
-    def values(expr: ast.expr) -> tuple[Any, ...] | None:
-        if isinstance(expr, ast.Name):
-            return tuples.get(expr.id)
-        if isinstance(expr, ast.Tuple):
-            try:
-                return ast.literal_eval(expr)
-            except ValueError:
-                return None
-        return None
-
-    def checked(compare: ast.Compare) -> tuple[Any, ...] | None:
-        if len(compare.ops) == 1 and isinstance(compare.ops[0], (ast.In, ast.NotIn)):
-            return values(compare.comparators[0])
-        return None
-
-    found: dict[str, tuple[Any, ...]] = {}
-    for node in ast.walk(tree):
-        # _RULES: {"key": (lambda v: v in TUPLE, "message"), ...}
-        if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values, strict=True):
-                if not (isinstance(key, ast.Constant) and isinstance(key.value, str)):
-                    continue
-                if isinstance(value, ast.Tuple) and value.elts and isinstance(value.elts[0], ast.Lambda):
-                    lam = value.elts[0]
-                    for sub in ast.walk(lam.body):
-                        on_arg = isinstance(sub, ast.Compare) and isinstance(sub.left, ast.Name)
-                        if on_arg and sub.left.id == lam.args.args[0].arg and checked(sub) is not None:  # type: ignore[union-attr]
-                            found.setdefault(key.value, checked(sub))  # type: ignore[arg-type]
-        # parse_spec: `if tune.searcher not in SEARCHERS: ...`
-        elif (
-            isinstance(node, ast.Compare)
-            and isinstance(node.left, ast.Attribute)
-            and isinstance(node.left.value, ast.Name)
-            and checked(node) is not None
-        ):
-            found.setdefault(node.left.attr, checked(node))  # type: ignore[arg-type]
-    return found
+def allowed_values(cls: type) -> dict[str, tuple[Any, ...]]:
+    """Key -> the values its rule accepts, where the rule is a list of them (spec.one_of)."""
+    rules = {f.name: f.metadata.get("rule") for f in dataclasses.fields(cls)}
+    return {name: rule.choices for name, rule in rules.items() if rule is not None and rule.choices}
 
 
 def _yaml_value(value: Any) -> str:
@@ -177,11 +132,13 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def section_table(section: str, cls: type, docs: dict[str, str], allowed: dict[str, tuple[Any, ...]]) -> str:
+def section_table(
+    section: str, rows: list[dataclasses.Field], docs: dict[str, str], allowed: dict[str, tuple[Any, ...]]
+) -> str:
     searchable = section == "fixed"
     columns = ["key", "type", "default", *(["searchable"] if searchable else []), "description"]
-    rows = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    for f in dataclasses.fields(cls):
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for f in rows:
         description = docs.get(f.name, "")
         if f.name in allowed:
             listed = ", ".join(f"`{v}`" for v in allowed[f.name] if v != "")
@@ -191,19 +148,27 @@ def section_table(section: str, cls: type, docs: dict[str, str], allowed: dict[s
         if searchable:
             cells.append("yes" if f.name in spec.SEARCHABLE else "")
         cells.append(_cell(description.strip()))
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def reference_markdown() -> str:
-    """docs/configuration.md, as spec.py now describes the configuration."""
-    source = spec_source()
-    docs = field_docstrings(source)
-    allowed = allowed_values(source)
+    """docs/configuration.md, as spec.py now describes the configuration: `fixed` in one table per
+    concern (spec.GROUPS), `resources` and `tune` in one table each."""
+    docs = field_docstrings(spec_source())
     parts = [INTRO]
     for section, cls, what in SECTIONS:
-        table = section_table(section, cls, docs[cls.__name__], allowed)
-        parts.append(f"## `{section}`: {cls.__name__}\n\n{what}\n\n{table}\n")
+        allowed, own = allowed_values(cls), docs[cls.__name__]
+        fields = dataclasses.fields(cls)
+        if cls is not spec.TrialConfig:
+            parts.append(
+                f"## `{section}`: {cls.__name__}\n\n{what}\n\n{section_table(section, list(fields), own, allowed)}\n"
+            )
+            continue
+        parts.append(f"## `{section}`: {cls.__name__}\n\n{what}\n")
+        for group in spec.GROUPS:
+            grouped = [f for f in fields if f.metadata["group"] == group]
+            parts.append(f"### {group}\n\n{section_table(section, grouped, own, allowed)}\n")
     return "\n".join(parts)
 
 

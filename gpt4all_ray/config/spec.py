@@ -51,129 +51,201 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
-class TrialConfig:
-    """Everything one trial's workers need: the fixed settings plus the sampled ones."""
+class Rule:
+    """What one setting's value must be: every section's values are checked the same way, by the
+    rule its field carries (fixed values, searched bounds and choices, enqueued points alike)."""
 
-    model: str = "tiny-gptj"
+    ok: Callable[[Any], bool]
+    expected: str
+    choices: tuple[Any, ...] = ()
+    """The values the reference lists: all accepted ones, or (model) the built-in ones."""
+
+    def problem(self, value: Any) -> str | None:
+        return None if self.ok(value) else f"{self.expected}, got {value!r}"
+
+
+def one_of(choices: tuple[Any, ...], expected: str = "") -> Rule:
+    return Rule(lambda v: v in choices, expected or f"expected one of {', '.join(map(str, choices))}", choices)
+
+
+def at_least(low: float, meaning: str = "") -> Rule:
+    return Rule(lambda v: v >= low, f"must be >= {low}" + (f" ({meaning})" if meaning else ""))
+
+
+POSITIVE = Rule(lambda v: v > 0, "must be > 0")
+MODEL_NAME = Rule(
+    lambda v: v in EMBEDDED_MODELS or Path(v).is_dir() or bool(HUB_MODEL_ID.match(v)),
+    f"expected one of {', '.join(EMBEDDED_MODELS)}, a local model folder, or a Hugging Face model name",
+    EMBEDDED_MODELS,  # the built-in ones; any Hugging Face causal LM too
+)
+DATA_SOURCE = Rule(
+    lambda v: v == EMBEDDED_DATA or v.startswith(HUB_PREFIX) or Path(v).exists(),
+    f"expected {EMBEDDED_DATA!r}, an existing path, or {HUB_PREFIX}<Hugging Face dataset name>",
+)
+
+# The concerns a trial's settings fall into (the configuration reference has a table for each).
+MODEL, DATA, OPTIMIZER, ENGINE, EVALUATION, STOPPING, PROBES = (
+    "model",
+    "data",
+    "optimizer",
+    "engine",
+    "evaluation",
+    "stopping",
+    "probes",
+)
+GROUPS = (MODEL, DATA, OPTIMIZER, ENGINE, EVALUATION, STOPPING, PROBES)
+
+
+def setting(default: Any, group: str = "", rule: Rule | None = None) -> Any:
+    """A config field: its default, its concern (TrialConfig's fields) and the rule its value keeps."""
+    return field(default=default, metadata={"group": group, "rule": rule})
+
+
+def rule_of(cls: type, key: str) -> Rule | None:
+    return next((f.metadata.get("rule") for f in fields(cls) if f.name == key), None)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial's workers need: the fixed settings plus the sampled ones. The YAML's
+    `fixed:` and `search:` keys are these fields, flat; each belongs to one group (its concern).
+    """
+
+    # model: the model and how it is adapted
+    model: str = setting("tiny-gptj", MODEL, MODEL_NAME)
     """Built-in tiny model (tiny-gptj, tiny-gptj-wide, tiny-llama, built from a config in-process), or
     any Hugging Face causal LM by local folder or Hub name (its own tokenizer then)."""
-    trust_remote_code: bool = False
+    trust_remote_code: bool = setting(False, MODEL)
     """Run a Hub model's own Python code (off unless asked)."""
-    method: str = "full"
+    method: str = setting("full", MODEL, one_of(METHODS))
     """full fine-tuning or lora (PEFT)."""
-    lora_targets: str = ""
+    lora_targets: str = setting("", MODEL)
     """Comma-separated module names LoRA adapts (empty: the architecture's entry in model.py)."""
-    gradient_checkpointing: bool = False
+    lora_r: int = setting(8, MODEL, POSITIVE)
+    """LoRA rank (method: lora only)."""
+    lora_alpha: int = setting(32, MODEL, POSITIVE)
+    """LoRA scaling numerator: updates are scaled by lora_alpha / lora_r (method: lora only)."""
+    lora_dropout: float = setting(0.1, MODEL, Rule(lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"))
+    """Dropout on the LoRA adapter's input, a fraction in [0, 1) (method: lora only)."""
+    gradient_checkpointing: bool = setting(False, MODEL)
     """Recompute activations in the backward pass: less memory, ~1/3 more compute."""
-    data: str = EMBEDDED_DATA
+
+    # data: rows, cleaning, split, tokenizing, batching
+    data: str = setting(EMBEDDED_DATA, DATA, DATA_SOURCE)
     """Instruction data: `embedded` generates GPT4All-style rows in-process; otherwise a JSONL,
     JSON, CSV or Parquet file, or a folder of them (visible to every worker), or
     `hf:<name>` for the train split of a Hugging Face data set (needs the Hub)."""
-    prompt_column: str = "prompt"
+    prompt_column: str = setting("prompt", DATA)
     """Column holding the prompt (instruction) in a data file."""
-    response_column: str = "response"
+    response_column: str = setting("response", DATA)
     """Column holding the response the model learns to give."""
-    source_column: str = "source"
+    source_column: str = setting("source", DATA)
     """Column naming the row's source (for the source filters and per-source counts); where a
     row has none, its file's name stands in."""
-    input_column: str = ""
+    input_column: str = setting("", DATA)
     """Joined to the prompt with a newline when non-empty (Alpaca/GPTeacher `input`)."""
-    explode_column: str = ""
+    explode_column: str = setting("", DATA)
     """A list-of-objects column whose items become rows (self-instruct's `instances`)."""
-    include_sources: str = ""
+    include_sources: str = setting("", DATA)
     """Comma-separated sources to keep (empty: all)."""
-    exclude_sources: str = ""
+    exclude_sources: str = setting("", DATA)
     """Comma-separated sources to drop (GPT4All dropped P3)."""
-    train_only_sources: str = ""
+    train_only_sources: str = setting("", DATA)
     """Comma-separated sources never held out for validation."""
-    data_rows: int = 2400
+    data_rows: int = setting(2400, DATA, POSITIVE)
     """Rows the embedded generator makes."""
-    data_seed: int = 0
+    data_seed: int = setting(0, DATA)
     """Seed of the embedded data set (same seed, byte-identical rows)."""
-    val_fraction: float = 0.05
+    val_fraction: float = setting(0.05, DATA, Rule(lambda v: 0 < v < 1, "expected a fraction between 0 and 1"))
     """Share of rows held out for validation (GPT4All: 5%)."""
-    max_length: int = 128
+    max_length: int = setting(128, DATA, POSITIVE)
     """Tokens per example; prompts are capped at half of it."""
-    length_policy: str = "truncate"
+    length_policy: str = setting("truncate", DATA, one_of(LENGTH_POLICIES))
     """A row that still does not fit: truncate (and no EOS), drop (counted) or raise."""
-    collate: str = "longest"
+    collate: str = setting("longest", DATA, one_of(COLLATIONS))
     """Pad each batch to its longest row, every row to max_length (GPT4All's), or pack a batch's
     examples into rows of max_length with per-example positions and attention."""
-    per_device_batch: int = 8
+
+    # optimizer: AdamW, its schedule and the run's length
+    learning_rate: float = setting(1e-3, OPTIMIZER, POSITIVE)
+    """Peak learning rate of AdamW, reached at the end of warmup."""
+    lr_schedule: str = setting("linear", OPTIMIZER, one_of(SCHEDULES))
+    """After warmup: constant_with_warmup (hold), linear (to 0 at the last step) or cosine (to 0)."""
+    warmup_steps: int = setting(10, OPTIMIZER, at_least(0))
+    """Optimizer steps of linear warmup up to learning_rate (0: none)."""
+    weight_decay: float = setting(0.0, OPTIMIZER, at_least(0))
+    """AdamW weight decay, on weight matrices only (not biases or norms); 0: none."""
+    epochs: int = setting(3, OPTIMIZER, POSITIVE)
+    """Passes over the training split (a trial may stop earlier)."""
+    grad_clip: float = setting(1.0, OPTIMIZER, at_least(0, "0 turns clipping off"))
+    """Largest global gradient norm; gradients above it are scaled down to it (0: no clipping)."""
+    seed: int = setting(0, OPTIMIZER)
+    """Seed of model initialisation and data order."""
+
+    # engine: DeepSpeed and the batch geometry
+    per_device_batch: int = setting(8, ENGINE, POSITIVE)
     """Examples per worker in one micro-batch (one forward and backward pass)."""
-    global_batch: int = 16
+    global_batch: int = setting(16, ENGINE, POSITIVE)
     """Examples per optimizer step, over all workers: per_device_batch x workers_per_trial x
     gradient accumulation steps (must be a multiple of the first two)."""
-    zero_stage: int = 2
+    zero_stage: int = setting(2, ENGINE, one_of((0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"))
     """DeepSpeed ZeRO stage: 0 (plain data parallel), 1 (optimizer state partitioned), 2 (and
     gradients) or 3 (and parameters)."""
-    precision: str = "fp32"
+    precision: str = setting("fp32", ENGINE, one_of(PRECISIONS))
     """fp32, bf16, or fp16 with dynamic loss scaling (GPU only)."""
-    offload_optimizer: bool = False
+    offload_optimizer: bool = setting(False, ENGINE)
     """ZeRO 1-3: optimizer state and step on the CPU."""
-    offload_params: bool = False
+    offload_params: bool = setting(False, ENGINE)
     """ZeRO 3 only: parameters kept on the CPU between uses."""
-    learning_rate: float = 1e-3
-    """Peak learning rate of AdamW, reached at the end of warmup."""
-    lr_schedule: str = "linear"
-    """After warmup: constant_with_warmup (hold), linear (to 0 at the last step) or cosine (to 0)."""
-    warmup_steps: int = 10
-    """Optimizer steps of linear warmup up to learning_rate (0: none)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay, on weight matrices only (not biases or norms); 0: none."""
-    epochs: int = 3
-    """Passes over the training split (a trial may stop earlier)."""
-    grad_clip: float = 1.0
-    """Largest global gradient norm; gradients above it are scaled down to it (0: no clipping)."""
-    lora_r: int = 8
-    """LoRA rank (method: lora only)."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator: updates are scaled by lora_alpha / lora_r (method: lora only)."""
-    lora_dropout: float = 0.1
-    """Dropout on the LoRA adapter's input, a fraction in [0, 1) (method: lora only)."""
-    seed: int = 0
-    """Seed of model initialisation and data order."""
-    log_every_steps: int = 10
-    """Optimizer steps between training-metric logs (loss, learning rate, grad norm, tokens/s,
-    MFU) to TensorBoard."""
-    eval_every_steps: int = 0
-    """Also evaluate (and checkpoint for resume) every N optimizer steps; 0: at epoch ends only."""
-    peak_tflops: float = 0.0
+    peak_tflops: float = setting(0.0, ENGINE, at_least(0, "0: the GPU's known peak"))
     """Peak FLOP/s per device (in TFLOP/s) for model FLOPs utilisation; 0: the known peak of the
     GPU (A100, H100, H200) at the training precision, none on CPU."""
-    grace_epochs: int = 1
-    """Epochs before a rise in validation loss counts as divergence."""
-    min_delta: float = 0.0
-    """Relative rise over the best loss that counts (0.01 = 1%)."""
-    patience: int = 1
-    """Evaluations in a row above the best that stop the trial."""
-    smoothing: float = 0.0
-    """Weight of the past in an exponential moving average of the validation loss (for
-    step-level evaluations; 0: each evaluation judged as it is)."""
-    probe_prompts: int = 32
-    """Validation prompts answered greedily at each new best checkpoint (0: no probes): stop
-    rate, answer length, repetition, exact match (gpt4all_ray.train.probes)."""
-    probe_max_new_tokens: int = 64
-    """The answer length at which a probe counts as not stopped."""
-    probe_each_epoch: bool = False
-    """Also probe at every epoch end (TensorBoard probe/*), not only new bests."""
-    exact_answer_sources: str = ""
-    """Comma-separated sources whose responses are the one right answer, for exact match (empty:
-    the embedded data's families but creative; none for other data)."""
-    stop_on_divergence: bool = True
+
+    # evaluation: when to log and evaluate
+    log_every_steps: int = setting(10, EVALUATION, POSITIVE)
+    """Optimizer steps between training-metric logs (loss, learning rate, grad norm, tokens/s,
+    MFU) to TensorBoard."""
+    eval_every_steps: int = setting(0, EVALUATION, at_least(0, "0: evaluate at epoch ends only"))
+    """Also evaluate (and checkpoint for resume) every N optimizer steps; 0: at epoch ends only."""
+
+    # stopping: the divergence rule
+    stop_on_divergence: bool = setting(True, STOPPING)
     """Stop a trial whose validation loss rises (false: every trial runs all its epochs, as a
     baseline; NaN or inf still stops it)."""
+    grace_epochs: int = setting(1, STOPPING, at_least(1))
+    """Epochs before a rise in validation loss counts as divergence."""
+    min_delta: float = setting(0.0, STOPPING, at_least(0))
+    """Relative rise over the best loss that counts (0.01 = 1%)."""
+    patience: int = setting(1, STOPPING, at_least(1))
+    """Evaluations in a row above the best that stop the trial."""
+    smoothing: float = setting(0.0, STOPPING, Rule(lambda v: 0 <= v < 1, "expected a weight in [0, 1)"))
+    """Weight of the past in an exponential moving average of the validation loss (for
+    step-level evaluations; 0: each evaluation judged as it is)."""
+
+    # probes: generation probes at each new best
+    probe_prompts: int = setting(32, PROBES, at_least(0, "0: no generation probes"))
+    """Validation prompts answered greedily at each new best checkpoint (0: no probes): stop
+    rate, answer length, repetition, exact match (gpt4all_ray.train.probes)."""
+    probe_max_new_tokens: int = setting(64, PROBES, POSITIVE)
+    """The answer length at which a probe counts as not stopped."""
+    probe_each_epoch: bool = setting(False, PROBES)
+    """Also probe at every epoch end (TensorBoard probe/*), not only new bests."""
+    exact_answer_sources: str = setting("", PROBES)
+    """Comma-separated sources whose responses are the one right answer, for exact match (empty:
+    the embedded data's families but creative; none for other data)."""
 
 
 @dataclass(frozen=True)
 class Resources:
-    workers_per_trial: int = 2
+    """`resources:` what Ray reserves for each trial."""
+
+    workers_per_trial: int = setting(2, rule=POSITIVE)
     """DeepSpeed worker processes (Ray Train workers) per trial."""
-    cpus_per_worker: float = 0.5
+    cpus_per_worker: float = setting(0.5, rule=POSITIVE)
     """CPUs Ray reserves for each worker (fractions allowed)."""
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float = setting(0.0, rule=at_least(0))
     """GPUs Ray reserves for each worker; 0: train on CPU."""
-    driver_cpus: float = 0.5
+    driver_cpus: float = setting(0.5, rule=POSITIVE)
     """CPUs of the Tune trial that drives one TorchTrainer."""
 
     @property
@@ -183,39 +255,41 @@ class Resources:
 
 @dataclass(frozen=True)
 class TuneSettings:
-    num_trials: int = 6
+    """`tune:` the search itself: how many trials, which searcher, what stops them."""
+
+    num_trials: int = setting(6, rule=POSITIVE)
     """Trials to run (sampled, enqueued and warm starts together)."""
-    max_concurrent: int = 1
+    max_concurrent: int = setting(1, rule=POSITIVE)
     """Trials running at once, at most (fewer if the cluster has no room)."""
-    seed: int = 0
+    seed: int = setting(0)
     """Seed of the searcher's sampler (the same seed draws the same first trials)."""
-    min_stop_rate: float = 0.0
+    min_stop_rate: float = setting(0.0, rule=Rule(lambda v: 0 <= v <= 1, "expected a share in [0, 1]"))
     """A constraint: the best trial is the lowest validation loss among trials whose best
     checkpoint stops (emits EOS) on at least this share of probe prompts; the searcher is told it too."""
-    searcher: str = "tpe"
+    searcher: str = setting("tpe", rule=one_of(SEARCHERS))
     """tpe (Optuna's TPE), gp (Optuna's Gaussian-process sampler: slower to ask, fewer trials to a
     good loss on smooth spaces) or random (Optuna's random sampler: the baseline in benchmarks/)."""
-    startup_trials: int = 3
+    startup_trials: int = setting(3, rule=at_least(1))
     """Random trials before TPE or GP models the results (Optuna's default of 10 would make a
     small budget pure random search)."""
-    worker_restarts: int = 2
+    worker_restarts: int = setting(2, rule=at_least(0))
     """Times Ray Train restarts a trial's workers after a failure, from its last checkpoint."""
-    warm_start: str = ""
+    warm_start: str = setting("", rule=one_of(("", "training_log"), "expected training_log (or leave it out)"))
     """training_log: enqueue GPT4All's logged configurations (mapped into the space) first."""
-    scale_lr_by_batch: bool = False
+    scale_lr_by_batch: bool = setting(False)
     """Scale each warm start's learning rate by sqrt(k), k = our global batch / its batch."""
-    scheduler: str = ""
+    scheduler: str = setting("", rule=one_of(("", "asha"), "expected asha (or leave it out)"))
     """asha: successive halving on the reported evaluations (set fixed.eval_every_steps for
     step-level rungs), beside the divergence stopper; empty: every trial runs its epochs."""
-    asha_grace_epochs: float = 1.0
+    asha_grace_epochs: float = setting(1.0, rule=POSITIVE)
     """Epochs every trial gets before ASHA may stop it."""
-    asha_reduction_factor: int = 3
+    asha_reduction_factor: int = setting(3, rule=at_least(2))
     """ASHA keeps 1 in this many trials at each rung (at least 2)."""
-    time_budget_s: float = 0.0
+    time_budget_s: float = setting(0.0, rule=at_least(0, "0: no limit"))
     """Stop starting and running trials after this many seconds (0: no limit)."""
-    gpu_hours: float = 0.0
+    gpu_hours: float = setting(0.0, rule=at_least(0, "0: no limit"))
     """Stop the search when its trials have used this many GPU-hours (0: no limit)."""
-    optuna_storage: str = ""
+    optuna_storage: str = setting("")
     """Where the Optuna study lives: an RDB URL (postgresql://...); empty: SQLite in the
     experiment folder."""
 
@@ -294,66 +368,28 @@ class _Checker:
         return value
 
     def section(self, raw: dict[str, Any], name: str, cls: type) -> dict[str, Any]:
+        """A section's values, each typed and checked by its field's rule."""
         given = raw.get(name, {}) or {}
         if not isinstance(given, dict):
             raise self.fail(name, f"expected a mapping, got {type(given).__name__}")
         types = _field_types(cls)
         self.no_unknown(f"{name}.", given, list(types))
-        return {k: self.typed(f"{name}.{k}", v, types[k]) for k, v in given.items()}
+        values = {k: self.typed(f"{name}.{k}", v, types[k]) for k, v in given.items()}
+        for key, value in values.items():
+            problem = value_problem(cls, key, value)
+            if problem:
+                raise self.fail(f"{name}.{key}", problem)
+        return values
 
 
-# Per-value rules shared by fixed values, distribution bounds, choices and enqueued points.
-_POSITIVE = {
-    "learning_rate",
-    "max_length",
-    "per_device_batch",
-    "global_batch",
-    "epochs",
-    "data_rows",
-    "lora_r",
-    "lora_alpha",
-    "log_every_steps",
-    "probe_max_new_tokens",
-}
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "lr_schedule": (lambda v: v in SCHEDULES, f"expected one of {', '.join(SCHEDULES)}"),
-    "method": (lambda v: v in METHODS, f"expected one of {', '.join(METHODS)}"),
-    "precision": (lambda v: v in PRECISIONS, f"expected one of {', '.join(PRECISIONS)}"),
-    "model": (
-        lambda v: v in EMBEDDED_MODELS or Path(v).is_dir() or bool(HUB_MODEL_ID.match(v)),
-        f"expected one of {', '.join(EMBEDDED_MODELS)}, a local model folder, or a Hugging Face model name",
-    ),
-    "data": (
-        lambda v: v == EMBEDDED_DATA or v.startswith(HUB_PREFIX) or Path(v).exists(),
-        f"expected {EMBEDDED_DATA!r}, an existing path, or {HUB_PREFIX}<Hugging Face dataset name>",
-    ),
-    "zero_stage": (lambda v: v in (0, 1, 2, 3), "expected a ZeRO stage 0, 1, 2 or 3"),
-    "length_policy": (lambda v: v in LENGTH_POLICIES, f"expected one of {', '.join(LENGTH_POLICIES)}"),
-    "collate": (lambda v: v in COLLATIONS, f"expected one of {', '.join(COLLATIONS)}"),
-    "val_fraction": (lambda v: 0 < v < 1, "expected a fraction between 0 and 1"),
-    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
-    "warmup_steps": (lambda v: v >= 0, "must be >= 0"),
-    "grace_epochs": (lambda v: v >= 1, "must be >= 1"),
-    "min_delta": (lambda v: v >= 0, "must be >= 0"),
-    "patience": (lambda v: v >= 1, "must be >= 1"),
-    "smoothing": (lambda v: 0 <= v < 1, "expected a weight in [0, 1)"),
-    "lora_dropout": (lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"),
-    "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
-    "eval_every_steps": (lambda v: v >= 0, "must be >= 0 (0: evaluate at epoch ends only)"),
-    "probe_prompts": (lambda v: v >= 0, "must be >= 0 (0: no generation probes)"),
-    "peak_tflops": (lambda v: v >= 0, "must be >= 0 (0: the GPU's known peak)"),
-}
-
-
-def _value_problem(key: str, value: Any) -> str | None:
-    if key in _POSITIVE and not value > 0:
-        return f"must be > 0, got {value!r}"
+def value_problem(cls: type, key: str, value: Any) -> str | None:
+    """What is wrong with one value of a setting of `cls`, or None."""
+    rule = rule_of(cls, key)
+    if rule is POSITIVE and rule.problem(value):  # a NaN learning rate is "must be > 0", as before
+        return rule.problem(value)
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be finite, got {value!r}"
-    rule = _RULES.get(key)
-    if rule is None or rule[0](value):
-        return None
-    return f"{rule[1]}, got {value!r}"
+    return rule.problem(value) if rule else None
 
 
 def _distribution(check: _Checker, key: str, raw: Any, want: type) -> Distribution:
@@ -383,7 +419,7 @@ def _distribution(check: _Checker, key: str, raw: Any, want: type) -> Distributi
         if kind == "loguniform" and values[0] <= 0:
             raise check.fail(where, f"loguniform: low must be > 0, got {values[0]!r}")
     for v in values:
-        problem = _value_problem(key, v)
+        problem = value_problem(TrialConfig, key, v)
         if problem:
             raise check.fail(where, problem)
     return Distribution(kind, values)
@@ -443,10 +479,6 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
 
     trial_types = _field_types(TrialConfig)
     fixed = check.section(raw, "fixed", TrialConfig)
-    for key, value in fixed.items():
-        problem = _value_problem(key, value)
-        if problem:
-            raise check.fail(f"fixed.{key}", problem)
 
     raw_search = raw.get("search") or {}
     if not isinstance(raw_search, dict):
@@ -459,33 +491,9 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
 
     resources = Resources(**check.section(raw, "resources", Resources))
     tune = TuneSettings(**check.section(raw, "tune", TuneSettings))
-    for key in ("workers_per_trial", "cpus_per_worker", "driver_cpus"):
-        if not getattr(resources, key) > 0:
-            raise check.fail(f"resources.{key}", f"must be > 0, got {getattr(resources, key)!r}")
-    if resources.gpus_per_worker < 0:
-        raise check.fail("resources.gpus_per_worker", "must be >= 0")
-    if tune.warm_start not in ("", "training_log"):
-        raise check.fail("tune.warm_start", f"expected training_log (or leave it out), got {tune.warm_start!r}")
-    if not 0 <= tune.min_stop_rate <= 1:
-        raise check.fail("tune.min_stop_rate", f"expected a share in [0, 1], got {tune.min_stop_rate!r}")
-    if tune.searcher not in SEARCHERS:
-        raise check.fail("tune.searcher", f"expected one of {', '.join(SEARCHERS)}, got {tune.searcher!r}")
-    if tune.scheduler not in ("", "asha"):
-        raise check.fail("tune.scheduler", f"expected asha (or leave it out), got {tune.scheduler!r}")
-    if tune.asha_grace_epochs <= 0 or tune.asha_reduction_factor < 2:
-        raise check.fail("tune.asha_grace_epochs", "must be > 0, with asha_reduction_factor >= 2")
-    for key in ("time_budget_s", "gpu_hours"):
-        if getattr(tune, key) < 0:
-            raise check.fail(f"tune.{key}", "must be >= 0 (0: no limit)")
+    # Each value was checked by its rule; what remains are settings that cannot go together.
     if tune.gpu_hours and resources.gpus_per_worker == 0:
         raise check.fail("tune.gpu_hours", "is a budget of GPU time, but resources.gpus_per_worker is 0")
-    if tune.worker_restarts < 0:
-        raise check.fail("tune.worker_restarts", "must be >= 0")
-    for key in ("num_trials", "max_concurrent"):
-        if not getattr(tune, key) > 0:
-            raise check.fail(f"tune.{key}", f"must be > 0, got {getattr(tune, key)!r}")
-    if tune.startup_trials < 1:
-        raise check.fail("tune.startup_trials", "must be >= 1")
 
     base = TrialConfig(**fixed)
     _check_combinations(check, base, resources)
@@ -529,7 +537,7 @@ def _enqueued_points(check: _Checker, raw: Any, search: dict[str, Distribution])
             raise check.fail(where, f"missing searched key(s) {', '.join(missing)}")
         typed = {k: check.typed(f"{where}.{k}", v, types[k]) for k, v in point.items()}
         for k, v in typed.items():
-            problem = _value_problem(k, v)
+            problem = value_problem(TrialConfig, k, v)
             if problem:
                 raise check.fail(f"{where}.{k}", problem)
         points.append(typed)

@@ -36,7 +36,7 @@ def failure_line(error_file: str | None) -> str:
     return f"{last[-300:] or 'see Ray logs'}{hint} ({error_file or 'no error file'})"
 
 
-def stopper_description(spec: SearchSpec, by: str | None) -> str:
+def stopper_description(spec: SearchSpec, by: StopReason | None) -> str:
     """Who stopped a trial, for the progress line; "Tune" where the stop log has no entry (Tune's
     own time budget, or a search stopped by hand)."""
     return DESCRIPTIONS[by].format(reduction_factor=spec.tune.asha_reduction_factor) if by in DESCRIPTIONS else "Tune"

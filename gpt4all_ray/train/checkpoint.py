@@ -38,8 +38,8 @@ class LoopState:
     global_step: int = 0
     epoch_loss_sum: float = 0.0
     epoch_label_tokens: float = 0.0
-    evaluations: list[tuple[float, float]] = field(default_factory=list)
-    """(epoch progress, validation loss) of every evaluation: what the divergence policy judges."""
+    evaluations: list[tuple[int, float]] = field(default_factory=list)
+    """(global step, validation loss) of every evaluation: what the divergence policy judges."""
     best_val_loss: float = float("inf")
     best_epoch: int = 0
     best_step: int = 0

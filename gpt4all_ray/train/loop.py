@@ -203,9 +203,6 @@ class TrialRun:
         self.own_grad_norm: torch.Tensor | None = None  # the last step's, where DeepSpeed has none
         check_hyperparameters(ds_optimizer, cfg, multiplier, self.scheduler, total_steps)
         self.probe_rows = probe_rows(self.data.val, cfg.probe_prompts, cfg.data_seed)
-        self.resumed_from_step = 0  # the checkpoint's step when this attempt resumed a killed one
-        self.resume_fallbacks = 0  # newer checkpoints passed over as broken when it resumed
-        self.first_step_at: float | None = None  # Unix time this attempt's first optimizer step ended
 
     def _peak_flops(self) -> float | None:
         if self.cfg.peak_tflops:
@@ -237,15 +234,13 @@ class TrialRun:
         shuffle = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
         return torch.randperm(len(self.train_examples), generator=shuffle).tolist()
 
-    def train_step(self, order: list[int], state: LoopState, window: Window, on_step: StepHook | None) -> None:
-        """One optimizer step (all its micro-batches) at the state's data position."""
-        cfg, step = self.cfg, state.step_in_epoch
-        mine = order[step * cfg.global_batch : (step + 1) * cfg.global_batch][self.rank :: self.world]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+    def train_step(self, mine: list[int], step: int) -> StepTotals:
+        """Optimizer step `step` (1-based, global; all its micro-batches) on this rank's examples."""
+        cfg = self.cfg
+        totals = StepTotals(loss_sum=torch.zeros((), dtype=torch.float64, device=self.device))
         non_finite_losses = torch.zeros((), dtype=torch.float64, device=self.device)
-        label_tokens = 0.0
         finite, skipped_before = True, self.engine.skipped_steps
-        injected = self.faults.loss_factor(self.rank, state.global_step + 1)  # 1.0 unless a test asks
+        injected = self.faults.loss_factor(self.rank, step)  # 1.0 unless a test asks
         for micro in range(self.accumulation):
             picked = mine[micro * cfg.per_device_batch : (micro + 1) * cfg.per_device_batch]
             cpu = self.cpu_batch([self.train_examples[i] for i in picked])
@@ -261,22 +256,17 @@ class TrialRun:
             if micro == self.accumulation - 1:  # DeepSpeed's next step() is the optimizer step
                 finite = self.check_finite_step(non_finite_losses)
             self.engine.step()
-            self.faults.after_micro_batch(self.rank, state.global_step + 1, micro + 1)
-            loss_sum += loss.detach().double() * labels  # stays on the device: no sync per micro-batch
-            label_tokens += labels
-            window.tokens += real
-            window.flops += real * self.flops.per_token(batch["input_ids"].shape[1])
+            self.faults.after_micro_batch(self.rank, step, micro + 1)
+            totals.loss_sum += loss.detach().double() * labels  # stays on the device: no sync per micro-batch
+            totals.label_tokens += labels
+            totals.tokens += real
+            totals.flops += real * self.flops.per_token(batch["input_ids"].shape[1])
         if not finite and self.engine.skipped_steps == skipped_before:
             # DeepSpeed counts the steps its own checks skip, and at ZeRO-0 fp32 the one the
             # optimizer refused (its `overflow`); a step refused for its loss alone, where the
             # gradients DeepSpeed checked were finite, is counted here.
             self.engine.skipped_steps += 1
-        window.loss_sum += loss_sum
-        window.label_tokens += label_tokens
-        state.global_step += 1
-        state.step_in_epoch += 1
-        if on_step:
-            on_step(state.global_step, self.rank, mine, (loss_sum / max(label_tokens, 1)).item())
+        return totals
 
     def check_finite_step(self, non_finite_losses: torch.Tensor) -> bool:
         """Before the optimizer step: refuse it unless every rank's losses, and the gradients where
@@ -292,19 +282,18 @@ class TrialRun:
         self.optimizer.skip_next = bool(bad.item())
         return not self.optimizer.skip_next
 
-    def close_window(self, window: Window, state: LoopState) -> WindowStats:
-        """All ranks: the log window's statistics over all workers; the loss also joins the epoch's.
-        The caller starts a new Window."""
+    def window_stats(self, window: StepTotals) -> WindowStats:
+        """All ranks: a log window's statistics over all workers."""
         loss_sum, labels, tokens, flops = self.all_reduced(
             float(window.loss_sum), window.label_tokens, window.tokens, window.flops
         )
         seconds = max(time.perf_counter() - window.started, 1e-9)
-        state.epoch_loss_sum += loss_sum
-        state.epoch_label_tokens += labels
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is None and self.own_grad_norm is not None:
             grad_norm = self.own_grad_norm.item()  # ZeRO-0 fp32: the last step's, measured by the loop
         return WindowStats(
+            loss_sum=loss_sum,
+            label_tokens=labels,
             loss=loss_sum / max(labels, 1),
             lr=self.scheduler.get_last_lr()[0],
             tokens_per_s=tokens / seconds,
@@ -352,6 +341,8 @@ class TrialRun:
 class WindowStats:
     """What the steps of one log window did, over all workers (TensorBoard's train/* scalars)."""
 
+    loss_sum: float
+    label_tokens: float
     loss: float
     lr: float
     tokens_per_s: float
@@ -360,19 +351,28 @@ class WindowStats:
     loss_scale: float | None
 
     def scalars(self) -> dict[str, float]:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("loss_sum", "label_tokens")}
         return {f"train/{name}": value for name, value in values.items() if value is not None}
 
 
 @dataclass
-class Window:
-    """What the steps since the last log line did, on this rank."""
+class StepTotals:
+    """What optimizer steps did on this rank: one step's, or a log window's (the steps since the
+    last log line) added up."""
 
-    started: float = field(default_factory=time.perf_counter)
     loss_sum: Any = 0.0
+    """Label-token-weighted loss, a device tensor: read only when a window closes (no sync a step)."""
     label_tokens: float = 0.0
     tokens: float = 0.0
+    """Non-pad tokens (what tokens/s and MFU count)."""
     flops: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, step: StepTotals) -> None:
+        self.loss_sum += step.loss_sum
+        self.label_tokens += step.label_tokens
+        self.tokens += step.tokens
+        self.flops += step.flops
 
 
 def perplexity(val_loss: float) -> float | None:
@@ -392,6 +392,250 @@ def write_hparams(writer: Any, hparams: dict[str, Any]) -> None:
         writer.file_writer.add_summary(summary)
 
 
+@dataclass
+class Attempt:
+    """This attempt of the trial (a restarted worker group makes a new one)."""
+
+    started_at: float
+    """Unix time this worker started."""
+    resumed_from_step: int = 0
+    """The checkpoint's step when this attempt resumed a killed one."""
+    resume_fallbacks: int = 0
+    """Newer checkpoints passed over as broken when it resumed."""
+    first_step_at: float | None = None
+    """Unix time this attempt's first optimizer step ended."""
+
+
+class TrialLoop:
+    """One worker's trial in the order it runs: setup (TrialRun builds data, model and engine; a
+    restart loads its checkpoint), then each optimizer step, and at each evaluation: evaluate,
+    decide, checkpoint, report. It owns the loop's state: the checkpointed LoopState, the attempt
+    and the open log window."""
+
+    def __init__(
+        self,
+        run: TrialRun,
+        reporter: Reporter,
+        state: LoopState,
+        attempt: Attempt,
+        writer: Any = None,
+        on_step: StepHook | None = None,
+    ) -> None:
+        self.run, self.cfg, self.reporter, self.writer, self.on_step = run, run.cfg, reporter, writer, on_step
+        self.state, self.attempt = state, attempt
+        self.policy = DivergencePolicy.for_trial(run.cfg)
+        self.window = StepTotals()
+        self.seconds = state.phase_seconds  # every phase, all attempts: checkpointed with the state
+
+    @classmethod
+    def setup(
+        cls,
+        cfg: TrialConfig,
+        reporter: Reporter,
+        tb_dir: str | None,
+        threads: int,
+        resume_from: str | None,
+        on_step: StepHook | None,
+        hparams: dict[str, Any] | None,
+        worker_group_s: float,
+        faults: FaultPoints | None,
+    ) -> TrialLoop:
+        # The newest valid checkpoint, picked before the engine is built: with none usable the trial
+        # fails at once, naming each, instead of loading a broken one or starting over from step 0.
+        point = pick_resumable(Path(resume_from)) if resume_from else None
+        run = TrialRun(cfg, threads, faults)
+        run.seconds["worker_group"] = worker_group_s
+        state, attempt = LoopState(), Attempt(started_at=run.started_at)
+        if point:
+            _same_pick_on_every_rank(run, point)
+            if run.rank == 0:
+                for line in point.fallback_lines():
+                    print(line, flush=True)
+            with timed(run.seconds, "resume"):
+                state = load_state(run.engine, point.folder, run.rank)
+            attempt.resume_fallbacks = len(point.skipped)
+        attempt.resumed_from_step = state.global_step
+        # Phases count all attempts, as train_seconds does: this attempt's setup joins the checkpoint's.
+        for phase, seconds in run.seconds.items():
+            state.phase_seconds[phase] = state.phase_seconds.get(phase, 0.0) + seconds
+        writer = None
+        if run.rank == 0 and tb_dir:
+            # After a restart, drop what the killed attempt logged past the checkpoint.
+            writer = SummaryWriter(tb_dir, purge_step=state.global_step + 1 if point else None)
+            if hparams and not point:
+                write_hparams(writer, hparams)
+            if point:
+                print(f"resumed at epoch {state.epoch}, step {state.global_step} from {point.folder}", flush=True)
+        return cls(run, reporter, state, attempt, writer, on_step)
+
+    def train(self) -> None:
+        """Every epoch's steps, evaluating where due, until the last epoch or a stop."""
+        state, run, cfg = self.state, self.run, self.cfg
+        stopped = False
+        while state.epoch <= cfg.epochs and not stopped:
+            order, epoch_started = run.epoch_order(state.epoch), time.perf_counter()
+            while state.step_in_epoch < run.steps_per_epoch and not stopped:
+                self.step(order)
+                epoch_end = state.step_in_epoch == run.steps_per_epoch
+                eval_due = epoch_end or (cfg.eval_every_steps > 0 and state.global_step % cfg.eval_every_steps == 0)
+                if eval_due or state.global_step % cfg.log_every_steps == 0:
+                    # An evaluation reports the epoch's train loss so far: the window closes then too.
+                    window = self.close_window()
+                if eval_due:
+                    evaluation, improved, probes = self.evaluate(epoch_end, window, time.perf_counter() - epoch_started)
+                    self.log(evaluation, probes)
+                    self.checkpoint_and_report(evaluation, improved)
+                    stopped = evaluation.stop_reason not in (StopReason.RUNNING, StopReason.COMPLETED)
+                    self.window = StepTotals()  # tokens/s counts training steps, not the evaluation and checkpoint
+            if not stopped:
+                state.next_epoch()
+
+    def step(self, order: list[int]) -> None:
+        """One optimizer step at the state's data position in this epoch's order."""
+        state, run, batch = self.state, self.run, self.cfg.global_batch
+        mine = order[state.step_in_epoch * batch : (state.step_in_epoch + 1) * batch][run.rank :: run.world]
+        started = time.perf_counter()
+        totals = run.train_step(mine, state.global_step + 1)
+        self.window.add(totals)
+        state.global_step += 1
+        state.step_in_epoch += 1
+        if self.on_step:
+            self.on_step(state.global_step, run.rank, mine, (totals.loss_sum / max(totals.label_tokens, 1)).item())
+        state.train_seconds += time.perf_counter() - started
+        if self.attempt.first_step_at is None:
+            self.attempt.first_step_at = time.time()
+        run.faults.after_step(run.rank, state.global_step)
+
+    def close_window(self) -> WindowStats:
+        """All ranks: the log window's statistics, written to TensorBoard; its loss joins the epoch's."""
+        stats, self.window = self.run.window_stats(self.window), StepTotals()
+        self.state.epoch_loss_sum += stats.loss_sum
+        self.state.epoch_label_tokens += stats.label_tokens
+        if self.writer:
+            for key, value in stats.scalars().items():
+                self.writer.add_scalar(key, value, self.state.global_step)
+        return stats
+
+    def evaluate(
+        self, epoch_end: bool, window: WindowStats, epoch_s: float
+    ) -> tuple[Evaluation, bool, dict[str, float]]:
+        """All ranks: validation loss, probes where due, and the decision; the evaluation to report,
+        whether it is a new best, and this evaluation's probe scores."""
+        state, run, cfg = self.state, self.run, self.cfg
+        with timed(self.seconds, "evaluate"):
+            val_loss = run.evaluate()
+        improved = val_loss < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_epoch, state.best_step = val_loss, state.epoch, state.global_step
+        state.evaluations.append((state.global_step, val_loss))
+        probes_due = cfg.probe_prompts and (improved or (epoch_end and cfg.probe_each_epoch))
+        with timed(self.seconds, "probes"):
+            probes = run.probe() if probes_due else {}
+        if improved:
+            state.best_probes = probes
+        skipped = int(run.engine.skipped_steps)
+        reason = self.decide(epoch_end, skipped)
+        state.skipped_at_last_evaluation = skipped
+        evaluation = Evaluation(
+            epoch=state.epoch,
+            step=state.global_step,
+            epoch_end=epoch_end,
+            epoch_progress=round(state.global_step / run.steps_per_epoch, 6),
+            val_loss=val_loss,
+            # Only an evaluation that improved holds the exported model, so every other one (a tie,
+            # a rise, a NaN) scores the largest float: finite, since Tune's TensorBoard logger warns
+            # "NaN or Inf found" at every inf.
+            checkpoint_score=val_loss if improved else sys.float_info.max,
+            train_loss=state.epoch_loss_sum / max(state.epoch_label_tokens, 1),
+            best_val_loss=state.best_val_loss,
+            best_epoch=state.best_epoch,
+            best_step=state.best_step,
+            lr=run.scheduler.get_last_lr()[0],
+            epoch_s=epoch_s,
+            stop_reason=reason,
+            resumed_from_step=self.attempt.resumed_from_step,
+            resume_fallbacks=self.attempt.resume_fallbacks,
+            skipped_steps=skipped,
+            train_s=state.train_seconds,
+            first_step_at=self.attempt.first_step_at,
+            worker_started_at=self.attempt.started_at,
+            truncated_rows=run.encode_report.truncated,
+            dropped_too_long_rows=len(run.encode_report.dropped_too_long),
+            duplicate_rows=len(run.data.report.dropped.get("duplicate", [])),
+            tokens_per_s=window.tokens_per_s,
+            grad_norm=window.grad_norm,
+            mfu=window.mfu,
+            loss_scale=window.loss_scale,
+            val_ppl=perplexity(val_loss),
+            # Checkpoint and report seconds count the evaluations before this one: this one's are
+            # not over yet (the evaluation is saved in the checkpoint).
+            phase_seconds=dict(self.seconds),
+            # The best checkpoint's probes (exact match is NaN, left out, where no answer is exact).
+            probes={key: value for key, value in state.best_probes.items() if math.isfinite(value)},
+        )
+        return evaluation, improved, probes
+
+    def decide(self, epoch_end: bool, skipped: int) -> StopReason:
+        """The divergence policy on every evaluation so far, then non-finite training, then the
+        last epoch's end. Every rank judges the same all-reduced losses: all stop together."""
+        steps = [step for step, _ in self.state.evaluations]
+        epochs = [step / self.run.steps_per_epoch for step in steps]
+        reason = self.policy.decide([loss for _, loss in self.state.evaluations], epochs).reason
+        # DeepSpeed skips a step whose gradients are not finite. Without fp16's loss scaling (whose
+        # first steps skip by design; DeepSpeed itself gives up when the scale collapses) a skipped
+        # step is a real NaN/inf, and when every step since the last evaluation was skipped the
+        # trial no longer trains.
+        interval = steps[-1] - (steps[-2] if len(steps) > 1 else self.attempt.resumed_from_step)
+        all_skipped = interval > 0 and skipped - self.state.skipped_at_last_evaluation >= interval
+        if not reason and all_skipped and self.cfg.precision != "fp16":
+            reason = StopReason.NON_FINITE
+        if not reason and epoch_end and self.state.epoch == self.cfg.epochs:
+            reason = StopReason.COMPLETED
+        return reason
+
+    def log(self, evaluation: Evaluation, probes: dict[str, float]) -> None:
+        """Rank 0: the evaluation in TensorBoard (val/*, and this evaluation's probe/* scores)."""
+        if not self.writer:
+            return
+        step = evaluation.step
+        self.writer.add_scalar("val/loss", evaluation.val_loss, step)
+        if evaluation.val_ppl is not None:
+            self.writer.add_scalar("val/ppl", evaluation.val_ppl, step)
+        if evaluation.epoch_end:
+            self.writer.add_scalar("val/loss_by_epoch", evaluation.val_loss, evaluation.epoch)
+        for key, value in probes.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(f"probe/{key}", value, step)
+        self.writer.flush()
+
+    def checkpoint_and_report(self, evaluation: Evaluation, improved: bool) -> None:
+        """All ranks: the resumable state (and, at a new best, the exported model) in a folder of
+        this rank's, handed over with the evaluation (Ray Train persists it then)."""
+        run = self.run
+        with tempfile.TemporaryDirectory(prefix="gpt4all_ray_ckpt_") as tmp:
+            folder = Path(tmp)
+            with timed(self.seconds, "checkpoint"):
+                if improved:
+                    metrics = evaluation.to_metrics()
+                    save_model(
+                        run.engine,
+                        run.tokenizer,
+                        self.cfg,
+                        run.ds_config,
+                        metrics,
+                        folder,
+                        run.rank,
+                        run.embeddings_grew,
+                    )
+                save_state(run.engine, self.state, folder, run.rank)
+            with timed(self.seconds, "report"):
+                self.reporter.report(evaluation, tmp)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
 def train(
     cfg: TrialConfig,
     reporter: Reporter,
@@ -406,60 +650,11 @@ def train(
     """Train for cfg.epochs, evaluating at each epoch end (and every eval_every_steps), each
     evaluation reported with a checkpoint that resumes the run; the model itself is exported only
     when validation loss improved. Stops on all ranks at once when the divergence policy says so."""
-    # The newest valid checkpoint, picked before the engine is built: with none usable the trial
-    # fails at once, naming each, instead of loading a broken one or starting over from step 0.
-    point = pick_resumable(Path(resume_from)) if resume_from else None
-    run = TrialRun(cfg, threads, faults)
-    run.seconds["worker_group"] = worker_group_s
-    state = LoopState()
-    if point:
-        _same_pick_on_every_rank(run, point)
-        if run.rank == 0:
-            for line in point.fallback_lines():
-                print(line, flush=True)
-        with timed(run.seconds, "resume"):
-            state = load_state(run.engine, point.folder, run.rank)
-        run.resume_fallbacks = len(point.skipped)
-    run.resumed_from_step = state.global_step
-    # Phases count all attempts, as train_seconds does: this attempt's setup joins the checkpoint's.
-    for phase, seconds in run.seconds.items():
-        state.phase_seconds[phase] = state.phase_seconds.get(phase, 0.0) + seconds
-    run.seconds = state.phase_seconds
-    writer = None
-    if run.rank == 0 and tb_dir:
-        # After a restart, drop what the killed attempt logged past the checkpoint.
-        writer = SummaryWriter(tb_dir, purge_step=state.global_step + 1 if point else None)
-        if hparams and not point:
-            write_hparams(writer, hparams)
-        if point:
-            print(f"resumed at epoch {state.epoch}, step {state.global_step} from {point.folder}", flush=True)
-    policy = DivergencePolicy.for_trial(cfg)
-    window, stopped = Window(), False
-    while state.epoch <= cfg.epochs and not stopped:
-        order, epoch_started = run.epoch_order(state.epoch), time.perf_counter()
-        while state.step_in_epoch < run.steps_per_epoch and not stopped:
-            step_started = time.perf_counter()
-            run.train_step(order, state, window, on_step)
-            state.train_seconds += time.perf_counter() - step_started
-            if run.first_step_at is None:
-                run.first_step_at = time.time()
-            run.faults.after_step(run.rank, state.global_step)
-            epoch_end = state.step_in_epoch == run.steps_per_epoch
-            eval_due = epoch_end or (cfg.eval_every_steps > 0 and state.global_step % cfg.eval_every_steps == 0)
-            if eval_due or state.global_step % cfg.log_every_steps == 0:
-                # An evaluation reports the epoch's train loss so far: the window closes then too.
-                window_stats, window = run.close_window(window, state), Window()
-                if writer:
-                    for key, value in window_stats.scalars().items():
-                        writer.add_scalar(key, value, state.global_step)
-            if eval_due:
-                elapsed = time.perf_counter() - epoch_started
-                stopped = _evaluate_and_report(run, state, policy, reporter, writer, epoch_end, window_stats, elapsed)
-                window = Window()  # tokens/s counts training steps, not the evaluation and checkpoint
-        if not stopped:
-            state.next_epoch()
-    if writer:
-        writer.close()
+    loop = TrialLoop.setup(cfg, reporter, tb_dir, threads, resume_from, on_step, hparams, worker_group_s, faults)
+    try:
+        loop.train()
+    finally:
+        loop.close()
 
 
 def _same_pick_on_every_rank(run: TrialRun, point: ResumePoint) -> None:
@@ -475,109 +670,3 @@ def _same_pick_on_every_rank(run: TrialRun, point: ResumePoint) -> None:
             f"rank {run.rank} would resume from {point.folder} (step {point.step}), another rank from another "
             "checkpoint: the ranks do not see the same checkpoint files"
         )
-
-
-def _evaluate_and_report(
-    run: TrialRun,
-    state: LoopState,
-    policy: DivergencePolicy,
-    reporter: Reporter,
-    writer: Any,
-    epoch_end: bool,
-    window_stats: WindowStats,
-    epoch_s: float,
-) -> bool:
-    """Evaluate, decide, checkpoint and report (every rank); True when the trial stops here."""
-    cfg = run.cfg
-    with timed(run.seconds, "evaluate"):
-        val_loss = run.evaluate()
-    improved = val_loss < state.best_val_loss
-    if improved:
-        state.best_val_loss, state.best_epoch, state.best_step = val_loss, state.epoch, state.global_step
-    # Every rank judges the same all-reduced losses: the same decision, so all stop together.
-    progress = round(state.global_step / run.steps_per_epoch, 6)
-    state.evaluations.append((progress, val_loss))
-    probes_due = cfg.probe_prompts and (improved or (epoch_end and cfg.probe_each_epoch))
-    with timed(run.seconds, "probes"):
-        probes = run.probe() if probes_due else {}
-    if improved:
-        state.best_probes = probes
-    reason = policy.decide([e[1] for e in state.evaluations], [e[0] for e in state.evaluations]).reason
-    # DeepSpeed skips a step whose gradients are not finite. Without fp16's loss scaling (whose
-    # first steps skip by design; DeepSpeed itself gives up when the scale collapses) a skipped
-    # step is a real NaN/inf, and when every step since the last evaluation was skipped the trial
-    # no longer trains.
-    skipped = int(run.engine.skipped_steps)
-    evaluated_steps = [round(e[0] * run.steps_per_epoch) for e in state.evaluations]
-    interval = evaluated_steps[-1] - (evaluated_steps[-2] if len(evaluated_steps) > 1 else run.resumed_from_step)
-    all_skipped = interval > 0 and skipped - state.skipped_at_last_evaluation >= interval
-    if not reason and all_skipped and cfg.precision != "fp16":
-        reason = StopReason.NON_FINITE
-    state.skipped_at_last_evaluation = skipped
-    if not reason and epoch_end and state.epoch == cfg.epochs:
-        reason = StopReason.COMPLETED
-    evaluation = Evaluation(
-        epoch=state.epoch,
-        step=state.global_step,
-        epoch_end=epoch_end,
-        epoch_progress=progress,
-        val_loss=val_loss,
-        # Only an evaluation that improved holds the exported model, so every other one (a tie, a
-        # rise, a NaN) scores the largest float: finite, since Tune's TensorBoard logger warns
-        # "NaN or Inf found" at every inf.
-        checkpoint_score=val_loss if improved else sys.float_info.max,
-        train_loss=state.epoch_loss_sum / max(state.epoch_label_tokens, 1),
-        best_val_loss=state.best_val_loss,
-        best_epoch=state.best_epoch,
-        best_step=state.best_step,
-        lr=run.scheduler.get_last_lr()[0],
-        epoch_s=epoch_s,
-        stop_reason=reason,
-        resumed_from_step=run.resumed_from_step,
-        resume_fallbacks=run.resume_fallbacks,
-        skipped_steps=skipped,
-        train_s=state.train_seconds,
-        first_step_at=run.first_step_at,
-        worker_started_at=run.started_at,
-        truncated_rows=run.encode_report.truncated,
-        dropped_too_long_rows=len(run.encode_report.dropped_too_long),
-        duplicate_rows=len(run.data.report.dropped.get("duplicate", [])),
-        tokens_per_s=window_stats.tokens_per_s,
-        grad_norm=window_stats.grad_norm,
-        mfu=window_stats.mfu,
-        loss_scale=window_stats.loss_scale,
-        val_ppl=perplexity(val_loss),
-        # Checkpoint and report seconds count the evaluations before this one: this one's are not
-        # over yet (the evaluation is saved in the checkpoint).
-        phase_seconds=dict(run.seconds),
-        # The best checkpoint's probes (exact match is NaN, left out, where no answer is exact).
-        probes={key: value for key, value in state.best_probes.items() if math.isfinite(value)},
-    )
-    if writer:
-        writer.add_scalar("val/loss", val_loss, state.global_step)
-        if evaluation.val_ppl is not None:
-            writer.add_scalar("val/ppl", evaluation.val_ppl, state.global_step)
-        if epoch_end:
-            writer.add_scalar("val/loss_by_epoch", val_loss, state.epoch)
-        for key, value in probes.items():
-            if math.isfinite(value):
-                writer.add_scalar(f"probe/{key}", value, state.global_step)
-        writer.flush()
-    with tempfile.TemporaryDirectory(prefix="gpt4all_ray_ckpt_") as tmp:
-        folder = Path(tmp)
-        with timed(run.seconds, "checkpoint"):
-            if improved:
-                save_model(
-                    run.engine,
-                    run.tokenizer,
-                    cfg,
-                    run.ds_config,
-                    evaluation.to_metrics(),
-                    folder,
-                    run.rank,
-                    run.embeddings_grew,
-                )
-            save_state(run.engine, state, folder, run.rank)
-        with timed(run.seconds, "report"):
-            reporter.report(evaluation, tmp)
-    return reason not in (StopReason.RUNNING, StopReason.COMPLETED)

@@ -10,15 +10,16 @@ from typing import Any
 import ray.train
 
 from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.evaluation import Evaluation
 from gpt4all_ray.ray_private import quiet_train_report_logger
 from gpt4all_ray.train import faults
 from gpt4all_ray.train.loop import train
 
 
 class RayTrainReporter:
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+    def report(self, evaluation: Evaluation, checkpoint_dir: str | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(evaluation.to_metrics(), checkpoint=checkpoint)
 
 
 def ray_train_loop(config: dict[str, Any]) -> None:

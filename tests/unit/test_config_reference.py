@@ -83,3 +83,29 @@ def test_every_key_of_every_search_space_is_in_the_reference(path: Path) -> None
         assert key in fixed and fixed[key][3] == "yes", f"{path.name}: search.{key} is not searchable in the reference"
     for dist in (d for v in (raw.get("search") or {}).values() for d in v):
         assert f"`{{{dist}: " in text, f"{path.name}: distribution {dist} not in the reference"
+
+
+def test_every_trial_setting_belongs_to_one_concern_and_each_concern_has_settings() -> None:
+    groups = {f.name: f.metadata.get("group") for f in dataclasses.fields(spec.TrialConfig)}
+    assert {name for name, group in groups.items() if group not in spec.GROUPS} == set()
+    assert set(groups.values()) == set(spec.GROUPS)
+
+
+def test_a_rule_says_the_same_wherever_the_value_is_given(tmp_path: Path) -> None:
+    """One validation style: a fixed value, a searched bound and an enqueued point meet one rule."""
+    cases = {
+        "fixed": {"fixed": {"val_fraction": 1.5}},
+        "resources": {"resources": {"workers_per_trial": 0}},
+        "tune": {"tune": {"asha_reduction_factor": 1}},
+    }
+    expected = {
+        "fixed": "fixed.val_fraction: expected a fraction between 0 and 1, got 1.5",
+        "resources": "resources.workers_per_trial: must be > 0, got 0",
+        "tune": "tune.asha_reduction_factor: must be >= 2, got 1",
+    }
+    for where, raw in cases.items():
+        with pytest.raises(spec.SpecError) as err:
+            spec.parse_spec(raw, tmp_path / "space.yaml")
+        assert str(err.value) == f"{tmp_path / 'space.yaml'}: {expected[where]}"
+    with pytest.raises(spec.SpecError, match=r"search\.weight_decay: must be >= 0, got -0\.1"):
+        spec.parse_spec({"search": {"weight_decay": {"uniform": [-0.1, 0.1]}}}, tmp_path / "space.yaml")
