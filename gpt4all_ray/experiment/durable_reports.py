@@ -4,22 +4,26 @@
 Tune keeps its own copy in the trial's result.json, but stages it on the driver's machine and
 uploads it now and then, and a trial restored by --resume starts a new result.json: a driver
 killed in between would take the trial's earlier reports with it. These files survive it; the
-stored experiment (experiment.py) merges them in by step. trial.py's callback writes them."""
+stored experiment (files.py) merges them in by step. trial.py's callback writes them."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from gpt4all_ray.evaluation import CHECKPOINT_PATH, Evaluation
+
 REPORTS = "reports"
 
 
-def save_report(run_dir: str, record: dict[str, Any]) -> None:
+def save_report(run_dir: str, evaluation: Evaluation, checkpoint_path: str | None) -> None:
+    """One evaluation as Ray carries it, with where Ray stored its checkpoint."""
     import pyarrow.fs
 
+    record = evaluation.to_metrics() | ({CHECKPOINT_PATH: checkpoint_path} if checkpoint_path else {})
     fs, path = pyarrow.fs.FileSystem.from_uri(run_dir)
     fs.create_dir(f"{path}/{REPORTS}", recursive=True)
-    with fs.open_output_stream(f"{path}/{REPORTS}/step-{int(record['step']):09d}.json") as f:
+    with fs.open_output_stream(f"{path}/{REPORTS}/step-{evaluation.step:09d}.json") as f:
         f.write(json.dumps(record).encode())
 
 

@@ -14,7 +14,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from gpt4all_ray.config import SearchSpec
-from gpt4all_ray.evaluation import CHECKPOINT_SCORE
+from gpt4all_ray.evaluation import CHECKPOINT_SCORE, Evaluation
 from gpt4all_ray.experiment.durable_reports import save_report
 from gpt4all_ray.train.ds_config import deepspeed_config
 from gpt4all_ray.train.ray_entry import ray_train_loop
@@ -29,7 +29,9 @@ class DurableReportCallback(TuneReportCallback):
         self.run_dir = run_dir
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        save_report(self.run_dir, metrics[0] | ({CHECKPOINT_PATH_KEY: checkpoint.path} if checkpoint else {}))
+        evaluation = Evaluation.from_result(metrics[0])  # rank 0's
+        if evaluation is not None:
+            save_report(self.run_dir, evaluation, checkpoint.path if checkpoint else None)
         super().after_report(run_context, metrics, checkpoint)
 
 

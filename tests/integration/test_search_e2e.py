@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from gpt4all_ray.experiment.compute import TIMED as PHASE_NAMES
+from gpt4all_ray.experiment.compute import phase_seconds
 from gpt4all_ray.inspect.evaluate import validation_loss
 from tests.integration.conftest import REPO, SMALL_SPACE, Experiment
 
@@ -167,8 +168,9 @@ def test_each_trial_times_its_phases_and_the_summary_splits_the_wall_time(local_
         last = evaluations(trial.history)[-1]
         # Ray Train took its time to start the workers (measured from fit() in the trial's driver).
         assert 0 < last.phase_seconds["worker_group"] < last.time_total_s
-        timed = [last.phase_seconds[phase] for phase in PHASE_NAMES] + [last.train_s]
-        assert min(timed) >= 0 and sum(timed) < last.time_total_s
+        timed = phase_seconds(last)
+        assert timed is not None and set(timed) == set(PHASE_NAMES)
+        assert min(timed.values()) >= 0 and sum(timed.values()) < last.time_total_s
     summary = (local_search.dir / "summary.md").read_text()
     table = summary.split("Where the trials' wall time went:")[1].split("## Figures")[0]
     assert "| training steps |" in table and "| starting the trial's workers" in table
