@@ -82,7 +82,7 @@ def show_examples(cfg: TrialConfig, data: SplitData, tokenizer: Any, n: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.data", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="gpt4all-ray data", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=EMBEDDED_DATA, help="embedded, or a JSONL/JSON/CSV/Parquet file or folder")
     p.add_argument(
         "--model", default=TrialConfig.model, help="whose tokenizer counts tokens: built-in, or a HF folder/name"

@@ -1,4 +1,4 @@
-"""`python -m gpt4all_ray.experiment.report results/<experiment>`: the experiment's report, from its stored
+"""`gpt4all-ray report runs/<experiment>`: the experiment's report, from its stored
 files alone (the search writes the same report when it ends).
 
 results/<experiment>/ gets leaderboard.csv/.md, best.json and best/ (results.py), and summary.md:
@@ -208,7 +208,7 @@ def summary_markdown(
     importances: dict[str, float] | str | None,
 ) -> str:
     lines = [f"# Experiment {exp_dir.name}", ""]
-    lines += [f"{len(trials)} trials. Regenerate with `python -m gpt4all_ray.experiment.report {exp_dir}`.", ""]
+    lines += [f"{len(trials)} trials. Regenerate with `gpt4all-ray report {exp_dir}`.", ""]
     if best is not None:
         winner = best.record
         lines += ["## Best configuration", ""]
@@ -272,7 +272,7 @@ def time_by_phase_lines(compute: Compute) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.experiment.report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="gpt4all-ray report", description=__doc__.splitlines()[0])
     p.add_argument("experiment", type=Path, help="results/<experiment>")
     p.add_argument("--optuna-storage", help="the study's RDB URL when not the experiment's SQLite file")
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """What a checkpoint learned, example by example, against the model it started from.
 
-    python -m gpt4all_ray.inspect.analyze results/<experiment>/best [--data PATH] [--self-instruct PATH]
+    gpt4all-ray analyze runs/<experiment>/best [--data PATH] [--self-instruct PATH]
 
 Writes to <checkpoint>-analysis/ (or --out):
   examples.parquet   one row per example: prompt, response, source, prompt type, token counts,
@@ -41,7 +41,7 @@ SELF_INSTRUCT = Columns(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.inspect.analyze", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="gpt4all-ray analyze", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path, help="a checkpoint folder (results/<experiment>/best)")
     p.add_argument("--data", help="rows to analyse: a file or folder (default: the trial's validation split)")
     p.add_argument("--self-instruct", type=Path, help="perplexity on this self-instruct-format file")

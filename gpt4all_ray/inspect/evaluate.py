@@ -1,6 +1,6 @@
 """Recompute a saved checkpoint's validation loss from its files alone.
 
-`python -m gpt4all_ray.inspect.evaluate results/<experiment>/best` rebuilds the trial's validation split
+`gpt4all-ray evaluate runs/<experiment>/best` rebuilds the trial's validation split
 from trial_config.json, tokenizes it with the checkpoint's own tokenizer, and prints the
 token-weighted loss: it must equal the best_val_loss the search recorded.
 """
@@ -54,7 +54,7 @@ def validation_loss(folder: Path, batch_size: int = 16) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gpt4all_ray.inspect.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="gpt4all-ray evaluate", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
     args = p.parse_args(argv)
     loss = validation_loss(args.checkpoint)
