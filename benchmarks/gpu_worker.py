@@ -191,7 +191,7 @@ def steady_state(tb_dir: Path) -> dict:
 
 
 def reload_loss(folder: Path) -> float:
-    from gpt4all_ray.inspect.evaluate import validation_loss
+    from gpt4all_ray.inspection.evaluate import validation_loss
 
     return validation_loss(folder / "checkpoint", batch_size=4)
 

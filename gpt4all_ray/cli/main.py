@@ -9,8 +9,8 @@ import sys
 COMMANDS = {
     "tune": ("gpt4all_ray.cli.tune", "run a hyperparameter search (also: python -m gpt4all_ray.tune)"),
     "report": ("gpt4all_ray.experiment.report", "rebuild an experiment's leaderboard, summary and figures"),
-    "evaluate": ("gpt4all_ray.inspect.evaluate", "validation loss of a saved checkpoint"),
-    "analyze": ("gpt4all_ray.inspect.analyze", "per-example losses, probes and maps of a checkpoint"),
+    "evaluate": ("gpt4all_ray.inspection.evaluate", "validation loss of a saved checkpoint"),
+    "analyze": ("gpt4all_ray.inspection.analyze", "per-example losses, probes and maps of a checkpoint"),
     "data": ("gpt4all_ray.data.__main__", "check, clean and preview instruction data"),
 }
 

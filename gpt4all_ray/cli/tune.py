@@ -22,7 +22,7 @@ import yaml
 
 from gpt4all_ray.cli.preflight import check_data, check_model, check_results_dir
 from gpt4all_ray.config import SearchSpec, SpecError, load_spec, read_space, with_overrides
-from gpt4all_ray.experiment.files import SETTINGS, SPACE_COPY
+from gpt4all_ray.experiment.files import FORMAT, SETTINGS, SPACE_COPY
 
 if TYPE_CHECKING:
     from gpt4all_ray.experiment.report import ExperimentReport
@@ -160,6 +160,12 @@ def experiment_spec(args: argparse.Namespace) -> tuple[SearchSpec, Path]:
             raise SpecError(f"--resume: {exp_dir} holds no experiment to resume ({SPACE_COPY} or {SETTINGS} missing)")
         spec = load_spec(exp_dir / SPACE_COPY)
         settings = json.loads((exp_dir / SETTINGS).read_text())
+        if settings.get("format") != FORMAT:
+            raise SpecError(
+                f"--resume: {exp_dir} was started by an earlier gpt4all-ray (experiment.json format "
+                f"{settings.get('format', 1)}, this one reads {FORMAT}): its saved Tune state names modules that have "
+                "moved; resume it with the version that started it"
+            )
         if not settings.get("storage") and not (exp_dir / "ray" / "tune").is_dir():
             raise SpecError(f"--resume: {exp_dir} holds no experiment to resume (ray/tune/ missing)")
         if args.overrides:
@@ -247,6 +253,7 @@ def run_experiment(args: argparse.Namespace) -> Finished:
             "overrides": args.overrides,
             "num_trials": spec.tune.num_trials,
             "storage": args.storage,
+            "format": FORMAT,
         }
         (exp_dir / SETTINGS).write_text(json.dumps(settings))
     if not args.results_dir.is_absolute() and "runtime_resources" in Path.cwd().parts:

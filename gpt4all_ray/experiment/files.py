@@ -12,6 +12,9 @@ from typing import Any
 
 SPACE_COPY = "space.yaml"  # the search space as the experiment ran it, for --resume and the record
 SETTINGS = "experiment.json"  # what the command line set: trials requested, --storage
+FORMAT = 2
+"""experiment.json's "format": 2 since the package was laid out by process (2026-12-06). Tune's
+saved state names our classes by module path, and an earlier experiment's paths no longer exist."""
 STARTS = "starts.json"  # the configurations tried before sampling, with where each comes from
 ASHA_RUNGS = "asha_rungs.json"  # ASHA's recorded values per rung, kept across --resume (stopping.py)
 TRIAL_DIR = re.compile(r"^trial_driver_(?P<id>[0-9a-f]+)_(?P<index>\d+)_")

@@ -1,4 +1,4 @@
-"""Experiment outcome -> results/<experiment>/: leaderboard (CSV + Markdown), best.json and the
+"""Experiment outcome -> <results dir>/<experiment>/: leaderboard (CSV + Markdown), best.json and the
 best checkpoint in Hugging Face format under best/."""
 
 from __future__ import annotations

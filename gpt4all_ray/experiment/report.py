@@ -1,7 +1,7 @@
 """`gpt4all-ray report runs/<experiment>`: the experiment's report, from its stored
 files alone (the search writes the same report when it ends).
 
-results/<experiment>/ gets leaderboard.csv/.md, best.json and best/ (results.py), and summary.md:
+<experiment>/ gets leaderboard.csv/.md, best.json and best/ (records.py), and summary.md:
 the leaderboard, the best configuration and why it won, each trial's stop reason, the compute
 used and the compute saved by stopping early, and PNG figures: validation loss per evaluation
 for every trial with its stop point marked, best loss against each hyperparameter, and Optuna's
@@ -273,7 +273,7 @@ def time_by_phase_lines(compute: Compute) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gpt4all-ray report", description=__doc__.splitlines()[0])
-    p.add_argument("experiment", type=Path, help="results/<experiment>")
+    p.add_argument("experiment", type=Path, help="the experiment folder (runs/<experiment>)")
     p.add_argument("--optuna-storage", help="the study's RDB URL when not the experiment's SQLite file")
     args = p.parse_args(argv)
     if not (args.experiment / "ray" / "tune").is_dir():

@@ -1,5 +1,5 @@
 """What the user sees while a search runs: one line per trial start and per epoch, with each
-stop decision, as it happens. The callback also keeps each trial's reported epochs for the report."""
+stop decision, as it happens."""
 
 from __future__ import annotations
 

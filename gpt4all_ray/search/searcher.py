@@ -52,10 +52,10 @@ class TellingOptunaSearch(OptunaSearch):
                 if evaluation is not None:
                     for key, value in told(evaluation).items():
                         ot_trial.set_user_attr(key, value)
-                    # Stopped in the driver (ASHA, a budget): the workers said nothing, the stop log does.
-                    by = stopped_by(read_stops(Path(self.exp_dir)), trial_id) if self.exp_dir else None
-                    if not evaluation.stop_reason and by:
-                        ot_trial.set_user_attr("stop_reason", by.value)
+                # Stopped in the driver (ASHA, a budget): the workers said nothing, the stop log does.
+                by = stopped_by(read_stops(Path(self.exp_dir)), trial_id) if self.exp_dir else None
+                if result and by and not (evaluation and evaluation.stop_reason):
+                    ot_trial.set_user_attr("stop_reason", by.value)
                 if self.min_stop_rate:
                     # TPE models infeasible trials (constraint > 0) apart from the good ones.
                     stop_rate = evaluation.probes.get("stop_rate", 0.0) if evaluation else 0.0

@@ -21,7 +21,7 @@ from typing import Any
 
 from gpt4all_ray.config import TrialConfig
 
-RESUME_DIR = "resume"  # left out of results/<experiment>/best (torch is imported lazily for results.py)
+RESUME_DIR = "resume"  # left out of <experiment>/best (torch is imported lazily for experiment/records.py)
 ENGINE_TAG = "engine"
 LOOP_STATE = "loop_state.json"
 MANIFEST = "manifest_rank{rank}.json"
@@ -50,7 +50,7 @@ class LoopState:
     train_seconds: float = 0.0
     """Wall time inside optimizer steps, all attempts: the rest of a trial's time is overhead."""
     phase_seconds: dict[str, float] = field(default_factory=dict)
-    """Wall time in each phase outside optimizer steps (worker.PHASES), all attempts."""
+    """Wall time in each phase outside optimizer steps (evaluation.PHASES), all attempts."""
 
     def next_epoch(self) -> None:
         self.epoch += 1

@@ -375,6 +375,12 @@ class StepTotals:
         self.flops += step.flops
 
 
+def epoch_progress(step: int, steps_per_epoch: int) -> float:
+    """Steps done in epochs (1.0 at the end of epoch 1), as reported: the divergence rule judges the
+    same numbers here and in the driver's stopper."""
+    return round(step / steps_per_epoch, 6)
+
+
 def perplexity(val_loss: float) -> float | None:
     """Only where it is a number: e^50 and above (or a NaN loss) would make Tune's TensorBoard
     logger warn "NaN or Inf found" at every report, and the loss says it already."""
@@ -540,7 +546,7 @@ class TrialLoop:
             epoch=state.epoch,
             step=state.global_step,
             epoch_end=epoch_end,
-            epoch_progress=round(state.global_step / run.steps_per_epoch, 6),
+            epoch_progress=epoch_progress(state.global_step, run.steps_per_epoch),
             val_loss=val_loss,
             # Only an evaluation that improved holds the exported model, so every other one (a tie,
             # a rise, a NaN) scores the largest float: finite, since Tune's TensorBoard logger warns
@@ -579,7 +585,7 @@ class TrialLoop:
         """The divergence policy on every evaluation so far, then non-finite training, then the
         last epoch's end. Every rank judges the same all-reduced losses: all stop together."""
         steps = [step for step, _ in self.state.evaluations]
-        epochs = [step / self.run.steps_per_epoch for step in steps]
+        epochs = [epoch_progress(step, self.run.steps_per_epoch) for step in steps]
         reason = self.policy.decide([loss for _, loss in self.state.evaluations], epochs).reason
         # DeepSpeed skips a step whose gradients are not finite. Without fp16's loss scaling (whose
         # first steps skip by design; DeepSpeed itself gives up when the scale collapses) a skipped

@@ -120,7 +120,7 @@ def base_model(cfg: TrialConfig, tokenizer: Any) -> tuple[Any, bool]:
     else:
         config = fused_gelu(AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code))
         # fp32 master weights (DeepSpeed casts for bf16/fp16); under ZeRO-3 they are partitioned
-        # as they load when an HfDeepSpeedConfig is alive (worker.py keeps one).
+        # as they load when an HfDeepSpeedConfig is alive (loop.py keeps one).
         model = AutoModelForCausalLM.from_pretrained(
             cfg.model, config=config, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
         )

@@ -3,7 +3,7 @@
 DeepSpeed's ZeRO (stages 1-3), bf16 and fp16 optimizers check the gradients for inf/NaN before
 they call this optimizer's step, and skip a step that is not finite. At ZeRO-0 in fp32 DeepSpeed
 keeps this optimizer unwrapped and applies whatever gradients it holds. The loop therefore decides
-every step itself (worker.TrialRun.check_finite_step) and sets `skip_next` on a step it refuses.
+every step itself (loop.TrialRun.check_finite_step) and sets `skip_next` on a step it refuses.
 """
 
 from __future__ import annotations

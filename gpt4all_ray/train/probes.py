@@ -3,7 +3,7 @@ team judged their models by hand. Did the model stop (EOS before the token limit
 model never did)? How long were its answers? Did it repeat itself (3-grams seen earlier in the same
 answer)? And, where the data has one right answer, did it give it (exact match)?
 
-The worker runs them on each new best checkpoint, across its ranks; `python -m gpt4all_ray.inspect.analyze`
+The worker runs them on each new best checkpoint, across its ranks; `python -m gpt4all_ray.inspection.analyze`
 runs them on a saved one.
 """
 

@@ -1,4 +1,4 @@
-"""`python -m gpt4all_ray.inspect.analyze` on a checkpoint the real worker trained (two DeepSpeed ranks):
+"""`python -m gpt4all_ray.inspection.analyze` on a checkpoint the real worker trained (two DeepSpeed ranks):
 the trained model stops and answers exactly where the untrained one does not, the worker's
 all-reduced probes equal the analysis's single-process ones, and the outputs are complete."""
 
@@ -23,7 +23,7 @@ TRAINED = {"epochs": 3, "learning_rate": 0.004, "lr_schedule": "constant_with_wa
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "gpt4all_ray.inspect.analyze", *args]
+    command = [sys.executable, "-m", "gpt4all_ray.inspection.analyze", *args]
     return subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
 
 

@@ -29,7 +29,7 @@ import pytest
 
 from gpt4all_ray.config import load_spec
 from gpt4all_ray.experiment.files import stored_trials
-from gpt4all_ray.inspect.evaluate import validation_loss
+from gpt4all_ray.inspection.evaluate import validation_loss
 from gpt4all_ray.train.checkpoint import check_resumable, saved_step
 from tests.conftest import Record
 from tests.integration.conftest import REPO, SMALL_SPACE, ray_bin, run_search, subprocess_env

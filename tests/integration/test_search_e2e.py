@@ -12,7 +12,7 @@ import yaml
 
 from gpt4all_ray.experiment.compute import TIMED as PHASE_NAMES
 from gpt4all_ray.experiment.compute import phase_seconds
-from gpt4all_ray.inspect.evaluate import validation_loss
+from gpt4all_ray.inspection.evaluate import validation_loss
 from tests.integration.conftest import REPO, SMALL_SPACE, Experiment
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt4all_ray.inspect.evaluate import validation_loss
+from gpt4all_ray.inspection.evaluate import validation_loss
 from tests.conftest import Record
 from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, run_search, subprocess_env
 from tests.reliability.accounting import count_search

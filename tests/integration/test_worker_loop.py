@@ -127,7 +127,7 @@ def runs_two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_two_ranks_partitioned_train_export_gathered_and_reload_to_the_reported_loss(
     runs_two_ranks: Path, case: str
 ) -> None:
-    from gpt4all_ray.inspect.evaluate import validation_loss
+    from gpt4all_ray.inspection.evaluate import validation_loss
 
     metrics = reports(runs_two_ranks / case)
     assert metrics[-1]["stop_reason"] == "completed" and metrics[-1]["epoch_end"]
@@ -153,7 +153,7 @@ HF_CASES = {"hf-path-lora-new-pad": {"method": "lora"}, "hf-path-full-zero3": {"
     "case", [*MATRIX, "llama-lora-zero3-gradckpt-eval-steps", "offload-optimizer-zero2", *HF_CASES]
 )
 def test_trains_saves_and_reloads_to_the_reported_loss(runs: Path, case: str) -> None:
-    from gpt4all_ray.inspect.evaluate import load_checkpoint, validation_loss
+    from gpt4all_ray.inspection.evaluate import load_checkpoint, validation_loss
 
     settings = BASE | MATRIX.get(case, MORE.get(case, HF_CASES.get(case, {})))
     metrics = reports(runs / case)
@@ -207,7 +207,7 @@ def test_every_report_carries_the_metrics_and_a_resumable_checkpoint(runs: Path)
 
 
 def test_packed_training_loss_matches_unpacked_evaluation(runs: Path) -> None:
-    from gpt4all_ray.inspect.evaluate import validation_loss
+    from gpt4all_ray.inspection.evaluate import validation_loss
 
     metrics = reports(runs / "pack-llama")
     # The loop evaluated packed; evaluate.py pads each row alone: the same loss.

@@ -14,7 +14,7 @@ from pathlib import Path
 from gpt4all_ray.experiment.files import SETTINGS, storage_root, stored_trials
 from gpt4all_ray.experiment.records import record_from_history
 from gpt4all_ray.experiment.storage import fetch_checkpoint
-from gpt4all_ray.inspect.evaluate import validation_loss
+from gpt4all_ray.inspection.evaluate import validation_loss
 from gpt4all_ray.train.checkpoint import RESUME_DIR
 
 RELOAD_TOLERANCE = 1e-4  # relative: the loop's all-reduced loss against one process's

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from gpt4all_ray.cli.tune import main
+from gpt4all_ray.experiment.files import FORMAT
 from tests.conftest import Record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,7 +151,7 @@ def _resumable(tmp: Path) -> Path:
     exp = tmp / "earlier"
     (exp / "ray" / "tune").mkdir(parents=True)
     (exp / "space.yaml").write_text(space(tmp).read_text())
-    (exp / "experiment.json").write_text('{"space": "s", "num_trials": 1, "storage": null}')
+    (exp / "experiment.json").write_text(json.dumps({"space": "s", "num_trials": 1, "storage": None, "format": FORMAT}))
     return exp
 
 

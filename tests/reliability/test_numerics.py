@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from gpt4all_ray.inspect.evaluate import validation_loss
+from gpt4all_ray.inspection.evaluate import validation_loss
 from tests.conftest import Record
 from tests.integration.conftest import REPO, SEARCH_TIMEOUT_S, launch_ranks, subprocess_env
 from tests.reliability.accounting import count_search, count_worker_trial

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt4all_ray.inspect.evaluate import validation_loss
+from gpt4all_ray.inspection.evaluate import validation_loss
 from tests.conftest import Record
 from tests.integration.conftest import SEARCH_TIMEOUT_S, launch_ranks
 from tests.reliability.accounting import count_worker_trial

@@ -12,7 +12,7 @@ from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data import build_tokenizer, load_split
 from gpt4all_ray.data.encode import IGNORE, encode_rows
 from gpt4all_ray.data.synthetic import generate_rows
-from gpt4all_ray.inspect.losses import example_losses, map_2d, perplexity, prompt_type, spearman
+from gpt4all_ray.inspection.losses import example_losses, map_2d, perplexity, prompt_type, spearman
 from gpt4all_ray.train.model import build_model
 
 

@@ -44,7 +44,7 @@ def test_the_summary_groups_every_phase_the_workers_time() -> None:
     from gpt4all_ray.evaluation import PHASES
 
     assert set(TIMED) == {"train", *PHASES} and len(TIMED) == len(PHASES) + 1
-    # results.py reads probe_* keys as the generation probes' scores.
+    # Evaluation.from_result reads probe_* keys as the generation probes' scores.
     assert not any(f"{phase}_s".startswith("probe_") for phase in PHASES)
 
 

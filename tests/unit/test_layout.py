@@ -22,7 +22,7 @@ ALLOWED = {
     "train": {"config", "data", "divergence", "evaluation", "ray_private"},
     "experiment": {"config", "divergence", "evaluation", "train"},  # train: the checkpoint's layout
     "search": {"config", "data", "divergence", "evaluation", "ray_private", "train", "experiment"},
-    "inspect": {"config", "data", "train", "experiment"},
+    "inspection": {"config", "data", "train", "experiment"},
 }
 HEAVY = ("torch", "ray", "deepspeed", "transformers", "optuna")
 
@@ -84,3 +84,14 @@ def test_the_training_loop_loads_no_ray() -> None:
     code = "import sys, gpt4all_ray.train.loop; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_a_worker_process_loads_nothing_of_the_driver_side() -> None:
+    """The rule above holds when the code runs too: the package's __init__ loads the API lazily."""
+    code = (
+        "import sys, gpt4all_ray.train.ray_entry; "
+        "print(' '.join(m for m in sys.modules if m.startswith(('gpt4all_ray.cli', 'gpt4all_ray.search', "
+        "'gpt4all_ray.experiment', 'gpt4all_ray.inspection', 'gpt4all_ray.api'))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []

@@ -18,7 +18,7 @@ KEYS |= {f"{phase}{PHASE_SUFFIX}" for phase in PHASES}
 NOT_REPORTS = {
     ("train/faults.py", "step"): "the fault's own spec (GPT4ALL_RAY_FAULT)",
     ("train/loop.py", "lr"): "an optimizer param group",
-    ("inspect/analyze.py", "probe_prompts"): "analysis.json's own summary",
+    ("inspection/analyze.py", "probe_prompts"): "analysis.json's own summary",
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from gpt4all_ray.cli.tune import experiment_spec, parse_args, space_as_run
 from gpt4all_ray.config import SpecError, load_spec
+from gpt4all_ray.experiment.files import FORMAT
 from tests.unit.cli import run_tune
 
 DEFAULT = Path(__file__).resolve().parents[2] / "search_spaces" / "tiny_cpu.yaml"
@@ -62,7 +63,11 @@ def test_resume_refuses_set(tmp_path: Path) -> None:
     exp = tmp_path / "exp"
     (exp / "ray" / "tune").mkdir(parents=True)
     (exp / "space.yaml").write_text(DEFAULT.read_text())
-    (exp / "experiment.json").write_text(json.dumps({"space": str(DEFAULT), "num_trials": 6, "storage": None}))
+    settings = {"space": str(DEFAULT), "num_trials": 6, "storage": None}
+    (exp / "experiment.json").write_text(json.dumps(settings))
+    with pytest.raises(SpecError, match=r"started by an earlier gpt4all-ray \(experiment.json format 1"):
+        experiment_spec(parse_args(["--resume", str(exp)]))
+    (exp / "experiment.json").write_text(json.dumps(settings | {"format": FORMAT}))
     with pytest.raises(SpecError, match="a resumed experiment keeps its space"):
         experiment_spec(parse_args(["--resume", str(exp), "--set", "tune.searcher=gp"]))
     spec, _ = experiment_spec(parse_args(["--resume", str(exp)]))

@@ -58,13 +58,15 @@ def test_optuna_is_told_who_stopped_a_trial_the_workers_did_not(tmp_path: Path) 
     spec = load_spec(REPO / "search_spaces" / "tiny_cpu.yaml")
     searcher = make_searcher(spec, tmp_path / "exp", "best_val_loss", None)
     searcher.set_search_properties("best_val_loss", "min", param_space(spec))
-    for trial_id in ("cut", "ran"):
+    for trial_id in ("cut", "ran", "early"):
         assert searcher.suggest(trial_id)
     record_stop(tmp_path / "exp", "cut", ASHA, epoch=1.0)  # what the scheduler writes as it stops it
+    record_stop(tmp_path / "exp", "early", StopReason.GPU_HOURS, hours=1.0)
     searcher.on_trial_complete("cut", reported(3.4, stop_reason=""))
     searcher.on_trial_complete("ran", reported(3.2, stop_reason="completed"))
+    searcher.on_trial_complete("early", {"time_total_s": 3.0})  # stopped before its first evaluation
     study = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}")
-    assert [t.user_attrs["stop_reason"] for t in study.trials] == [ASHA, "completed"]
+    assert [t.user_attrs.get("stop_reason") for t in study.trials] == [ASHA, "completed", "gpu_hours"]
 
 
 def searched_points(tmp_path: Path, searcher_name: str, trials: int) -> list[dict]:

@@ -42,7 +42,7 @@ SELF_INSTRUCT = Columns(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gpt4all-ray analyze", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", type=Path, help="a checkpoint folder (results/<experiment>/best)")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint folder (runs/<experiment>/best)")
     p.add_argument("--data", help="rows to analyse: a file or folder (default: the trial's validation split)")
     p.add_argument("--self-instruct", type=Path, help="perplexity on this self-instruct-format file")
     p.add_argument("--out", type=Path, help="output folder (default: <checkpoint>-analysis)")
@@ -84,7 +84,7 @@ def load_analysis_rows(cfg: TrialConfig, data: str | None, limit: int) -> tuple[
 
 def score_model(model: Any, tokenizer: Any, cfg: TrialConfig, rows: list[dict[str, str]]) -> tuple[list[Any], Any]:
     from gpt4all_ray.data.encode import encode_rows
-    from gpt4all_ray.inspect.losses import example_losses
+    from gpt4all_ray.inspection.losses import example_losses
 
     examples, encoded = encode_rows(rows, tokenizer, cfg.max_length, "truncate")
     return example_losses(model, examples, tokenizer.pad_token_id, cfg.max_length), encoded
@@ -243,8 +243,8 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from gpt4all_ray.data.sources import load_rows
-    from gpt4all_ray.inspect.evaluate import load_checkpoint
-    from gpt4all_ray.inspect.losses import map_2d, perplexity, prompt_type, spearman
+    from gpt4all_ray.inspection.evaluate import load_checkpoint
+    from gpt4all_ray.inspection.losses import map_2d, perplexity, prompt_type, spearman
 
     torch.manual_seed(0)
     model, tokenizer, cfg = load_checkpoint(args.checkpoint)
