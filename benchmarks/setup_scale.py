@@ -1,8 +1,20 @@
-"""A worker's model load at GPT-J-6B's width: peak host memory and seconds of today's load (fp32)
-against the candidate of issue 26 (load in the training dtype), side by side in one run.
+"""A worker's setup at GPT4All's scale (issue 26): its data (rows, split, tokenizer, encoding)
+and its model load, peak host memory and seconds.
 
+    python benchmarks/setup_scale.py data [--rows 400000] [--repeats 1] [--out FILE]
     python benchmarks/setup_scale.py model [--layers 3] [--precision bf16] [--repeats 3]
         [--format safetensors|bin] [--out FILE]
+
+data: a GPT4All-shaped JSONL (prompt/response/source; `--rows` rows, unique; response lengths
+drawn from a log-normal so that rows average about 460 tokens at max_length 1024 with a tail over
+it; generated in a temporary folder, never committed) and a byte-level BPE tokenizer of 8,192
+tokens trained on a sample of it, saved as a model folder's tokenizer. Each repeat runs, in a
+fresh process, what a worker runs today before its first step (train/loop.py TrialRun:
+load_split, load_tokenizer, encode_rows for train and validation) and reports seconds per stage,
+the rows' mean token length, and peak resident memory above the process's before it, over the
+encoded training tokens' bytes (4 bytes a token id). Issue 26's goals for the new path: a later
+trial's data setup <= 5 s a worker, resident memory for data <= 2x its shard's token bytes. Only
+today's path exists yet: this is its baseline.
 
 The model: a GPT-J with GPT-J-6B's width (n_embd 4096, 16 heads, rotary_dim 64, vocabulary
 50400, 2048 positions) and `--layers` blocks (3 make about 1.0B parameters), saved in Hugging
@@ -28,6 +40,7 @@ The data half of issue 26 (tokenize once per experiment, 400,000 rows) is not me
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -154,6 +167,114 @@ def run_arm(arm: str, folder: Path, precision: str) -> dict[str, Any]:
     return json.loads(proc.stdout.split("RESULT ", 1)[1])
 
 
+WORDS = 30_000
+RESPONSE_LOG_MEDIAN = 4.2  # e^4.2: a 67-word median response; rows then average ~460 tokens
+SOURCES = ("unified_chip2", "stackoverflow", "laion_oig", "gpteacher")
+
+
+def write_rows(path: Path, rows: int, seed: int = 0) -> None:
+    """Unique GPT4All-like rows: a prompt of ~40 words, a response of log-normal length (a long
+    tail), words from a Zipf-like vocabulary of pseudo-words."""
+    import random
+
+    rng = random.Random(seed)
+    vocabulary = [f"w{rng.getrandbits(40):x}"[: rng.randint(3, 9)] for _ in range(WORDS)]
+    cumulative = list(itertools.accumulate(1 / (rank + 1) for rank in range(WORDS)))
+
+    def words(n: int) -> str:
+        return " ".join(rng.choices(vocabulary, cum_weights=cumulative, k=n))
+
+    with path.open("w") as f:
+        for i in range(rows):
+            prompt = f"Question {i}: " + words(max(4, int(rng.gauss(40, 15))))
+            response = words(max(8, int(rng.lognormvariate(RESPONSE_LOG_MEDIAN, 0.6))))
+            f.write(json.dumps({"prompt": prompt, "response": response, "source": SOURCES[i % len(SOURCES)]}) + "\n")
+
+
+def save_tokenizer(folder: Path, rows_file: Path, sample: int = 20_000) -> None:
+    sys.path.insert(0, str(REPO))
+    from gpt4all_ray.data.tokenizer import train_tokenizer
+
+    texts = []
+    with rows_file.open() as f:
+        for line, _ in zip(f, range(sample), strict=False):
+            row = json.loads(line)
+            texts.append(row["prompt"] + "\n" + row["response"])
+    train_tokenizer(texts, vocab_size=8192).save_pretrained(folder)
+
+
+def data_child(folder: str, rows_file: str) -> dict[str, Any]:
+    """Today's data setup of one worker, in this process, measured."""
+    sys.path.insert(0, str(REPO))
+    import transformers  # noqa: F401  (a worker has it imported before its data setup)
+
+    from gpt4all_ray.config import TrialConfig
+    from gpt4all_ray.data import load_split
+    from gpt4all_ray.data.encode import encode_rows
+    from gpt4all_ray.train.model import load_tokenizer
+
+    cfg = TrialConfig(model=folder, data=rows_file, max_length=1024)
+    before = memory()
+    seconds: dict[str, float] = {}
+    with PeakSampler() as sampler:
+        started = time.perf_counter()
+        data = load_split(cfg)
+        seconds["rows_and_split"] = time.perf_counter() - started
+        tokenizer = load_tokenizer(cfg, data)
+        seconds["tokenizer"] = time.perf_counter() - started - seconds["rows_and_split"]
+        encode_started = time.perf_counter()
+        train, report = encode_rows(data.train, tokenizer, cfg.max_length, cfg.length_policy)
+        val, _ = encode_rows(data.val, tokenizer, cfg.max_length, cfg.length_policy)
+        seconds["encode"] = time.perf_counter() - encode_started
+        seconds["total"] = time.perf_counter() - started
+    tokens = sum(len(e.input_ids) for e in train)
+    return {
+        "seconds": seconds,
+        "train_rows": len(train),
+        "val_rows": len(val),
+        "train_tokens": tokens,
+        "mean_tokens_a_row": tokens / len(train),
+        "truncated_rows": report.truncated,
+        "before": before,
+        "peak": sampler.peak,
+    }
+
+
+def data_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="gpt4all_rows_") as tmp:
+        folder, rows_file = Path(tmp) / "model", Path(tmp) / "rows.jsonl"
+        folder.mkdir()
+        started = time.perf_counter()
+        write_rows(rows_file, args.rows)
+        save_tokenizer(folder, rows_file)
+        prepared_s = time.perf_counter() - started
+        runs = []
+        for repeat in range(args.repeats):
+            code = f"import json, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import setup_scale; "
+            code += f"print('RESULT ' + json.dumps(setup_scale.data_child({str(folder)!r}, {str(rows_file)!r})))"
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            run = json.loads(proc.stdout.split("RESULT ", 1)[1]) | {"repeat": repeat}
+            token_bytes = run["train_tokens"] * 4
+            run |= {
+                f"{kind}_over_token_bytes": (run["peak"][kind] - run["before"][kind]) / token_bytes
+                for kind in ("rss", "anon")
+            }
+            runs.append(run)
+            print(json.dumps(run), flush=True)
+        file_bytes = rows_file.stat().st_size
+    return {
+        "benchmark": "setup_scale data",
+        "command": " ".join(sys.argv),
+        "rows": args.rows,
+        "jsonl_bytes": file_bytes,
+        "prepare_seconds": prepared_s,
+        "path": "today's (train/loop.py TrialRun setup_data): load_split, load_tokenizer, encode_rows",
+        "goal_of_the_new_path": "a later trial's data setup <= 5 s a worker; "
+        "resident memory for data <= 2x its shard's token bytes",
+        "runs": runs,
+    }
+
+
 def model_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gptj_wide_") as tmp:
         folder = Path(tmp)
@@ -199,17 +320,20 @@ def model_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["model"])
+    p.add_argument("part", choices=["data", "model"])
+    p.add_argument("--rows", type=int, default=400_000)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--precision", choices=sorted(BYTES), default="bf16")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=None, help="default: 1 for data, 3 for model")
     p.add_argument(
         "--format", choices=["safetensors", "bin"], default="safetensors", help="the checkpoint's file format"
     )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    result = model_benchmark(args)
-    print(json.dumps(result["summary"], indent=1))
+    if args.repeats is None:
+        args.repeats = 1 if args.part == "data" else 3
+    result = data_benchmark(args) if args.part == "data" else model_benchmark(args)
+    print(json.dumps(result.get("summary", result["runs"]), indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
