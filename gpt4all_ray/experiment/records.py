@@ -29,6 +29,11 @@ class TrialRecord:
     """Times the trial's workers died and were resumed from a checkpoint."""
     stop_reason: StopReason = StopReason.NO_RESULT
     wall_s: float = 0.0
+    setup_data_s: float | None = None
+    """Seconds its workers spent building rows, tokenizer and encoded examples, all attempts (rank
+    0's; None where the workers did not time it)."""
+    setup_model_s: float | None = None
+    """Seconds its workers spent building or loading the model, all attempts (rank 0's)."""
     checkpoint_path: str | None = None
     val_losses: list[float] = field(default_factory=list)
     searcher_value: float | None = None
@@ -79,6 +84,8 @@ def record_from_history(
         record.restarts = len({e.resumed_from_step for e in reported if e.resumed_from_step})
         record.stop_reason = last.stop_reason or stopped_by or StopReason.STOPPED
         record.wall_s = last.time_total_s
+        record.setup_data_s = last.phase_seconds.get("setup_data")
+        record.setup_model_s = last.phase_seconds.get("setup_model")
         record.probes = dict(last.probes)
         # The evaluation that set the best holds the exported model (a later tie does not).
         at_best = [e for e in reported if e.checkpoint_path and e.step == record.best_step]
@@ -100,6 +107,8 @@ def _row(r: TrialRecord, param_names: list[str]) -> dict[str, Any]:
         stop_reason=r.stop_reason.value,
         restarts=r.restarts,
         wall_s=round(r.wall_s, 1),
+        setup_data_s=None if r.setup_data_s is None else round(r.setup_data_s, 1),
+        setup_model_s=None if r.setup_model_s is None else round(r.setup_model_s, 1),
         searcher_value=r.searcher_value,
         stop_rate=r.probes.get("stop_rate"),
         exact_match=r.probes.get("exact_match"),

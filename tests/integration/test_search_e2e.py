@@ -53,8 +53,12 @@ def test_every_requested_trial_is_in_the_leaderboard(local_search: Experiment) -
         "epochs_run",
         "stop_reason",
         "wall_s",
+        "setup_data_s",
+        "setup_model_s",
     ):
         assert column in rows[0]
+    # Each trial's setup, beside its wall time: timed by its workers, a part of that time.
+    assert all(0 < float(r["setup_data_s"]) + float(r["setup_model_s"]) < float(r["wall_s"]) for r in rows)
 
 
 def test_best_checkpoint_reloads_and_gives_the_recorded_loss(local_search: Experiment) -> None:

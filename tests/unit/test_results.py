@@ -26,6 +26,8 @@ def epochs(losses: list[float], reasons: list[str], ckpt_dir: Path | None = None
             "best_epoch": best_at,
             "stop_reason": reason,
             "time_total_s": 10.0 * i,
+            "setup_data_s": 1.5,  # every attempt's so far: a trial's last report holds its total
+            "setup_model_s": 0.25 * i,
         }
         if improved and ckpt_dir is not None:
             folder = ckpt_dir / f"checkpoint_{i}"
@@ -44,6 +46,7 @@ def test_diverged_trial_keeps_its_best_epoch(tmp_path: Path) -> None:
     assert record.stop_reason == "diverged"
     assert record.checkpoint_path == str(tmp_path / "checkpoint_2")
     assert record.wall_s == 30.0
+    assert (record.setup_data_s, record.setup_model_s) == (1.5, 0.75)  # the last report's
     assert record.val_losses == [3.0, 2.5, 2.7]
 
 
@@ -71,6 +74,8 @@ def test_report_ranks_by_best_loss_and_copies_the_best_checkpoint(tmp_path: Path
         rows = list(csv.DictReader(f))
     assert [r["trial_id"] for r in rows] == ["good", "bad", "failed"]
     assert rows[0]["val_losses"] == "3.0 2.0" and rows[2]["stop_reason"] == "error"
+    wall = rows[0]["wall_s"], rows[0]["setup_data_s"], rows[0]["setup_model_s"]
+    assert wall == ("20.0", "1.5", "0.5") and rows[2]["setup_data_s"] == ""  # no report: not timed
     assert "| good | 0.01 |" in (tmp_path / "exp" / "leaderboard.md").read_text()
 
 
