@@ -211,7 +211,7 @@ def data_child(folder: str, rows_file: str) -> dict[str, Any]:
     from gpt4all_ray.config import TrialConfig
     from gpt4all_ray.data import load_split
     from gpt4all_ray.data.encode import encode_rows
-    from gpt4all_ray.train.model import load_tokenizer
+    from gpt4all_ray.data.tokenizer import load_tokenizer
 
     cfg = TrialConfig(model=folder, data=rows_file, max_length=1024)
     before = memory()

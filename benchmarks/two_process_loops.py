@@ -39,8 +39,9 @@ def bare_loop(cfg: Any, out: Path) -> dict[str, Any]:
     from gpt4all_ray.data import load_split
     from gpt4all_ray.data.collate import pad_to_longest
     from gpt4all_ray.data.encode import encode_rows
+    from gpt4all_ray.data.tokenizer import load_tokenizer
     from gpt4all_ray.train.loop import param_groups
-    from gpt4all_ray.train.model import base_model, load_tokenizer, trainable
+    from gpt4all_ray.train.model import base_model, trainable
     from gpt4all_ray.train.schedule import lr_multiplier
 
     started_at, setup_started = time.time(), time.perf_counter()

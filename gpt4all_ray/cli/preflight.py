@@ -6,41 +6,40 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpt4all_ray.config import SearchSpec, SpecError
-from gpt4all_ray.data import load_split
-from gpt4all_ray.data.pipeline import DataReport
+from gpt4all_ray.data.cache import PreparedData
 from gpt4all_ray.data.sources import DataError
 
 
-def check_data(spec: SearchSpec) -> DataReport:
-    """Build the rows and split the workers will build (pure Python, fast) and refuse data that
-    makes no optimizer step, before Ray starts. The report says what was kept and dropped."""
+def check_data(spec: SearchSpec, cache: Path) -> PreparedData:
+    """Build the experiment's tokenized data once, in `cache` (every trial then maps it), and
+    refuse data that makes no optimizer step, before Ray starts. Its report says what was kept
+    and dropped."""
+    from gpt4all_ray.data.cache import prepare
+    from gpt4all_ray.data.encode import TooLong
+
+    cfg = spec.fixed
     try:
-        data = load_split(spec.fixed)
+        data = prepare(cfg, cache)
     except DataError as err:
         raise SpecError(f"{spec.path}: fixed.{getattr(err, 'key', 'data')}: {err}") from None
-    if data.report.train_rows < spec.fixed.global_batch:
+    except TooLong as err:
+        raise SpecError(f"{spec.path}: fixed.length_policy: {err}") from None  # names the part and row
+    if data.report.train_rows < cfg.global_batch:
         raise SpecError(
             f"{spec.path}: fixed.data_rows: {data.report.train_rows} training rows after cleaning and the "
-            f"validation split make no step of global_batch {spec.fixed.global_batch} ({data.report.summary()})"
+            f"validation split make no step of global_batch {cfg.global_batch} ({data.report.summary()})"
         )
-    if spec.fixed.length_policy in ("raise", "drop"):  # otherwise only the workers would find out
-        from gpt4all_ray.data.encode import TooLong, encode_rows
-        from gpt4all_ray.train.model import load_tokenizer
-
-        tokenizer = load_tokenizer(spec.fixed, data)
-        for part, rows in (("train", data.train), ("validation", data.val)):
-            try:
-                kept, _ = encode_rows(rows, tokenizer, spec.fixed.max_length, spec.fixed.length_policy)
-            except TooLong as err:
-                raise SpecError(f"{spec.path}: fixed.length_policy: {part} {err}") from None
-            need = spec.fixed.global_batch if part == "train" else 1
-            if len(kept) < need:
-                raise SpecError(
-                    f"{spec.path}: fixed.length_policy: drop leaves {len(kept)} of {len(rows)} {part} rows "
-                    f"within max_length {spec.fixed.max_length} (needed: {need}); raise max_length or truncate"
-                )
+    for part, kept, rows, need in (
+        ("train", len(data.train), data.report.train_rows, cfg.global_batch),
+        ("validation", len(data.val), data.report.val_rows, 1),
+    ):
+        if kept < need:
+            raise SpecError(
+                f"{spec.path}: fixed.length_policy: drop leaves {kept} of {rows} {part} rows "
+                f"within max_length {cfg.max_length} (needed: {need}); raise max_length or truncate"
+            )
     check_warmup(spec, data.report.train_rows)
-    return data.report
+    return data
 
 
 def check_warmup(spec: SearchSpec, train_rows: int) -> None:

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import yaml
 
 from gpt4all_ray.cli.preflight import check_data, check_model, check_results_dir
 from gpt4all_ray.config import SearchSpec, SpecError, load_spec, read_space, with_overrides
-from gpt4all_ray.experiment.files import FORMAT, SETTINGS, SPACE_COPY
+from gpt4all_ray.experiment.files import DATA_CACHE, FORMAT, SETTINGS, SPACE_COPY
 
 if TYPE_CHECKING:
     from gpt4all_ray.experiment.report import ExperimentReport
@@ -227,12 +228,13 @@ def run_experiment(args: argparse.Namespace) -> Finished:
     write its report; SpecError (naming the file, key or flag) before any worker starts."""
     spec, exp_dir = experiment_spec(args)
     check_model(spec)
-    data_report = check_data(spec)
-    print(f"Data: {data_report.summary()}", flush=True)
     exp_dir = exp_dir.resolve()
     made_here = not exp_dir.exists()
     try:
         check_results_dir(exp_dir)
+        data = check_data(spec, exp_dir / DATA_CACHE)
+        built = f"built in {data.folder}" if data.built_here else f"mapped from {data.folder}"
+        print(f"Data: {data.report.summary()}; tokenized once, {built}", flush=True)
         storage = settings_storage(exp_dir) if args.resume else args.storage
         if storage:
             from gpt4all_ray.experiment.storage import check_storage
@@ -242,8 +244,8 @@ def run_experiment(args: argparse.Namespace) -> Finished:
 
         connect_ray(spec.resources)
     except SpecError:
-        if made_here and exp_dir.is_dir() and not any(exp_dir.iterdir()):
-            exp_dir.rmdir()  # nothing half-written left behind
+        if made_here:
+            shutil.rmtree(exp_dir, ignore_errors=True)  # nothing half-written left behind
         raise
     print(f"Experiment {exp_dir.name}: results in {exp_dir}", flush=True)
     if not args.resume:
@@ -264,7 +266,7 @@ def run_experiment(args: argparse.Namespace) -> Finished:
         )
     from gpt4all_ray.search.driver import run
 
-    return Finished(exp_dir, run(spec, exp_dir, data_report.train_rows, resume=bool(args.resume), storage=storage))
+    return Finished(exp_dir, run(spec, exp_dir, data.report.train_rows, resume=bool(args.resume), storage=storage))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         data = load_split(cfg)
-        from gpt4all_ray.train.model import load_tokenizer
+        from gpt4all_ray.data.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(cfg, data)
         summary = describe(cfg, data, tokenizer, args.batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,10 @@ class PromptEncoder:
 
     def __call__(self, prompt: str) -> tuple[list[int], bool]:
         """(ids, whether the prompt was capped)."""
-        body = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return self.wrap(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    def wrap(self, body: list[int]) -> tuple[list[int], bool]:
+        """A tokenized prompt in the template, capped."""
         return self.head + body[: self.budget] + self.tail, len(body) > self.budget
 
 
@@ -54,37 +58,54 @@ class TooLong(ValueError):
     """A row that does not fit max_length under length_policy=raise."""
 
 
-def encode_rows(
-    rows: list[Row], tokenizer: Any, max_length: int, length_policy: str = "truncate"
-) -> tuple[list[Example], EncodeReport]:
-    """EOS is appended and labelled only when prompt + response fit untruncated (GPT4All appended it
-    to truncated rows too, teaching the model to stop mid-answer). Prompts are capped at half of
-    max_length, as GPT4All did, so every row keeps room for its response. A row that still does not
-    fit is truncated (no EOS), dropped (counted) or an error, by `length_policy`."""
-    report = EncodeReport(rows=len(rows))
+BATCH_ROWS = 2048
+"""Rows a tokenizer call encodes at once: a fast tokenizer encodes a batch on all cores."""
+
+
+def encoded(
+    rows: Sequence[Row], tokenizer: Any, max_length: int, length_policy: str, report: EncodeReport
+) -> Iterator[list[tuple[list[int], int]]]:
+    """Each batch of kept rows as (token ids, prompt length): the labels are the ids after the
+    prompt. EOS is appended and labelled only when prompt + response fit untruncated (GPT4All
+    appended it to truncated rows too, teaching the model to stop mid-answer). Prompts are capped at
+    half of max_length, as GPT4All did, so every row keeps room for its response. A row that still
+    does not fit is truncated (no EOS), dropped (counted) or an error, by `length_policy`."""
+    report.rows += len(rows)
     encode_prompt = PromptEncoder(tokenizer, max_length)
     eos = tokenizer.eos_token_id
-    examples = []
-    for i, row in enumerate(rows):
-        prompt, capped = encode_prompt(row["prompt"])
-        report.prompts_capped += capped
-        response = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
-        if len(prompt) + len(response) + 1 <= max_length:
-            ids = prompt + response + [eos]
-            labels = [IGNORE] * len(prompt) + response + [eos]
-            report.with_eos += 1
-        elif length_policy == "drop":
-            report.dropped_too_long.append(i)
-            continue
-        elif length_policy == "raise":
-            raise TooLong(
-                f"row {i} (source {row.get('source')!r}): prompt {len(prompt)} + response {len(response)} + EOS "
-                f"tokens do not fit max_length {max_length} (length_policy: raise)"
-            )
-        else:
-            ids = (prompt + response)[:max_length]
-            labels = ([IGNORE] * len(prompt) + response)[:max_length]
-            report.truncated += 1
-            report.truncated_rows.append(i)
-        examples.append(Example(ids, labels))
-    return examples, report
+    for first in range(0, len(rows), BATCH_ROWS):
+        batch = rows[first : first + BATCH_ROWS]
+        prompts = tokenizer([row["prompt"] for row in batch], add_special_tokens=False)["input_ids"]
+        responses = tokenizer([row["response"] for row in batch], add_special_tokens=False)["input_ids"]
+        kept = []
+        for i, row, body, response in zip(range(first, first + len(batch)), batch, prompts, responses, strict=True):
+            prompt, capped = encode_prompt.wrap(body)
+            report.prompts_capped += capped
+            if len(prompt) + len(response) + 1 <= max_length:
+                kept.append((prompt + response + [eos], len(prompt)))
+                report.with_eos += 1
+            elif length_policy == "drop":
+                report.dropped_too_long.append(i)
+            elif length_policy == "raise":
+                raise TooLong(
+                    f"row {i} (source {row.get('source')!r}): prompt {len(prompt)} + response {len(response)} + "
+                    f"EOS tokens do not fit max_length {max_length} (length_policy: raise)"
+                )
+            else:
+                kept.append(((prompt + response)[:max_length], len(prompt)))
+                report.truncated += 1
+                report.truncated_rows.append(i)
+        yield kept
+
+
+def example(ids: list[int], prompt_length: int) -> Example:
+    return Example(ids, [IGNORE] * prompt_length + ids[prompt_length:])
+
+
+def encode_rows(
+    rows: Sequence[Row], tokenizer: Any, max_length: int, length_policy: str = "truncate"
+) -> tuple[list[Example], EncodeReport]:
+    """Rows -> examples in memory (inspection and the plan; a trial maps the tokenized cache)."""
+    report = EncodeReport()
+    batches = encoded(rows, tokenizer, max_length, length_policy, report)
+    return [example(ids, n) for batch in batches for ids, n in batch], report

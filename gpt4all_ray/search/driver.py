@@ -44,7 +44,7 @@ def run(
     from ray.tune.search import ConcurrencyLimiter
 
     from gpt4all_ray.divergence import DivergencePolicy
-    from gpt4all_ray.experiment.files import stored_trials, tune_dir, write_starts
+    from gpt4all_ray.experiment.files import DATA_CACHE, stored_trials, tune_dir, write_starts
     from gpt4all_ray.experiment.storage import mirror_tune, ray_root
     from gpt4all_ray.search.cluster import warn_if_deepspeed_op_unbuilt
     from gpt4all_ray.search.driver_faults import driver_fault_callbacks
@@ -61,7 +61,11 @@ def run(
     root = ray_root(storage, exp_dir.resolve())
     trainable = tune.with_resources(
         tune.with_parameters(
-            trial_driver, spec=spec, storage=f"{root}/train", tb_root=str(exp_dir.resolve() / "tensorboard")
+            trial_driver,
+            spec=spec,
+            storage=f"{root}/train",
+            tb_root=str(exp_dir / "tensorboard"),
+            data_cache=str(exp_dir / DATA_CACHE),
         ),
         {"CPU": spec.resources.driver_cpus},
     )

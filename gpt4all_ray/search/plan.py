@@ -91,7 +91,7 @@ def count_train_tokens(spec: SearchSpec) -> tuple[float, int] | None:
         return None
     from gpt4all_ray.data import load_split
     from gpt4all_ray.data.encode import encode_rows
-    from gpt4all_ray.train.model import load_tokenizer
+    from gpt4all_ray.data.tokenizer import load_tokenizer
 
     data = load_split(cfg)
     tokenizer = load_tokenizer(cfg, data)

@@ -35,7 +35,7 @@ class DurableReportCallback(TuneReportCallback):
         super().after_report(run_context, metrics, checkpoint)
 
 
-def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_root: str) -> None:
+def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_root: str, data_cache: str) -> None:
     """The Tune trainable. Train V2 runs the workers; DurableReportCallback forwards rank 0's
     reports (and each checkpoint's path) to Tune."""
     context = tune.get_context()
@@ -55,6 +55,7 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
             "trial": dataclasses.asdict(trial),
             "hparams": {k: config[k] for k in spec.search},
             "tb_dir": f"{tb_root}/{trial_id}",
+            "data_cache": data_cache,
             "threads": max(1, int(res.cpus_per_worker)),
             # So the workers can tell how long Ray Train took to start them.
             "fit_started_at": time.time(),

@@ -26,9 +26,10 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 from gpt4all_ray.config import TrialConfig
-from gpt4all_ray.data import load_split
+from gpt4all_ray.data.cache import DEFAULT_ROOT, prepare
 from gpt4all_ray.data.collate import pack, pad_to_longest
-from gpt4all_ray.data.encode import IGNORE, encode_rows
+from gpt4all_ray.data.encode import IGNORE
+from gpt4all_ray.data.tokenizer import is_builtin
 from gpt4all_ray.divergence import DivergencePolicy
 from gpt4all_ray.evaluation import PHASES, Evaluation, StopReason
 from gpt4all_ray.train.checkpoint import LoopState, ResumePoint, load_state, pick_resumable, save_model, save_state
@@ -36,9 +37,9 @@ from gpt4all_ray.train.ds_config import deepspeed_config, gradient_accumulation
 from gpt4all_ray.train.ds_ops import use_own_op_builds
 from gpt4all_ray.train.faults import FaultPoints, NoFaults
 from gpt4all_ray.train.loss import loss_sum_and_count
-from gpt4all_ray.train.model import base_model, is_builtin, load_tokenizer, trainable
+from gpt4all_ray.train.model import base_model, trainable
 from gpt4all_ray.train.optimizer import SkippableAdamW
-from gpt4all_ray.train.probes import ProbeCounts, probe_rows, run_probes
+from gpt4all_ray.train.probes import ProbeCounts, run_probes
 from gpt4all_ray.train.schedule import lr_multiplier
 from gpt4all_ray.train.throughput import flop_model, known_peak_tflops
 
@@ -142,7 +143,7 @@ StepHook = Callable[[int, int, list[int], float], None]
 class TrialRun:
     """One worker's share of a trial: data, model and DeepSpeed engine, built once."""
 
-    def __init__(self, cfg: TrialConfig, threads: int = 1, faults: FaultPoints | None = None) -> None:
+    def __init__(self, cfg: TrialConfig, data_cache: Path, threads: int = 1, faults: FaultPoints | None = None) -> None:
         self.faults = faults or NoFaults()
         # Where the time outside optimizer steps goes, by phase (each reported as <phase>_s): in a
         # short trial, most of its wall time. train() adds the attempts before this one.
@@ -165,11 +166,11 @@ class TrialRun:
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
 
         with timed(self.seconds, "setup_data"):
-            self.data = load_split(cfg)
-            self.tokenizer = load_tokenizer(cfg, self.data)
-            encode = (self.tokenizer, cfg.max_length, cfg.length_policy)
-            self.train_examples, self.encode_report = encode_rows(self.data.train, *encode)
-            self.val_examples, _ = encode_rows(self.data.val, *encode)
+            # Mapped from the experiment's one build (the driver made it before the trials), or
+            # built here when this trial's data settings need a new one.
+            self.data = prepare(cfg, data_cache)
+            self.tokenizer = self.data.tokenizer
+            self.train_examples, self.val_examples = self.data.train, self.data.val
         self.steps_per_epoch = len(self.train_examples) // cfg.global_batch
         if self.steps_per_epoch == 0:
             rows = len(self.train_examples)
@@ -202,7 +203,7 @@ class TrialRun:
         self.gradients = [p for p in model.parameters() if p.requires_grad]
         self.own_grad_norm: torch.Tensor | None = None  # the last step's, where DeepSpeed has none
         check_hyperparameters(ds_optimizer, cfg, multiplier, self.scheduler, total_steps)
-        self.probe_rows = probe_rows(self.data.val, cfg.probe_prompts, cfg.data_seed)
+        self.probe_rows = self.data.probe_rows(cfg.probe_prompts, cfg.data_seed)
 
     def _peak_flops(self) -> float | None:
         if self.cfg.peak_tflops:
@@ -321,15 +322,15 @@ class TrialRun:
         """Token-weighted validation loss over all workers' shards."""
         # Every rank runs the same number of forwards (ZeRO-3 gathers weights in each one);
         # a rank with nothing left re-runs its first example and does not count it.
-        b = self.cfg.per_device_batch
-        shard = self.val_examples[self.rank :: self.world]
-        n_batches = math.ceil(math.ceil(len(self.val_examples) / self.world) / b)
+        b, val = self.cfg.per_device_batch, self.val_examples
+        shard = range(self.rank, len(val), self.world)  # rows are read from the map batch by batch
+        n_batches = math.ceil(math.ceil(len(val) / self.world) / b)
         loss_sum = count = 0.0
         self.engine.eval()
         with torch.no_grad():
             for i in range(n_batches):
-                chunk = shard[i * b : (i + 1) * b]
-                batch_sum, batch_count = loss_sum_and_count(self.engine, self.batch(chunk or shard[:1]))
+                chunk = [val[row] for row in shard[i * b : (i + 1) * b]]
+                batch_sum, batch_count = loss_sum_and_count(self.engine, self.batch(chunk or [val[shard[0]]]))
                 if chunk:
                     loss_sum, count = loss_sum + batch_sum.item(), count + batch_count.item()
         self.engine.train()
@@ -373,6 +374,13 @@ class StepTotals:
         self.label_tokens += step.label_tokens
         self.tokens += step.tokens
         self.flops += step.flops
+
+
+def rows_of_step(order: list[int], step_in_epoch: int, global_batch: int, rank: int, world: int) -> list[int]:
+    """The rows rank `rank` trains on at this step: its share of the step's global batch in the
+    epoch's order. Over an epoch the ranks' shares are disjoint and cover every whole global batch,
+    and the global batch does not depend on the number of workers."""
+    return order[step_in_epoch * global_batch : (step_in_epoch + 1) * global_batch][rank::world]
 
 
 def epoch_progress(step: int, steps_per_epoch: int) -> float:
@@ -439,6 +447,7 @@ class TrialLoop:
         cfg: TrialConfig,
         reporter: Reporter,
         tb_dir: str | None,
+        data_cache: Path,
         threads: int,
         resume_from: str | None,
         on_step: StepHook | None,
@@ -449,7 +458,7 @@ class TrialLoop:
         # The newest valid checkpoint, picked before the engine is built: with none usable the trial
         # fails at once, naming each, instead of loading a broken one or starting over from step 0.
         point = pick_resumable(Path(resume_from)) if resume_from else None
-        run = TrialRun(cfg, threads, faults)
+        run = TrialRun(cfg, data_cache, threads, faults)
         run.seconds["worker_group"] = worker_group_s
         state, attempt = LoopState(), Attempt(started_at=run.started_at)
         if point:
@@ -498,8 +507,8 @@ class TrialLoop:
 
     def step(self, order: list[int]) -> None:
         """One optimizer step at the state's data position in this epoch's order."""
-        state, run, batch = self.state, self.run, self.cfg.global_batch
-        mine = order[state.step_in_epoch * batch : (state.step_in_epoch + 1) * batch][run.rank :: run.world]
+        state, run = self.state, self.run
+        mine = rows_of_step(order, state.step_in_epoch, self.cfg.global_batch, run.rank, run.world)
         started = time.perf_counter()
         totals = run.train_step(mine, state.global_step + 1)
         self.window.add(totals)
@@ -565,8 +574,8 @@ class TrialLoop:
             train_s=state.train_seconds,
             first_step_at=self.attempt.first_step_at,
             worker_started_at=self.attempt.started_at,
-            truncated_rows=run.encode_report.truncated,
-            dropped_too_long_rows=len(run.encode_report.dropped_too_long),
+            truncated_rows=run.data.encoding.truncated,
+            dropped_too_long_rows=len(run.data.encoding.dropped_too_long),
             duplicate_rows=len(run.data.report.dropped.get("duplicate", [])),
             tokens_per_s=window.tokens_per_s,
             grad_norm=window.grad_norm,
@@ -649,6 +658,7 @@ def train(
     threads: int = 1,
     resume_from: str | None = None,
     on_step: StepHook | None = None,
+    data_cache: str | Path | None = None,
     hparams: dict[str, Any] | None = None,
     worker_group_s: float = 0.0,
     faults: FaultPoints | None = None,
@@ -656,7 +666,8 @@ def train(
     """Train for cfg.epochs, evaluating at each epoch end (and every eval_every_steps), each
     evaluation reported with a checkpoint that resumes the run; the model itself is exported only
     when validation loss improved. Stops on all ranks at once when the divergence policy says so."""
-    loop = TrialLoop.setup(cfg, reporter, tb_dir, threads, resume_from, on_step, hparams, worker_group_s, faults)
+    cache = Path(data_cache) if data_cache else DEFAULT_ROOT
+    loop = TrialLoop.setup(cfg, reporter, tb_dir, cache, threads, resume_from, on_step, hparams, worker_group_s, faults)
     try:
         loop.train()
     finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpt4all_ray.config import EMBEDDED_MODELS, TrialConfig
+from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.data.tokenizer import is_builtin
 
 # One code path for every family: only this table differs per architecture (config.model_type).
 # GPT4All adapted the attention query and value projections (Alpaca-LoRA's choice) on LLaMA and GPT-J.
@@ -64,17 +65,6 @@ def padded_vocab(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
 
-def ensure_pad_token(tokenizer: Any) -> bool:
-    """Give the tokenizer a pad token distinct from EOS (LLaMA's has none; setting pad = eos is
-    the bug that kept GPT4All's first model from stopping). True when one was added."""
-    from gpt4all_ray.data.tokenizer import PAD
-
-    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return False
-    tokenizer.add_special_tokens({"pad_token": PAD})
-    return True
-
-
 def fit_embeddings(model: Any, tokenizer: Any, multiple: int = 64) -> bool:
     """Grow the embeddings to cover the tokenizer, rounded up to `multiple`; new rows are drawn
     around the mean of the existing ones (transformers' mean_resizing), not at random scale.
@@ -84,25 +74,6 @@ def fit_embeddings(model: Any, tokenizer: Any, multiple: int = 64) -> bool:
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=multiple, mean_resizing=True)
     model.config.pad_token_id = tokenizer.pad_token_id
     return grew
-
-
-def is_builtin(cfg: TrialConfig) -> bool:
-    return cfg.model in EMBEDDED_MODELS
-
-
-def load_tokenizer(cfg: TrialConfig, data: Any) -> Any:
-    """The model's own tokenizer, with a pad token distinct from EOS; the built-in models train
-    theirs on the training rows."""
-    if is_builtin(cfg):
-        from gpt4all_ray.data import build_tokenizer
-
-        tokenizer = build_tokenizer(data)
-    else:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    ensure_pad_token(tokenizer)
-    return tokenizer
 
 
 def base_model(cfg: TrialConfig, tokenizer: Any) -> tuple[Any, bool]:

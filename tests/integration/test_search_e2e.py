@@ -179,3 +179,13 @@ def test_each_trial_times_its_phases_and_the_summary_splits_the_wall_time(local_
     table = summary.split("Where the trials' wall time went:")[1].split("## Figures")[0]
     assert "| training steps |" in table and "| starting the trial's workers" in table
     assert "each at what an epoch cost it" in summary
+
+
+def test_the_data_is_tokenized_once_for_every_trial(local_search: Experiment) -> None:
+    from gpt4all_ray.data.cache import BUILDS
+    from gpt4all_ray.experiment.files import DATA_CACHE
+
+    cache = local_search.dir / DATA_CACHE
+    (build,) = [json.loads(line) for line in (cache / BUILDS).read_text().splitlines()]
+    assert (cache / build["key"]).is_dir() and "tokenized once, built in" in local_search.output
+    assert len(leaderboard(local_search)) == SPACE["tune"]["num_trials"] > 1  # every trial mapped that one

@@ -39,6 +39,8 @@ def test_killed_worker_resumes_from_its_checkpoint_and_the_trial_finishes(tmp_pa
     with (exp / "leaderboard.csv").open() as f:
         (row,) = list(csv.DictReader(f))
     assert (row["stop_reason"], row["epochs_run"], row["restarts"]) == ("completed", "2", "1")
+    # The restarted workers mapped the experiment's one build of the data instead of tokenizing again.
+    assert len((exp / "data_cache" / "builds.jsonl").read_text().splitlines()) == 1
 
     (result_file,) = (exp / "ray" / "tune").glob("*/result.json")
     results = [json.loads(line) for line in result_file.read_text().splitlines()]

@@ -123,12 +123,12 @@ def test_cli_refuses_bad_space_before_ray_starts(tmp_path: Path, change: dict, m
     assert "ray never imported" in proc.stdout
 
 
-def test_space_by_name_and_data_summary_before_ray() -> None:
+def test_space_by_name_and_data_summary_before_ray(tmp_path: Path) -> None:
     from gpt4all_ray.cli.preflight import check_data
     from gpt4all_ray.cli.tune import resolve_space
 
     assert resolve_space(Path("tiny_cpu")).resolve() == DEFAULT
-    summary = check_data(load_spec(DEFAULT)).summary()
+    summary = check_data(load_spec(DEFAULT), tmp_path).report.summary()
     assert summary.startswith("2400 rows in,") and "dropped as duplicate" in summary and "validation" in summary
 
 

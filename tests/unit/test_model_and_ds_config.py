@@ -63,7 +63,8 @@ def test_pad_token_added_and_embeddings_grown_to_a_multiple_of_64() -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from gpt4all_ray.train.model import ensure_pad_token, fit_embeddings, tiny_config
+    from gpt4all_ray.data.tokenizer import ensure_pad_token
+    from gpt4all_ray.train.model import fit_embeddings, tiny_config
 
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -121,7 +122,7 @@ def test_lora_targets_come_from_the_architecture_table_or_the_config(tokenizer) 
 
 
 def test_a_hugging_face_model_loads_by_local_path_with_its_own_tokenizer(tmp_path, tokenizer) -> None:  # noqa: ANN001
-    from gpt4all_ray.train.model import load_tokenizer
+    from gpt4all_ray.data.tokenizer import load_tokenizer
 
     saved = build_model(TrialConfig(model="tiny-llama"), tokenizer)
     saved.save_pretrained(tmp_path)
