@@ -1,20 +1,30 @@
 """A worker's setup at GPT4All's scale (issue 26): its data (rows, split, tokenizer, encoding)
 and its model load, peak host memory and seconds.
 
-    python benchmarks/setup_scale.py data [--rows 400000] [--repeats 1] [--out FILE]
+    python benchmarks/setup_scale.py data [--rows 400000] [--world 8] [--global-batch 256] [--out FILE]
     python benchmarks/setup_scale.py model [--layers 3] [--precision bf16] [--repeats 3]
         [--format safetensors|bin] [--out FILE]
 
 data: a GPT4All-shaped JSONL (prompt/response/source; `--rows` rows, unique; response lengths
 drawn from a log-normal so that rows average about 460 tokens at max_length 1024 with a tail over
 it; generated in a temporary folder, never committed) and a byte-level BPE tokenizer of 8,192
-tokens trained on a sample of it, saved as a model folder's tokenizer. Each repeat runs, in a
-fresh process, what a worker runs today before its first step (train/loop.py TrialRun:
-load_split, load_tokenizer, encode_rows for train and validation) and reports seconds per stage,
-the rows' mean token length, and peak resident memory above the process's before it, over the
-encoded training tokens' bytes (4 bytes a token id). Issue 26's goals for the new path: a later
-trial's data setup <= 5 s a worker, resident memory for data <= 2x its shard's token bytes. Only
-today's path exists yet: this is its baseline.
+tokens trained on a sample of it, saved as a model folder's tokenizer. Three arms, each in a
+fresh process, in one run:
+
+  per_row      a worker's data setup before the cache (61d36cd, kept here as it was): load_split,
+               load_tokenizer, then two tokenizer calls a row for every training and validation row
+  build        the experiment's one build (data/cache.py prepare on an empty cache folder): the
+               same rows, batched tokenizer calls, written as mapped token arrays
+  later_trial  one worker of a later trial (`--world` workers): prepare on the built cache (key
+               check, map), then its share of one epoch read as training reads it (rows_of_step
+               over the epoch's order, each row made an Example)
+
+Metrics, fixed before the run (issue 26's goals): the build's speed-up, per_row seconds / build
+seconds (>= 5); the later trial's setup seconds, prepare alone (<= 5); the later trial's peak
+anonymous memory above its start, over its epoch share's token bytes at 4 bytes a token (<= 2;
+anonymous: what the worker holds itself. All resident memory, which adds the mapped file pages
+the page cache shares between a node's workers, is reported beside it). The build and per_row
+arms must encode the same number of rows and tokens (checked).
 
 The model: a GPT-J with GPT-J-6B's width (n_embd 4096, 16 heads, rotary_dim 64, vocabulary
 50400, 2048 positions) and `--layers` blocks (3 make about 1.0B parameters), saved in Hugging
@@ -34,7 +44,6 @@ Metric: the peak resident memory above the process's resident memory just before
 every 5 ms: all resident memory (rss) and its anonymous part (anon; the rest is the checkpoint's
 memory-mapped file pages, shared by a node's workers through the page cache). Goal: <= 1.3 at
 bf16. Seconds: the load, and the load with the cast and read.
-The data half of issue 26 (tokenize once per experiment, 400,000 rows) is not measured here yet.
 """
 
 from __future__ import annotations
@@ -203,75 +212,125 @@ def save_tokenizer(folder: Path, rows_file: Path, sample: int = 20_000) -> None:
     train_tokenizer(texts, vocab_size=8192).save_pretrained(folder)
 
 
-def data_child(folder: str, rows_file: str) -> dict[str, Any]:
-    """Today's data setup of one worker, in this process, measured."""
+def per_row_encode(rows: list[Any], tokenizer: Any, max_length: int) -> tuple[int, int, int]:
+    """The encoding a worker ran before the cache (61d36cd's encode_rows, length policy truncate):
+    two tokenizer calls a row, the examples kept as Python lists. (rows, tokens, truncated)."""
+    from gpt4all_ray.data.encode import IGNORE, PromptEncoder
+
+    encode_prompt, eos = PromptEncoder(tokenizer, max_length), tokenizer.eos_token_id
+    examples, truncated = [], 0
+    for row in rows:
+        prompt, _ = encode_prompt(row["prompt"])
+        response = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        if len(prompt) + len(response) + 1 <= max_length:
+            examples.append((prompt + response + [eos], [IGNORE] * len(prompt) + response + [eos]))
+        else:
+            examples.append(((prompt + response)[:max_length], ([IGNORE] * len(prompt) + response)[:max_length]))
+            truncated += 1
+    return len(examples), sum(len(ids) for ids, _ in examples), truncated
+
+
+def data_child(arm: str, folder: str, rows_file: str, cache: str, world: int, global_batch: int) -> dict[str, Any]:
+    """One arm in this process, measured."""
     sys.path.insert(0, str(REPO))
-    import transformers  # noqa: F401  (a worker has it imported before its data setup)
+    import torch  # noqa: F401  (a worker has torch and transformers imported before its data setup)
+    import transformers  # noqa: F401
 
     from gpt4all_ray.config import TrialConfig
-    from gpt4all_ray.data import load_split
-    from gpt4all_ray.data.encode import encode_rows
-    from gpt4all_ray.data.tokenizer import load_tokenizer
+    from gpt4all_ray.data.cache import prepare
 
     cfg = TrialConfig(model=folder, data=rows_file, max_length=1024)
-    before = memory()
-    seconds: dict[str, float] = {}
+    before, result = memory(), {"arm": arm}
     with PeakSampler() as sampler:
         started = time.perf_counter()
-        data = load_split(cfg)
-        seconds["rows_and_split"] = time.perf_counter() - started
-        tokenizer = load_tokenizer(cfg, data)
-        seconds["tokenizer"] = time.perf_counter() - started - seconds["rows_and_split"]
-        encode_started = time.perf_counter()
-        train, report = encode_rows(data.train, tokenizer, cfg.max_length, cfg.length_policy)
-        val, _ = encode_rows(data.val, tokenizer, cfg.max_length, cfg.length_policy)
-        seconds["encode"] = time.perf_counter() - encode_started
-        seconds["total"] = time.perf_counter() - started
-    tokens = sum(len(e.input_ids) for e in train)
-    return {
-        "seconds": seconds,
-        "train_rows": len(train),
-        "val_rows": len(val),
-        "train_tokens": tokens,
-        "mean_tokens_a_row": tokens / len(train),
-        "truncated_rows": report.truncated,
-        "before": before,
-        "peak": sampler.peak,
-    }
+        if arm == "per_row":
+            from gpt4all_ray.data import load_split
+            from gpt4all_ray.data.tokenizer import load_tokenizer
+
+            data = load_split(cfg)
+            tokenizer = load_tokenizer(cfg, data)
+            rows, tokens, truncated = per_row_encode(data.train, tokenizer, cfg.max_length)
+            per_row_encode(data.val, tokenizer, cfg.max_length)
+            result |= {"train_rows": rows, "train_tokens": tokens, "truncated_rows": truncated}
+        else:
+            prepared = prepare(cfg, Path(cache))
+            result |= {
+                "built_here": prepared.built_here,
+                "train_rows": len(prepared.train),
+                "train_tokens": prepared.train.tokens,
+                "truncated_rows": prepared.encoding.truncated,
+            }
+        result["seconds"] = time.perf_counter() - started
+        if arm == "later_trial":
+            result |= read_epoch_share(prepared.train, world, global_batch, cfg.seed)
+            result["with_epoch_share_seconds"] = time.perf_counter() - started
+    return result | {"before": before, "peak": sampler.peak}
+
+
+def read_epoch_share(train: Any, world: int, global_batch: int, seed: int) -> dict[str, Any]:
+    """Rank 0's rows of epoch 1, read as the loop reads them (loop.py epoch_order, rows_of_step)."""
+    import torch
+
+    from gpt4all_ray.train.loop import rows_of_step
+
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1000 + 1)).tolist()
+    tokens = rows = 0
+    for step in range(len(train) // global_batch):
+        for row in rows_of_step(order, step, global_batch, 0, world):
+            tokens += len(train[row].input_ids)
+            rows += 1
+    return {"share_rows": rows, "share_tokens": tokens, "world": world, "global_batch": global_batch}
+
+
+def run_data_arm(arm: str, *args: Any) -> dict[str, Any]:
+    code = f"import json, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import setup_scale; "
+    plain = [str(a) if isinstance(a, Path) else a for a in args]
+    code += f"print('RESULT ' + json.dumps(setup_scale.data_child({arm!r}, *{plain!r})))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{arm}: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.split("RESULT ", 1)[1])
 
 
 def data_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gpt4all_rows_") as tmp:
-        folder, rows_file = Path(tmp) / "model", Path(tmp) / "rows.jsonl"
+        folder, rows_file, cache = Path(tmp) / "model", Path(tmp) / "rows.jsonl", Path(tmp) / "cache"
         folder.mkdir()
         started = time.perf_counter()
         write_rows(rows_file, args.rows)
         save_tokenizer(folder, rows_file)
         prepared_s = time.perf_counter() - started
-        runs = []
-        for repeat in range(args.repeats):
-            code = f"import json, sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import setup_scale; "
-            code += f"print('RESULT ' + json.dumps(setup_scale.data_child({str(folder)!r}, {str(rows_file)!r})))"
-            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-            run = json.loads(proc.stdout.split("RESULT ", 1)[1]) | {"repeat": repeat}
-            token_bytes = run["train_tokens"] * 4
-            run |= {
-                f"{kind}_over_token_bytes": (run["peak"][kind] - run["before"][kind]) / token_bytes
-                for kind in ("rss", "anon")
-            }
-            runs.append(run)
-            print(json.dumps(run), flush=True)
+        arms = {}
+        for arm in ("per_row", "build", "later_trial"):
+            arms[arm] = run_data_arm(arm, folder, rows_file, cache, args.world, args.global_batch)
+            print(json.dumps(arms[arm]), flush=True)
         file_bytes = rows_file.stat().st_size
+        cache_bytes = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    later, build, per_row = arms["later_trial"], arms["build"], arms["per_row"]
+    share_bytes = later["share_tokens"] * 4
+    same = all(build[k] == per_row[k] for k in ("train_rows", "train_tokens", "truncated_rows"))
     return {
         "benchmark": "setup_scale data",
         "command": " ".join(sys.argv),
         "rows": args.rows,
         "jsonl_bytes": file_bytes,
+        "cache_bytes": cache_bytes,
         "prepare_seconds": prepared_s,
-        "path": "today's (train/loop.py TrialRun setup_data): load_split, load_tokenizer, encode_rows",
-        "goal_of_the_new_path": "a later trial's data setup <= 5 s a worker; "
-        "resident memory for data <= 2x its shard's token bytes",
-        "runs": runs,
+        "arms": arms,
+        "same_rows_and_tokens": same,
+        "ratios": {
+            "build_speedup": per_row["seconds"] / build["seconds"],
+            "later_trial_setup_seconds": later["seconds"],
+            "later_trial_anon_over_share_token_bytes": (later["peak"]["anon"] - later["before"]["anon"]) / share_bytes,
+            "later_trial_rss_over_share_token_bytes": (later["peak"]["rss"] - later["before"]["rss"]) / share_bytes,
+            "per_row_anon_over_train_token_bytes": (per_row["peak"]["anon"] - per_row["before"]["anon"])
+            / (per_row["train_tokens"] * 4),
+        },
+        "goals": {
+            "build_speedup": ">= 5",
+            "later_trial_setup_seconds": "<= 5",
+            "later_trial_anon_over_share_token_bytes": "<= 2",
+        },
     }
 
 
@@ -324,16 +383,16 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=400_000)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--precision", choices=sorted(BYTES), default="bf16")
-    p.add_argument("--repeats", type=int, default=None, help="default: 1 for data, 3 for model")
+    p.add_argument("--repeats", type=int, default=3, help="model: loads per arm")
+    p.add_argument("--world", type=int, default=8, help="data: workers a trial (the later trial's share)")
+    p.add_argument("--global-batch", type=int, default=256, help="data: rows an optimizer step, all workers")
     p.add_argument(
         "--format", choices=["safetensors", "bin"], default="safetensors", help="the checkpoint's file format"
     )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    if args.repeats is None:
-        args.repeats = 1 if args.part == "data" else 3
     result = data_benchmark(args) if args.part == "data" else model_benchmark(args)
-    print(json.dumps(result.get("summary", result["runs"]), indent=1))
+    print(json.dumps(result.get("summary", result.get("ratios")), indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
