@@ -117,6 +117,11 @@ class TrialConfig:
     any Hugging Face causal LM by local folder or Hub name (its own tokenizer then)."""
     trust_remote_code: bool = setting(False, MODEL)
     """Run a Hub model's own Python code (off unless asked)."""
+    hf_cache: str = setting("", MODEL)
+    """Where a Hub model is downloaded to and read from (from_pretrained's cache_dir); empty:
+    Hugging Face's default (HF_HOME, else ~/.cache/huggingface on each node). On a cluster, a folder
+    every node mounts, so a node the autoscaler adds reads the model instead of downloading it
+    again (the cluster files set HF_HOME to /mnt/shared/huggingface for the same reason)."""
     method: str = setting("full", MODEL, one_of(METHODS))
     """full fine-tuning or lora (PEFT)."""
     lora_targets: str = setting("", MODEL)
@@ -289,6 +294,10 @@ class TuneSettings:
     """Stop starting and running trials after this many seconds (0: no limit)."""
     gpu_hours: float = setting(0.0, rule=at_least(0, "0: no limit"))
     """Stop the search when its trials have used this many GPU-hours (0: no limit)."""
+    keep_resume_state: bool = setting(False)
+    """Keep a finished trial's resume state (DeepSpeed engine, optimizer, RNG: for a full GPT-J-6B
+    about 85 GB a checkpoint). Off: when a trial ends, its checkpoints keep the exported model
+    only; a trial that failed keeps everything, for --resume."""
     optuna_storage: str = setting("")
     """Where the Optuna study lives: an RDB URL (postgresql://...); empty: SQLite in the
     experiment folder."""
@@ -520,6 +529,11 @@ def _check_combinations(check: _Checker, cfg: TrialConfig, resources: Resources)
         raise check.fail("fixed.offload_optimizer", "needs zero_stage 1, 2 or 3")
     if cfg.lora_targets and cfg.method != "lora":
         raise check.fail("fixed.lora_targets", f"is only used with method: lora (method is {cfg.method})")
+    if cfg.hf_cache and (cfg.model in EMBEDDED_MODELS or Path(cfg.model).is_dir()):
+        where = "is built in" if cfg.model in EMBEDDED_MODELS else "is a local folder"
+        raise check.fail(
+            "fixed.hf_cache", f"is only used for a Hub model; model {cfg.model} {where}: nothing is downloaded"
+        )
 
 
 def _enqueued_points(check: _Checker, raw: Any, search: dict[str, Distribution]) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from gpt4all_ray.experiment.files import (
 )
 from gpt4all_ray.experiment.records import BestTrial, TrialRecord, ranked, record_from_history, write_report
 from gpt4all_ray.experiment.stop_log import read_stops, stopped_by
+from gpt4all_ray.experiment.storage import storage_used
 
 MIN_TRIALS_FOR_IMPORTANCE = 5  # importances from fewer completed trials say little
 
@@ -243,6 +244,13 @@ def summary_markdown(
         ),
         "",
         *time_by_phase_lines(compute),
+        "## Storage",
+        "",
+        *storage_used(exp_dir, storage_root(exp_dir)).lines(),
+        "",
+        "A finished trial keeps its exported model; its resume state (engine, optimizer) is dropped unless "
+        "tune.keep_resume_state is set. A trial that failed keeps it, for --resume.",
+        "",
         "## Figures",
         "",
         "![validation loss](val_loss.png)",

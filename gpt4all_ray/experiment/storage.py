@@ -8,6 +8,7 @@ state, so the same code serves a local folder and a bucket."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,81 @@ def mirror_tune(root: str, local_tune_dir: Path) -> None:
     pyarrow.fs.copy_files(
         f"{path}/tune", str(local_tune_dir), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
     )
+
+
+def tree_bytes(root: str) -> tuple[int, int]:
+    """(bytes, files) under a path or URI; (0, 0) when it does not exist."""
+    import pyarrow.fs
+
+    fs, path = filesystem(root)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))
+    files = [info.size or 0 for info in infos if info.type == pyarrow.fs.FileType.File]
+    return sum(files), len(files)
+
+
+@dataclass(frozen=True)
+class StorageUsed:
+    """What an experiment holds: Ray's storage (trial results and checkpoints) and the rest of
+    the experiment folder (best model, tokenized data, TensorBoard, Optuna study)."""
+
+    root: str
+    ray_bytes: int
+    checkpoints: int
+    with_resume_state: int
+    """Checkpoints still holding their resume state (a trial running, failed, or kept by setting)."""
+    folder_bytes: int
+
+    def lines(self) -> list[str]:
+        return [
+            "| | size |",
+            "|---|---|",
+            f"| Ray's storage (`{self.root}`): {self.checkpoints} checkpoints, {self.with_resume_state} "
+            f"with resume state | {human_bytes(self.ray_bytes)} |",
+            f"| the rest of this folder (best model, tokenized data, TensorBoard) | {human_bytes(self.folder_bytes)} |",
+        ]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+def storage_used(exp_dir: Path, root: str) -> StorageUsed:
+    import pyarrow.fs
+
+    from gpt4all_ray.train.checkpoint import RESUME_DIR
+
+    fs, path = filesystem(root)
+    checkpoints = resumable = 0
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(f"{path}/train", recursive=True, allow_not_found=True)):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            checkpoints += 1
+            resumable += fs.get_file_info(f"{info.path}/{RESUME_DIR}").type == pyarrow.fs.FileType.Directory
+    ray_bytes = tree_bytes(root)[0]
+    inside = Path(root).resolve().is_relative_to(exp_dir.resolve()) if "://" not in root else False
+    folder_bytes = sum(f.stat().st_size for f in exp_dir.rglob("*") if f.is_file()) - (ray_bytes if inside else 0)
+    return StorageUsed(root, ray_bytes, checkpoints, resumable, folder_bytes)
+
+
+def drop_resume_state(run_dir: str) -> int:
+    """Delete the resume state (engine, optimizer, RNG: RESUME_DIR) of every checkpoint of one
+    Ray Train run, keeping each exported model; returns the bytes freed."""
+    import pyarrow.fs
+
+    from gpt4all_ray.train.checkpoint import RESUME_DIR
+
+    fs, path = filesystem(run_dir)
+    freed = 0
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            resume = f"{info.path}/{RESUME_DIR}"
+            freed += tree_bytes(f"{run_dir.rstrip('/')}/{info.base_name}/{RESUME_DIR}")[0]
+            if fs.get_file_info(resume).type == pyarrow.fs.FileType.Directory:
+                fs.delete_dir(resume)
+    return freed
 
 
 def fetch_checkpoint(root: str, checkpoint_path: str, dest: Path, skip: str) -> None:

@@ -49,6 +49,7 @@ def run(
     from gpt4all_ray.search.cluster import warn_if_deepspeed_op_unbuilt
     from gpt4all_ray.search.driver_faults import driver_fault_callbacks
     from gpt4all_ray.search.progress import progress_callback
+    from gpt4all_ray.search.resume_state import drop_for, resume_state_callback
     from gpt4all_ray.search.searcher import make_searcher, storage_url
     from gpt4all_ray.search.spaces import param_space, start_points
     from gpt4all_ray.search.stopping import DivergenceStopper, GpuHourBudget
@@ -100,7 +101,11 @@ def run(
                 storage_path=root,
                 # What each trial writes beside its results (its configs) goes to the storage too.
                 sync_config=tune.SyncConfig(sync_artifacts=bool(storage)),
-                callbacks=[progress_callback(spec, t0, exp_dir), *driver_fault_callbacks()],  # the latter: tests only
+                callbacks=[
+                    progress_callback(spec, t0, exp_dir),
+                    *([] if spec.tune.keep_resume_state else [resume_state_callback(f"{root}/train")]),
+                    *driver_fault_callbacks(),  # tests only
+                ],
                 stop=stoppers[0] if len(stoppers) == 1 else tune.stopper.CombinedStopper(*stoppers),
                 verbose=0,
             ),
@@ -113,6 +118,10 @@ def run(
     grid = tuner.fit()
     if storage:  # the report reads Tune's trial folders from a local mirror
         mirror_tune(root, tune_dir(exp_dir))
+    if not spec.tune.keep_resume_state:
+        # Again for every trial that did not fail: one stopped while a checkpoint was being written,
+        # or one that ended in an earlier run of a resumed experiment, may still hold its resume state.
+        drop_for((t.trial_id for t in stored_trials(exp_dir) if not t.error), f"{root}/train")
     report = build_report(exp_dir, storage_url(spec, exp_dir))
     reported = len(stored_trials(exp_dir))
     if reported != len(grid):

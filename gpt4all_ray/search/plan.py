@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.config import EMBEDDED_DATA, EMBEDDED_MODELS, SearchSpec
+from gpt4all_ray.experiment.storage import human_bytes
 from gpt4all_ray.train.ds_config import deepspeed_config
 from gpt4all_ray.train.throughput import PEAK_TFLOPS, FlopModel
 
@@ -38,6 +39,36 @@ class Assumptions:
 
 
 @dataclass(frozen=True)
+class CheckpointSize:
+    """Bytes of one checkpoint: the exported model (what a finished trial keeps) and the state that
+    resumes the run (the trained weights, their fp32 master copy and Adam's two moments)."""
+
+    model: float
+    resume: float
+
+    @property
+    def total(self) -> float:
+        return self.model + self.resume
+
+
+def checkpoint_size(params: float, trainable: float, precision: str, method: str) -> CheckpointSize:
+    # DeepSpeed saves the trained weights in the training precision (frozen ones are left out:
+    # checkpoint.save_state), mixed precision adds their fp32 master copy, Adam two fp32 moments.
+    module = 2 if precision in ("bf16", "fp16") else 4
+    master = 4 if module == 2 else 0
+    exported = trainable if method == "lora" else params
+    return CheckpointSize(model=exported * module, resume=trainable * (module + master + 8))
+
+
+def peak_storage(size: CheckpointSize, trials: int, concurrency: int, keep_resume_state: bool) -> float:
+    """At most: each running trial holds its best and latest checkpoint and writes the next; each
+    finished one keeps its best (and latest) with their resume state, or its exported model alone."""
+    running = min(trials, concurrency)
+    finished = trials - running
+    return running * 3 * size.total + finished * (2 * size.total if keep_resume_state else size.model)
+
+
+@dataclass(frozen=True)
 class Plan:
     trials: int
     gpus_per_trial: float
@@ -49,6 +80,8 @@ class Plan:
     gpu_hours_max: float
     wall_hours_max: float
     cost_usd_max: float
+    checkpoint: CheckpointSize
+    peak_storage_bytes: float
     sample_ds_config: dict[str, Any]
     lines: list[str]
 
@@ -119,6 +152,9 @@ def make_plan(
     concurrency = max(1, min(spec.tune.max_concurrent, int(assume.cluster_gpus // gpus_per_trial)))
     gpu_hours = spec.tune.num_trials * epochs * gpu_seconds_per_epoch / 3600
     wall_hours = gpu_hours / (concurrency * gpus_per_trial)
+    size = checkpoint_size(shape["params"], trainable, cfg.precision, cfg.method)
+    keep = spec.tune.keep_resume_state
+    peak_bytes = peak_storage(size, spec.tune.num_trials, concurrency, keep)
     sample = spec.enqueue[0] if spec.enqueue else {}
     ds = deepspeed_config(spec.trial_config(sample), res.workers_per_trial)
     source = (
@@ -142,6 +178,18 @@ def make_plan(
         f"  GPU-hours, all trials at most: {gpu_hours:,.0f} (ASHA and the divergence stopper cut this)",
         f"  wall time at most: {wall_hours:,.1f} h; cost at most: ${gpu_hours * assume.usd_per_gpu_hour:,.0f} "
         f"at ${assume.usd_per_gpu_hour:.2f} per GPU-hour (assumed)",
+        f"  checkpoint: {human_bytes(size.total)} each, written at every evaluation (exported model "
+        f"{human_bytes(size.model)} + resume state {human_bytes(size.resume)}: the {trainable:,.0f} trained "
+        f"weights in {cfg.precision}, "
+        + ("their fp32 master copy, " if cfg.precision != "fp32" else "")
+        + "Adam's moments)",
+        f"  storage at most: {human_bytes(peak_bytes)} (each running trial's best, latest and next "
+        f"checkpoint; each finished trial's "
+        + (
+            "best and latest checkpoints: tune.keep_resume_state is set)"
+            if keep
+            else "exported model: its resume state is dropped)"
+        ),
         "  DeepSpeed config of the first trial:",
         *("    " + line for line in json.dumps(ds, indent=2).splitlines()),
     ]
@@ -156,6 +204,8 @@ def make_plan(
         gpu_hours_max=gpu_hours,
         wall_hours_max=wall_hours,
         cost_usd_max=gpu_hours * assume.usd_per_gpu_hour,
+        checkpoint=size,
+        peak_storage_bytes=peak_bytes,
         sample_ds_config=ds,
         lines=lines,
     )

@@ -91,7 +91,9 @@ def save_state(engine: Any, state: LoopState, folder: Path, rank: int) -> None:
     import torch.distributed as dist
 
     resume = folder / RESUME_DIR
-    engine.save_checkpoint(str(resume), tag=ENGINE_TAG)
+    # Frozen weights (LoRA's base model) are left out: a resumed run loads them from the model as
+    # it did at its start. For a 7B LoRA trial that is ~13.5 GB less per checkpoint.
+    engine.save_checkpoint(str(resume), tag=ENGINE_TAG, exclude_frozen_parameters=True)
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -228,8 +230,15 @@ def load_state(engine: Any, folder: Path, rank: int) -> LoopState:
     problem = check_resumable(folder)
     if problem:
         raise NoUsableCheckpoint(f"{folder}: not resumable ({problem})")
+    # Strict unless weights are frozen: those are not in the checkpoint (save_state). The trained
+    # ones are, and the resume-equivalence tests (LoRA at ZeRO-0 and ZeRO-2) hold them to it.
+    frozen = any(not p.requires_grad for p in engine.module.parameters())
     loaded, _ = engine.load_checkpoint(
-        str(resume), tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        str(resume),
+        tag=ENGINE_TAG,
+        load_module_strict=not frozen,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
     )
     if loaded is None:
         raise RuntimeError(f"{resume}: DeepSpeed could not load the engine state tagged {ENGINE_TAG!r}")

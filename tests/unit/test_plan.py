@@ -79,3 +79,26 @@ def test_tokens_per_epoch_are_counted_from_readable_data_and_the_model_counted_o
     weights = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     assert plan.flops_per_token == 6 * weights + 12 * 2 * 64 * spec.fixed.max_length
     assert plan.tokens_per_epoch == tokens
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_checkpoint_bytes_and_peak_storage_by_hand(keep: bool) -> None:
+    import dataclasses
+
+    spec = load_spec(SPACES / "gpt4allj_full_gptj6b.yaml")
+    spec = dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, keep_resume_state=keep))
+    plan = make_plan(spec, Assumptions(cluster_gpus=16))
+    n = 6_053_381_344
+    # bf16 full fine-tuning: bf16 weights exported; resume: bf16 weights, fp32 master, two fp32 moments.
+    assert plan.checkpoint.model == 2 * n and plan.checkpoint.resume == (2 + 4 + 8) * n
+    running, finished = 2, 8 - 2  # 16 GPUs, 8 a trial
+    kept = 2 * 16 * n if keep else 2 * n
+    assert plan.peak_storage_bytes == running * 3 * 16 * n + finished * kept
+    (line,) = [line for line in plan.lines if line.startswith("  storage at most:")]
+    assert ("tune.keep_resume_state is set" in line) == keep
+
+
+def test_a_lora_checkpoint_holds_the_adapters_not_the_frozen_base() -> None:
+    plan = make_plan(load_spec(SPACES / "gpt4all_lora_llama7b.yaml"), Assumptions())
+    trained = 6_738_415_616 * 0.001
+    assert plan.checkpoint.model == pytest.approx(2 * trained) and plan.checkpoint.resume == pytest.approx(14 * trained)

@@ -60,3 +60,29 @@ def test_checkpoints_and_tune_folders_come_back_through_the_filesystem(tmp_path:
     mirror = tmp_path / "results" / "exp" / "ray" / "tune"
     mirror_tune(f"file://{root}", mirror)
     assert (mirror / "trial_driver_1" / "result.json").read_text() == "{}\n"
+
+
+def _checkpoint(folder: Path, resume_bytes: int, model_bytes: int) -> None:
+    (folder / "resume" / "engine").mkdir(parents=True)
+    (folder / "resume" / "engine" / "state.pt").write_bytes(b"r" * resume_bytes)
+    if model_bytes:
+        (folder / "model.safetensors").write_bytes(b"m" * model_bytes)
+
+
+def test_dropping_resume_state_keeps_each_exported_model_and_counts_what_it_freed(tmp_path: Path) -> None:
+    from gpt4all_ray.experiment.storage import drop_resume_state, storage_used
+
+    exp = tmp_path / "exp"
+    run = exp / "ray" / "train" / "abc"
+    _checkpoint(run / "checkpoint_000001", 700, 100)  # the best: model exported
+    _checkpoint(run / "checkpoint_000002", 700, 0)  # the latest
+    _checkpoint(exp / "ray" / "train" / "other" / "checkpoint_000001", 500, 50)  # another trial: untouched
+    before = storage_used(exp, str(exp / "ray"))
+    assert (before.checkpoints, before.with_resume_state, before.ray_bytes) == (3, 3, 700 + 100 + 700 + 500 + 50)
+    assert drop_resume_state(str(run)) == 1400
+    assert (run / "checkpoint_000001" / "model.safetensors").stat().st_size == 100
+    assert not (run / "checkpoint_000001" / "resume").exists() and not (run / "checkpoint_000002" / "resume").exists()
+    after = storage_used(exp, str(exp / "ray"))
+    assert (after.checkpoints, after.with_resume_state, after.ray_bytes) == (3, 1, 100 + 500 + 50)
+    assert after.folder_bytes == 0  # Ray's storage inside the folder is not counted twice
+    assert drop_resume_state(str(run)) == 0  # again: nothing left to drop
