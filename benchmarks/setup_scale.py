@@ -31,10 +31,11 @@ The model: a GPT-J with GPT-J-6B's width (n_embd 4096, 16 heads, rotary_dim 64, 
 Face format in fp32, as GPT-J-6B's main revision is, in a temporary folder (never committed).
 Each load runs in a fresh process; the arms alternate, `--repeats` times:
 
-  fp32            gpt4all_ray.train.model.base_model: the worker's load (fp32 whatever the
-                  training precision; DeepSpeed casts the module afterwards)
-  training_dtype  the candidate: the same from_pretrained at `--precision`'s dtype, then
-                  fit_embeddings
+  fp32            the worker's load before issue 26 (61d36cd, kept here): from_pretrained in
+                  fp32 whatever the training precision, then fit_embeddings; DeepSpeed casts
+                  the module afterwards
+  training_dtype  gpt4all_ray.train.model.base_model: the worker's load now, at `--precision`'s
+                  dtype
 
 Measured from the load through what DeepSpeed does next at that precision (module.to(dtype)) and
 one read of every weight (as the first step makes): transformers maps a safetensors checkpoint
@@ -143,13 +144,13 @@ def child(arm: str, folder: str, precision: str) -> dict[str, Any]:
     before_load = memory()
     started = time.perf_counter()
     with PeakSampler() as sampler:
-        if arm == "fp32":
+        if arm == "training_dtype":
             model, _ = base_model(TrialConfig(model=folder, precision=precision), VocabularyOnly())
         else:
             from transformers import AutoConfig
 
             config = fused_gelu(AutoConfig.from_pretrained(folder))
-            model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=DTYPES[precision])
+            model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32)
             fit_embeddings(model, VocabularyOnly())
         loaded_at = time.perf_counter()
         # What DeepSpeed does next with the module at this precision (bf16/fp16: module.to(dtype)),

@@ -79,7 +79,9 @@ def check_model(spec: SearchSpec) -> None:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            cfg.model, trust_remote_code=cfg.trust_remote_code, cache_dir=cfg.hf_cache or None
+        )
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SpecError(

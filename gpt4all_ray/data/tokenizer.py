@@ -54,6 +54,7 @@ def load_tokenizer(cfg: TrialConfig, data: Any) -> Any:
     else:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        hub = {"trust_remote_code": cfg.trust_remote_code, "cache_dir": cfg.hf_cache or None}
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, **hub)
     ensure_pad_token(tokenizer)
     return tokenizer

@@ -89,13 +89,19 @@ def base_model(cfg: TrialConfig, tokenizer: Any) -> tuple[Any, bool]:
         config.pad_token_id = tokenizer.pad_token_id
         model = AutoModelForCausalLM.from_config(fused_gelu(config))
     else:
-        config = fused_gelu(AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code))
-        # fp32 master weights (DeepSpeed casts for bf16/fp16); under ZeRO-3 they are partitioned
-        # as they load when an HfDeepSpeedConfig is alive (loop.py keeps one).
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.model, config=config, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
-        )
+        hub = {"trust_remote_code": cfg.trust_remote_code, "cache_dir": cfg.hf_cache or None}
+        config = fused_gelu(AutoConfig.from_pretrained(cfg.model, **hub))
+        # In the training dtype: DeepSpeed casts the module to it anyway and makes its fp32 master
+        # copy from the cast weights, so an fp32 load only adds a transient full-size copy on the
+        # host (benchmarks/setup_scale.py model). Under ZeRO-3 the weights are partitioned as they
+        # load while an HfDeepSpeedConfig is alive (loop.py keeps one).
+        dtype = getattr(torch, TRAINING_DTYPES[cfg.precision])
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, config=config, dtype=dtype, **hub)
     return model, fit_embeddings(model, tokenizer)
+
+
+TRAINING_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""The torch dtype a Hugging Face model is loaded in, by precision."""
 
 
 def fused_gelu(config: Any) -> Any:

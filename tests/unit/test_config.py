@@ -145,3 +145,13 @@ def test_asha_scheduler_rungs_in_epochs_of_the_space() -> None:
     assert isinstance(asha, ASHAScheduler)  # Ray's, recording its stops (stopping.RecordedASHA)
     assert asha._time_attr == "epoch_progress" and asha._max_t == max(spec.search["epochs"].args)
     assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [1.5, 0.5]  # rungs at 0.5 and 1.5 epochs
+
+
+@pytest.mark.parametrize("model,says", [("tiny-gptj", "is built in"), (".", "is a local folder")])
+def test_a_hugging_face_cache_for_a_model_that_downloads_nothing_is_refused(
+    tmp_path: Path, model: str, says: str
+) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(f"name: x\nfixed: {{model: '{model}', hf_cache: /mnt/shared/huggingface}}\n")
+    with pytest.raises(SpecError, match=f"fixed.hf_cache: is only used for a Hub model; model .* {says}"):
+        load_spec(space)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -156,3 +157,32 @@ def test_gelu_new_loads_as_the_same_function_in_one_fused_kernel(tmp_path, token
     ids = torch.randint(0, len(tokenizer), (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, as_written(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_hub_model_is_read_from_the_configured_hugging_face_cache(tmp_path, tokenizer) -> None:  # noqa: ANN001
+    """fixed.hf_cache reaches every from_pretrained: a Hub name resolves, offline, from a cache
+    folder laid out as huggingface_hub writes it (and from nowhere else)."""
+    import subprocess
+    import sys
+
+    cache, revision = tmp_path / "hub", "0" * 40
+    snapshot = cache / "models--gpt4all-test--tiny" / "snapshots" / revision
+    build_model(TrialConfig(model="tiny-llama"), tokenizer).save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    (cache / "models--gpt4all-test--tiny" / "refs").mkdir()
+    (cache / "models--gpt4all-test--tiny" / "refs" / "main").write_text(revision)
+    code = f"""
+from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.data.tokenizer import load_tokenizer
+from gpt4all_ray.train.model import base_model
+for hf_cache in ({str(cache)!r}, ""):
+    cfg = TrialConfig(model="gpt4all-test/tiny", hf_cache=hf_cache, precision="bf16")
+    try:
+        model, _ = base_model(cfg, load_tokenizer(cfg, None))
+        print(hf_cache or "default", type(model).__name__, next(model.parameters()).dtype)
+    except OSError:
+        print(hf_cache or "default", "not found")
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "elsewhere")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [f"{cache} LlamaForCausalLM torch.bfloat16", "default not found"], out
