@@ -105,6 +105,9 @@ def generate(
             eos_token_id=eos,
             pad_token_id=pad,
             synced_gpus=synced,  # ZeRO-3: every rank runs forwards until all are done
+            # Gradient checkpointing turns the model's KV cache off for training (config.use_cache);
+            # generation keeps it: without it each new token re-runs the whole sequence.
+            use_cache=True,
         )
     answers = []
     for new in out[:, width:].tolist():

@@ -68,6 +68,22 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(model: str
     assert batched == [generate(net, tokenizer, [p], 12, "cpu")[0] for p in prompts]
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_probes_of_a_gradient_checkpointed_model_generate_with_the_kv_cache(method: str, tokenizer: object) -> None:
+    cfg = TrialConfig(data_rows=300, gradient_checkpointing=True, method=method)
+    torch.manual_seed(0)
+    net = build_model(cfg, tokenizer)
+    assert net.config.use_cache is False  # what training set
+    widths: list[int] = []
+    embeddings = net.get_input_embeddings()
+    hook = embeddings.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    prompt = PromptEncoder(tokenizer, cfg.max_length)(load_split(cfg).val[0]["prompt"])[0]
+    ((answer, stopped),) = generate(net.eval(), tokenizer, [prompt], 8, "cpu")
+    hook.remove()
+    # The prompt once, then one new token a forward: each step reads the cache of the ones before.
+    assert widths[0] == len(prompt) and widths[1:] == [1] * (len(widths) - 1) and len(widths) >= 2
+
+
 def record(trial_id: str, loss: float, stop_rate: float, tmp: str) -> TrialRecord:
     return TrialRecord(trial_id, {}, best_val_loss=loss, checkpoint_path=tmp, probes={"stop_rate": stop_rate})
 
