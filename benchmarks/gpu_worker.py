@@ -191,9 +191,10 @@ def steady_state(tb_dir: Path) -> dict:
 
 
 def reload_loss(folder: Path) -> float:
+    from gpt4all_ray.inspection.device import Inference
     from gpt4all_ray.inspection.evaluate import validation_loss
 
-    return validation_loss(folder / "checkpoint", batch_size=4)
+    return validation_loss(folder / "checkpoint", Inference("cpu", "fp32", batch_size=4))
 
 
 def main() -> int:

@@ -33,6 +33,7 @@ from typing import Any
 
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data.sources import Columns, DataError
+from gpt4all_ray.inspection.device import ON_CPU, Inference, add_flags, from_flags
 
 TOP = 20
 SELF_INSTRUCT = Columns(
@@ -55,7 +56,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated sources with one right answer (default: the trial's, for its own data)",
     )
     p.add_argument("--no-base", action="store_true", help="skip the base model")
-    return p.parse_args(argv)
+    add_flags(p)
+    args = p.parse_args(argv)
+    try:
+        args.inference = from_flags(args)
+    except ValueError as err:
+        p.error(str(err))
+    return args
 
 
 def load_analysis_rows(cfg: TrialConfig, data: str | None, limit: int) -> tuple[list[dict[str, str]], str, Any]:
@@ -82,26 +89,35 @@ def load_analysis_rows(cfg: TrialConfig, data: str | None, limit: int) -> tuple[
     return rows, label, report
 
 
-def score_model(model: Any, tokenizer: Any, cfg: TrialConfig, rows: list[dict[str, str]]) -> tuple[list[Any], Any]:
+def score_model(
+    model: Any, tokenizer: Any, cfg: TrialConfig, rows: list[dict[str, str]], inference: Inference = ON_CPU
+) -> tuple[list[Any], Any]:
     from gpt4all_ray.data.encode import encode_rows
     from gpt4all_ray.inspection.losses import example_losses
 
     examples, encoded = encode_rows(rows, tokenizer, cfg.max_length, "truncate")
-    return example_losses(model, examples, tokenizer.pad_token_id, cfg.max_length), encoded
+    pad = tokenizer.pad_token_id
+    return example_losses(model, examples, pad, cfg.max_length, inference.batch_size, inference.device), encoded
 
 
-def probe_scores(model: Any, tokenizer: Any, cfg: TrialConfig, rows: list[dict[str, str]], n: int) -> dict[str, float]:
+def probe_scores(
+    model: Any, tokenizer: Any, cfg: TrialConfig, rows: list[dict[str, str]], n: int, inference: Inference = ON_CPU
+) -> dict[str, float]:
     from gpt4all_ray.train.probes import probe_rows, run_probes
 
-    return run_probes(model, tokenizer, cfg, probe_rows(rows, n, cfg.data_seed)).scores() if n else {}
+    if not n:
+        return {}
+    chosen = probe_rows(rows, n, cfg.data_seed)
+    return run_probes(model, tokenizer, cfg, chosen, inference.device, batch_size=inference.batch_size).scores()
 
 
-def base_of(cfg: TrialConfig, tokenizer: Any) -> Any:
+def base_of(cfg: TrialConfig, tokenizer: Any, inference: Inference = ON_CPU) -> Any:
     """The weights fine-tuning started from: the seeded built-in model, or the pretrained one with
     the same embedding growth."""
     from gpt4all_ray.train.model import base_model
 
-    return base_model(dataclasses.replace(cfg, method="full", gradient_checkpointing=False), tokenizer)[0].eval()
+    plain = dataclasses.replace(cfg, method="full", gradient_checkpointing=False)
+    return inference.place(base_model(plain, tokenizer)[0])
 
 
 def by_group(table: list[dict[str, Any]], key: str, top_cut: float) -> list[dict[str, Any]]:
@@ -247,17 +263,18 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     from gpt4all_ray.inspection.losses import map_2d, perplexity, prompt_type, spearman
 
     torch.manual_seed(0)
-    model, tokenizer, cfg = load_checkpoint(args.checkpoint)
+    inference = args.inference
+    model, tokenizer, cfg = load_checkpoint(args.checkpoint, inference)
     cfg = dataclasses.replace(cfg, probe_max_new_tokens=args.max_new_tokens)
     if args.data is not None:  # another data set: no exact answers unless named
         cfg = dataclasses.replace(cfg, data=args.data, exact_answer_sources=args.exact_sources or "")
     elif args.exact_sources is not None:
         cfg = dataclasses.replace(cfg, exact_answer_sources=args.exact_sources)
     rows, label, cleaning = load_analysis_rows(cfg, args.data, args.limit)
-    models = {"tuned": model} | ({} if args.no_base else {"base": base_of(cfg, tokenizer)})
+    models = {"tuned": model} | ({} if args.no_base else {"base": base_of(cfg, tokenizer, inference)})
     scored, encoded = {}, None
     for which, m in models.items():
-        scored[which], encoded = score_model(m, tokenizer, cfg, rows)
+        scored[which], encoded = score_model(m, tokenizer, cfg, rows, inference)
     maps = {which: map_2d([e.embedding for e in losses]) for which, losses in scored.items()}
     table = []
     for i, row in enumerate(rows):
@@ -285,13 +302,15 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     dropped = ", ".join(f"{len(where)} as {reason}" for reason, where in sorted(cleaning.dropped.items()))
     result: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),
+        "device": inference.device,
+        "dtype": inference.dtype,
         "data": label,
         "cleaning": f"{cleaning.rows_in} rows in, dropped: {dropped or 'none'}; "
         f"{encoded.truncated if encoded else 0} truncated to max_length",
         "perplexity": {which: perplexity(losses) for which, losses in scored.items()},
         "probe_prompts": min(args.probes, len(rows)),
         "max_new_tokens": args.max_new_tokens,
-        "probes": {which: probe_scores(m, tokenizer, cfg, rows, args.probes) for which, m in models.items()}
+        "probes": {which: probe_scores(m, tokenizer, cfg, rows, args.probes, inference) for which, m in models.items()}
         if args.probes
         else {},
         "length_bias": {
@@ -305,9 +324,9 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     if args.self_instruct:
         instances = load_rows(args.self_instruct, SELF_INSTRUCT)
         si: dict[str, Any] = {"path": str(args.self_instruct), "instances": len(instances)}
-        si["perplexity"] = perplexity(score_model(model, tokenizer, cfg, instances)[0])
+        si["perplexity"] = perplexity(score_model(model, tokenizer, cfg, instances, inference)[0])
         if "base" in models:
-            si["base_perplexity"] = perplexity(score_model(models["base"], tokenizer, cfg, instances)[0])
+            si["base_perplexity"] = perplexity(score_model(models["base"], tokenizer, cfg, instances, inference)[0])
         result["self_instruct"] = si
     plot_maps(table, out / "loss_map.png", "base" in models)
     plot_length(table, out / "loss_by_length.png")

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.inspection.device import ON_CPU, Inference, add_flags, from_flags
 
 
-def load_checkpoint(folder: Path) -> tuple[Any, Any, TrialConfig]:
-    """(model, tokenizer, trial config); a PEFT adapter is loaded onto its rebuilt tiny base."""
+def load_checkpoint(folder: Path, inference: Inference = ON_CPU) -> tuple[Any, Any, TrialConfig]:
+    """(model, tokenizer, trial config), the model placed and cast as `inference` says; a PEFT
+    adapter is loaded onto its rebuilt base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = TrialConfig(**json.loads((folder / "trial_config.json").read_text()))
@@ -31,11 +33,11 @@ def load_checkpoint(folder: Path) -> tuple[Any, Any, TrialConfig]:
         base = build_model(dataclasses.replace(cfg, method="full"), tokenizer)
         model: Any = PeftModel.from_pretrained(base, folder)
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder)
-    return model.eval(), tokenizer, cfg
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=inference.torch_dtype())
+    return inference.place(model), tokenizer, cfg
 
 
-def validation_loss(folder: Path, batch_size: int = 16) -> float:
+def validation_loss(folder: Path, inference: Inference = ON_CPU) -> float:
     import torch
 
     from gpt4all_ray.data import load_split
@@ -43,22 +45,30 @@ def validation_loss(folder: Path, batch_size: int = 16) -> float:
     from gpt4all_ray.data.encode import encode_rows
     from gpt4all_ray.train.loss import loss_sum_and_count
 
-    model, tokenizer, cfg = load_checkpoint(folder)
+    model, tokenizer, cfg = load_checkpoint(folder, inference)
     examples, _ = encode_rows(load_split(cfg).val, tokenizer, cfg.max_length, cfg.length_policy)
-    total = torch.zeros(2, dtype=torch.float64)
+    total = torch.zeros(2, dtype=torch.float64, device=inference.device)
+    size = inference.batch_size
     with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            batch = pad_to_longest(examples[i : i + batch_size], tokenizer.pad_token_id)
-            total += torch.stack(loss_sum_and_count(model, batch))
+        for i in range(0, len(examples), size):
+            batch = pad_to_longest(examples[i : i + size], tokenizer.pad_token_id)
+            on_device = {k: v.to(inference.device) for k, v in batch.items()}
+            total += torch.stack(loss_sum_and_count(model, on_device)).double()
     return (total[0] / total[1]).item()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gpt4all-ray evaluate", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
+    add_flags(p)
     args = p.parse_args(argv)
-    loss = validation_loss(args.checkpoint)
-    print(json.dumps({"checkpoint": str(args.checkpoint), "val_loss": loss, "val_ppl": math.exp(loss)}))
+    try:
+        inference = from_flags(args)
+    except ValueError as err:
+        p.error(str(err))
+    loss = validation_loss(args.checkpoint, inference)
+    result = {"checkpoint": str(args.checkpoint), "val_loss": loss, "val_ppl": math.exp(loss)}
+    print(json.dumps(result | {"device": inference.device, "dtype": inference.dtype}))
     return 0
 
 

@@ -32,14 +32,14 @@ class ExampleLoss:
 
 
 def example_losses(
-    model: Any, examples: list[Example], pad_id: int, max_length: int, batch_size: int = 16
+    model: Any, examples: list[Example], pad_id: int, max_length: int, batch_size: int = 16, device: Any = "cpu"
 ) -> list[ExampleLoss]:
     out = []
     model.eval()
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
-            batch = pad_to_longest(chunk, pad_id)
+            batch = {k: v.to(device) for k, v in pad_to_longest(chunk, pad_id).items()}
             result = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
             )
