@@ -75,8 +75,8 @@ def encoded(
     eos = tokenizer.eos_token_id
     for first in range(0, len(rows), BATCH_ROWS):
         batch = rows[first : first + BATCH_ROWS]
-        prompts = tokenizer([row["prompt"] for row in batch], add_special_tokens=False)["input_ids"]
-        responses = tokenizer([row["response"] for row in batch], add_special_tokens=False)["input_ids"]
+        prompts = token_ids(tokenizer, [row["prompt"] for row in batch])
+        responses = token_ids(tokenizer, [row["response"] for row in batch])
         kept = []
         for i, row, body, response in zip(range(first, first + len(batch)), batch, prompts, responses, strict=True):
             prompt, capped = encode_prompt.wrap(body)
@@ -96,6 +96,15 @@ def encoded(
                 report.truncated += 1
                 report.truncated_rows.append(i)
         yield kept
+
+
+def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """The texts' token ids, no special tokens added. A fast tokenizer's Rust batch call straight:
+    transformers' own call adds a Python dict per row (a sixth of the time at 400k rows)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
 
 
 def example(ids: list[int], prompt_length: int) -> Example:

@@ -73,3 +73,19 @@ def test_split_counts_add_up_no_overlap_and_same_for_any_worker_count(
     for world in (1, 2, 4):
         shards = [train[rank::world] for rank in range(world)]
         assert sorted(map(key, (r for shard in shards for r in shard))) == sorted(map(key, train))
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(text, min_size=1, max_size=6))
+def test_the_batched_token_ids_are_the_tokenizers_own(texts: list[str]) -> None:
+    from gpt4all_ray.data.encode import token_ids
+
+    assert token_ids(TOKENIZER, texts) == TOKENIZER(texts, add_special_tokens=False)["input_ids"]
+    assert token_ids(TOKENIZER, texts) == [TOKENIZER(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_the_batched_token_ids_treat_special_token_text_as_the_tokenizer_does() -> None:
+    from gpt4all_ray.data.encode import token_ids
+
+    texts = ["a <|endoftext|> b", "<|pad|>", " leading space", ""]
+    assert token_ids(TOKENIZER, texts) == TOKENIZER(texts, add_special_tokens=False)["input_ids"]
