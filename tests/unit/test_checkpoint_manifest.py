@@ -187,7 +187,7 @@ def test_load_state_refuses_a_broken_checkpoint_before_touching_the_engine(tmp_p
 class FileWritingEngine:
     """Stands in for the DeepSpeed engine's save (its checkpoint files) in a one-rank save."""
 
-    def save_checkpoint(self, path: str, tag: str) -> None:
+    def save_checkpoint(self, path: str, tag: str, exclude_frozen_parameters: bool) -> None:
         shard = Path(path) / tag / "mp_rank_00_model_states.pt"
         shard.parent.mkdir(parents=True)
         shard.write_bytes(b"w" * 1000)

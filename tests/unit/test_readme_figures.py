@@ -52,7 +52,7 @@ def jsonl(path: Path) -> list[dict[str, Any]]:
 
 def test_every_figure_row_names_artifacts_that_exist() -> None:
     rows = figure_rows()
-    assert sorted(rows) == [str(i) for i in range(1, 8)]
+    assert sorted(rows, key=int) == [str(i) for i in range(1, 11)]
     for row in rows.values():
         assert artifacts(row) and all(path.is_file() for path in artifacts(row)), row
 
@@ -136,6 +136,37 @@ def test_row_7_reliability_is_the_ledgers_totals() -> None:
         f"{totals['faults injected']}, {totals['bad inputs tried']}, "
         f"{totals['trials lost']} of {totals['trials requested']}"
     )
+
+
+def test_row_8_data_setup_is_the_one_run_of_three_arms() -> None:
+    row = figure_rows()["8"]
+    (path,) = artifacts(row)
+    run = json.loads(path.read_text())
+    ratios, later = run["ratios"], run["arms"]["later_trial"]
+    assert run["same_rows_and_tokens"] and f"{run['rows']:,} GPT4All-shaped rows" in row["figure"]
+    assert f"{later['world']} workers" in row["figure"]
+    assert row["measured"] == (
+        f"{ratios['build_speedup']:.2f}x; {ratios['later_trial_setup_seconds']:.2f} s; "
+        f"{ratios['later_trial_anon_over_share_token_bytes']:.2f}"
+    )
+
+
+def test_row_9_model_load_is_the_training_dtype_arm() -> None:
+    row = figure_rows()["9"]
+    (path,) = artifacts(row)
+    run = json.loads(path.read_text())
+    low, median, high = run["summary"]["training_dtype"]["anon_over_weights"]
+    assert f"{run['parameters'] / 1e9:.2f}B parameters" in row["figure"]
+    assert row["measured"] == f"{median:.3f} (min {low:.3f}, max {high:.3f}, {len(run['runs']) // 2} loads)"
+
+
+def test_row_10_storage_is_the_dropped_over_kept_ratio() -> None:
+    row = figure_rows()["10"]
+    (path,) = artifacts(row)
+    run = json.loads(path.read_text())
+    ratios = [r["dropped_over_kept"] for r in run["runs"]]
+    assert run["every_best_reloads"] and f"{len(ratios)} seed" in row["figure"]
+    assert row["measured"] == ", ".join(f"{r:.3f}" for r in ratios)
 
 
 def test_no_measured_figure_outside_the_figures_table() -> None:
