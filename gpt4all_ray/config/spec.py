@@ -117,7 +117,9 @@ class TrialConfig:
     any Hugging Face causal LM by local folder or Hub name (its own tokenizer then)."""
     trust_remote_code: bool = setting(False, MODEL)
     """Run a Hub model's own Python code (off unless asked)."""
-    hf_cache: str = setting("", MODEL)
+    hf_cache: str = setting(
+        "", MODEL, Rule(lambda v: v == "" or Path(v).is_absolute(), "expected an absolute path every node sees")
+    )
     """Where a Hub model is downloaded to and read from (from_pretrained's cache_dir); empty:
     Hugging Face's default (HF_HOME, else ~/.cache/huggingface on each node). On a cluster, a folder
     every node mounts, so a node the autoscaler adds reads the model instead of downloading it

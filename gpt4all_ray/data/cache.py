@@ -153,10 +153,10 @@ def key_inputs(cfg: TrialConfig, tokenizer: Any, root: Path) -> dict[str, Any]:
     if cfg.data == EMBEDDED_DATA:
         data = {"embedded": True, "rows": cfg.data_rows}
     elif cfg.data.startswith(HUB_PREFIX):
-        import datasets
+        from gpt4all_ray.data.sources import hub_dataset
 
         name = cfg.data.removeprefix(HUB_PREFIX)
-        data = {"hub": name, "fingerprint": datasets.load_dataset(name, split="train")._fingerprint}
+        data = {"hub": name, "fingerprint": hub_dataset(name)._fingerprint}
     else:
         from gpt4all_ray.data.sources import data_files
 
@@ -240,17 +240,27 @@ def _write_atomically(path: Path, content: bytes) -> None:
 def _build(cfg: TrialConfig, folder: Path, inputs: dict[str, Any], tokenizer: Any) -> float:
     """Rows -> split -> tokenizer -> token arrays, written beside the folder and renamed into
     place when complete (a killed build leaves no folder that looks whole). Returns its seconds."""
-    from gpt4all_ray.data import load_split
-    from gpt4all_ray.data.tokenizer import load_tokenizer
-
     started = time.perf_counter()
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
+    try:
+        _write_build(cfg, partial, inputs, tokenizer, started)
+        partial.rename(folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # a build that failed leaves nothing behind
+    return time.perf_counter() - started
+
+
+def _write_build(cfg: TrialConfig, partial: Path, inputs: dict[str, Any], tokenizer: Any, started: float) -> None:
+    from gpt4all_ray.data import load_split
+    from gpt4all_ray.data.tokenizer import load_tokenizer
+
     split = load_split(cfg)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg, split)
-    id_type = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.int32
+    ids_needed = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
+    id_type = np.uint16 if ids_needed <= np.iinfo(np.uint16).max + 1 else np.int32
     reports = {}
     parallel = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "true"  # the batch calls encode on every core
@@ -259,7 +269,6 @@ def _build(cfg: TrialConfig, folder: Path, inputs: dict[str, Any], tokenizer: An
             try:
                 reports[part] = _write_part(partial, part, rows, tokenizer, cfg, id_type)
             except TooLong as err:
-                shutil.rmtree(partial)
                 raise TooLong(f"{'validation' if part == 'val' else part} {err}") from None
     finally:
         if parallel is None:
@@ -275,10 +284,10 @@ def _build(cfg: TrialConfig, folder: Path, inputs: dict[str, Any], tokenizer: An
         "report": dataclasses.asdict(split.report),
         "encoding": {part: dataclasses.asdict(report) for part, report in reports.items()},
         "build_seconds": time.perf_counter() - started,
+        # Every file's size as written: a build that lost or cut one is rebuilt, not read.
+        "files": {f.relative_to(partial).as_posix(): f.stat().st_size for f in partial.rglob("*") if f.is_file()},
     }
     (partial / MANIFEST).write_text(json.dumps(manifest))
-    partial.rename(folder)
-    return time.perf_counter() - started
 
 
 def _write_part(
@@ -310,13 +319,20 @@ def _write_val_rows(folder: Path, rows: list[Row]) -> None:
 
 
 def _open(folder: Path, inputs: dict[str, Any], tokenizer: Any) -> PreparedData | None:
-    """The build in `folder`, mapped; None when there is none or it does not match its key."""
+    """The build in `folder`, mapped; None when there is none, it does not match its key, or any
+    of its files is missing, of another size than written, or unreadable."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+        return _mapped(folder, inputs, tokenizer)
+    except (OSError, ValueError, KeyError, TypeError):  # json, numpy and tokenizer files alike
         return None
-    if manifest.get("inputs") != inputs:
+
+
+def _mapped(folder: Path, inputs: dict[str, Any], tokenizer: Any) -> PreparedData | None:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if manifest["inputs"] != inputs:
         return None
+    if any((folder / name).stat().st_size != size for name, size in manifest["files"].items()):
+        return None  # cut short or tampered with: rebuilt
     id_type = np.dtype(manifest["id_dtype"])
     parts = {}
     for part in PARTS:
@@ -324,7 +340,7 @@ def _open(folder: Path, inputs: dict[str, Any], tokenizer: Any) -> PreparedData 
         prompt_lengths = np.load(folder / f"{part}.prompt_lengths.npy", mmap_mode="r")
         ids_path = folder / f"{part}.ids.bin"
         if ids_path.stat().st_size != int(offsets[-1]) * id_type.itemsize or len(offsets) != len(prompt_lengths) + 1:
-            return None  # cut short or tampered with: rebuilt
+            return None
         ids = np.memmap(ids_path, dtype=id_type, mode="r") if offsets[-1] else np.zeros(0, id_type)
         parts[part] = TokenizedRows(ids, offsets, prompt_lengths)
     if tokenizer is None:

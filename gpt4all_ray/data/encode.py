@@ -104,6 +104,9 @@ def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # As transformers' call does: no truncation or padding a tokenizer.json may carry.
+    backend.no_truncation()
+    backend.no_padding()
     return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
 
 

@@ -97,17 +97,22 @@ def records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{path} row {number}", record
 
 
-def hub_records(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Rows of the `train` split of a Hugging Face `datasets` name (`hf:tatsu-lab/alpaca`)."""
+def hub_dataset(name: str) -> Any:
+    """The `train` split of a Hugging Face `datasets` name (`hf:tatsu-lab/alpaca`)."""
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, split="train")
+        return datasets.load_dataset(name, split="train")
     except Exception as err:  # noqa: BLE001 (offline, unknown name, no train split: all say the same to a user)
         raise DataError(
             f"{HUB_PREFIX}{name}: could not load this Hugging Face dataset ({type(err).__name__}: {err}); "
             "without access to the Hub, download it elsewhere and pass a local file or folder"
         ) from None
+
+
+def hub_records(name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a Hub data set's `train` split, each with where it came from."""
+    dataset = hub_dataset(name)
     for number, record in enumerate(dataset, start=1):
         yield f"{HUB_PREFIX}{name} row {number}", record
 

@@ -244,13 +244,7 @@ def summary_markdown(
         ),
         "",
         *time_by_phase_lines(compute),
-        "## Storage",
-        "",
-        *storage_used(exp_dir, storage_root(exp_dir)).lines(),
-        "",
-        "A finished trial keeps its exported model; its resume state (engine, optimizer) is dropped unless "
-        "tune.keep_resume_state is set. A trial that failed keeps it, for --resume.",
-        "",
+        *storage_lines(exp_dir),
         "## Figures",
         "",
         "![validation loss](val_loss.png)",
@@ -266,6 +260,23 @@ def summary_markdown(
     else:
         lines += [f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials.", ""]
     return "\n".join(lines)
+
+
+def storage_lines(exp_dir: Path) -> list[str]:
+    """What the experiment holds; left out when its storage cannot be read from here."""
+    try:
+        used = storage_used(exp_dir, storage_root(exp_dir))
+    except OSError as err:
+        return ["## Storage", "", f"Not measured: {storage_root(exp_dir)} cannot be read from here ({err}).", ""]
+    return [
+        "## Storage",
+        "",
+        *used.lines(),
+        "",
+        "A trial that has ended keeps its exported model; its resume state (engine, optimizer) is dropped unless "
+        "tune.keep_resume_state is set. A trial that failed keeps it, for --resume.",
+        "",
+    ]
 
 
 def time_by_phase_lines(compute: Compute) -> list[str]:

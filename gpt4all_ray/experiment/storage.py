@@ -91,7 +91,8 @@ class StorageUsed:
             "|---|---|",
             f"| Ray's storage (`{self.root}`): {self.checkpoints} checkpoints, {self.with_resume_state} "
             f"with resume state | {human_bytes(self.ray_bytes)} |",
-            f"| the rest of this folder (best model, tokenized data, TensorBoard) | {human_bytes(self.folder_bytes)} |",
+            "| this folder besides ray/ (best model, tokenized data, TensorBoard) | "
+            f"{human_bytes(self.folder_bytes)} |",
         ]
 
 
@@ -114,10 +115,10 @@ def storage_used(exp_dir: Path, root: str) -> StorageUsed:
         if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
             checkpoints += 1
             resumable += fs.get_file_info(f"{info.path}/{RESUME_DIR}").type == pyarrow.fs.FileType.Directory
-    ray_bytes = tree_bytes(root)[0]
-    inside = Path(root).resolve().is_relative_to(exp_dir.resolve()) if "://" not in root else False
-    folder_bytes = sum(f.stat().st_size for f in exp_dir.rglob("*") if f.is_file()) - (ray_bytes if inside else 0)
-    return StorageUsed(root, ray_bytes, checkpoints, resumable, folder_bytes)
+    # ray/ in the folder is Ray's storage itself, or (with --storage) a mirror of its trial results.
+    ray_mirror = exp_dir / "ray"
+    folder_files = (f for f in exp_dir.rglob("*") if f.is_file() and not f.is_relative_to(ray_mirror))
+    return StorageUsed(root, tree_bytes(root)[0], checkpoints, resumable, sum(f.stat().st_size for f in folder_files))
 
 
 def drop_resume_state(run_dir: str) -> int:

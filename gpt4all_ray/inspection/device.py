@@ -5,6 +5,7 @@ fp32, which is also what reproduces the loss a CPU search recorded to the last d
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,12 +44,12 @@ def from_flags(args: argparse.Namespace) -> Inference:
 
     gpu = torch.cuda.is_available()
     device = ("cuda" if gpu else "cpu") if args.device == "auto" else args.device
-    if device != "cpu" and not device.startswith("cuda"):
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ValueError(f"--device {args.device}: expected auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not gpu:
         raise ValueError(f"--device {args.device}: no GPU is visible here (torch.cuda.is_available() is False)")
     index = device.removeprefix("cuda:") if device.startswith("cuda:") else "0"
-    if device != "cpu" and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+    if device != "cpu" and int(index) >= torch.cuda.device_count():
         raise ValueError(
             f"--device {args.device}: this machine has GPUs cuda:0 to cuda:{torch.cuda.device_count() - 1}"
         )

@@ -44,12 +44,12 @@ def run(
     from ray.tune.search import ConcurrencyLimiter
 
     from gpt4all_ray.divergence import DivergencePolicy
-    from gpt4all_ray.experiment.files import DATA_CACHE, stored_trials, tune_dir, write_starts
+    from gpt4all_ray.experiment.files import DATA_CACHE, ENDED_TRIALS, stored_trials, tune_dir, write_starts
     from gpt4all_ray.experiment.storage import mirror_tune, ray_root
     from gpt4all_ray.search.cluster import warn_if_deepspeed_op_unbuilt
     from gpt4all_ray.search.driver_faults import driver_fault_callbacks
     from gpt4all_ray.search.progress import progress_callback
-    from gpt4all_ray.search.resume_state import drop_for, resume_state_callback
+    from gpt4all_ray.search.resume_state import drop_for, ended_trials, resume_state_callback
     from gpt4all_ray.search.searcher import make_searcher, storage_url
     from gpt4all_ray.search.spaces import param_space, start_points
     from gpt4all_ray.search.stopping import DivergenceStopper, GpuHourBudget
@@ -60,6 +60,7 @@ def run(
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     warn_if_deepspeed_op_unbuilt(spec.resources)
     root = ray_root(storage, exp_dir.resolve())
+    ended = exp_dir / ENDED_TRIALS
     trainable = tune.with_resources(
         tune.with_parameters(
             trial_driver,
@@ -103,7 +104,7 @@ def run(
                 sync_config=tune.SyncConfig(sync_artifacts=bool(storage)),
                 callbacks=[
                     progress_callback(spec, t0, exp_dir),
-                    *([] if spec.tune.keep_resume_state else [resume_state_callback(f"{root}/train")]),
+                    *([] if spec.tune.keep_resume_state else [resume_state_callback(f"{root}/train", ended)]),
                     *driver_fault_callbacks(),  # tests only
                 ],
                 stop=stoppers[0] if len(stoppers) == 1 else tune.stopper.CombinedStopper(*stoppers),
@@ -119,9 +120,10 @@ def run(
     if storage:  # the report reads Tune's trial folders from a local mirror
         mirror_tune(root, tune_dir(exp_dir))
     if not spec.tune.keep_resume_state:
-        # Again for every trial that did not fail: one stopped while a checkpoint was being written,
-        # or one that ended in an earlier run of a resumed experiment, may still hold its resume state.
-        drop_for((t.trial_id for t in stored_trials(exp_dir) if not t.error), f"{root}/train")
+        # Again for every trial that ended: one stopped while its workers were still writing a
+        # checkpoint may hold a resume state again. Not for the others: a trial the interrupted
+        # driver left running is continued by --resume from its checkpoint.
+        drop_for(ended_trials(ended), f"{root}/train")
     report = build_report(exp_dir, storage_url(spec, exp_dir))
     reported = len(stored_trials(exp_dir))
     if reported != len(grid):

@@ -10,21 +10,31 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.experiment.storage import drop_resume_state
 
 
-def resume_state_callback(train_root: str) -> Any:
+def resume_state_callback(train_root: str, ended: Path) -> Any:
     """A Tune callback dropping each trial's resume state when it completes or is stopped (by a
-    stopper or ASHA); `train_root` holds the trials' Ray Train runs, one folder per trial id."""
+    stopper or ASHA), and listing the trial in `ended`; `train_root` holds the trials' Ray Train
+    runs, one folder per trial id. A trial Tune only paused (the driver was interrupted) is not
+    listed: --resume continues it from its checkpoint."""
     from ray.tune import Callback
 
     class DropResumeState(Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            with ended.open("a") as f:
+                f.write(trial.trial_id + "\n")
             drop_for([trial.trial_id], train_root)
 
     return DropResumeState()
+
+
+def ended_trials(ended: Path) -> list[str]:
+    """The trials the callback saw end, in this run of the experiment and the ones before."""
+    return ended.read_text().split() if ended.is_file() else []
 
 
 def drop_for(trial_ids: Iterable[str], train_root: str) -> int:

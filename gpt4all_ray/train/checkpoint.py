@@ -222,6 +222,17 @@ def pick_resumable(folder: Path) -> ResumePoint:
     raise NoUsableCheckpoint(f"no usable checkpoint to resume from (none loaded, nothing restarted): {listed}")
 
 
+def _check_trained_weights_saved(engine: Any, resume: Path) -> None:
+    import torch
+
+    for states in sorted((resume / ENGINE_TAG).glob("*model_states.pt")):
+        saved = torch.load(states, map_location="cpu", mmap=True, weights_only=False).get("module") or {}
+        missing = [n for n, p in engine.module.named_parameters() if p.requires_grad and n not in saved]
+        if saved and missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise NoUsableCheckpoint(f"{states}: trained weights missing from the checkpoint: {shown}")
+
+
 def load_state(engine: Any, folder: Path, rank: int) -> LoopState:
     """Refuses a folder that fails `check_resumable`: a broken checkpoint is never loaded."""
     import torch
@@ -230,9 +241,11 @@ def load_state(engine: Any, folder: Path, rank: int) -> LoopState:
     problem = check_resumable(folder)
     if problem:
         raise NoUsableCheckpoint(f"{folder}: not resumable ({problem})")
-    # Strict unless weights are frozen: those are not in the checkpoint (save_state). The trained
-    # ones are, and the resume-equivalence tests (LoRA at ZeRO-0 and ZeRO-2) hold them to it.
+    # Strict unless weights are frozen: those are not in the checkpoint (save_state), so the load
+    # cannot be strict; every trained weight must be there, checked first.
     frozen = any(not p.requires_grad for p in engine.module.parameters())
+    if frozen:
+        _check_trained_weights_saved(engine, resume)
     loaded, _ = engine.load_checkpoint(
         str(resume),
         tag=ENGINE_TAG,

@@ -202,3 +202,20 @@ def test_save_state_ends_with_a_manifest_of_everything_it_wrote(tmp_path: Path) 
     assert set(manifest["files"]) == written - {"resume/manifest_rank0.json"}
     assert manifest["world_size"] == 1 and manifest["files"]["resume/engine/mp_rank_00_model_states.pt"] == 1000
     assert check_resumable(tmp_path) is None and saved_step(tmp_path) == 7
+
+
+def test_a_resume_missing_a_trained_weight_is_refused_before_deepspeed_loads_it(tmp_path: Path) -> None:
+    import torch
+
+    from gpt4all_ray.train.checkpoint import ENGINE_TAG, NoUsableCheckpoint, _check_trained_weights_saved
+
+    module = torch.nn.Linear(2, 2)
+    module.bias.requires_grad_(False)  # frozen, as LoRA's base: not saved
+    engine: Any = type("Engine", (), {"module": module})()
+    states = tmp_path / "resume" / ENGINE_TAG / "mp_rank_00_model_states.pt"
+    states.parent.mkdir(parents=True)
+    torch.save({"module": {"weight": module.weight.detach()}}, states)
+    _check_trained_weights_saved(engine, tmp_path / "resume")  # every trained weight is there
+    torch.save({"module": {"other.weight": module.weight.detach()}}, states)  # renamed, as a library upgrade might
+    with pytest.raises(NoUsableCheckpoint, match="trained weights missing from the checkpoint: weight"):
+        _check_trained_weights_saved(engine, tmp_path / "resume")

@@ -155,3 +155,10 @@ def test_a_hugging_face_cache_for_a_model_that_downloads_nothing_is_refused(
     space.write_text(f"name: x\nfixed: {{model: '{model}', hf_cache: /mnt/shared/huggingface}}\n")
     with pytest.raises(SpecError, match=f"fixed.hf_cache: is only used for a Hub model; model .* {says}"):
         load_spec(space)
+
+
+def test_a_relative_hugging_face_cache_is_refused(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("name: x\nfixed: {model: EleutherAI/gpt-j-6b, hf_cache: shared/huggingface}\n")
+    with pytest.raises(SpecError, match="fixed.hf_cache: .*expected an absolute path every node sees"):
+        load_spec(space)

@@ -136,7 +136,9 @@ def test_a_changed_model_tokenizer_makes_a_new_build(tmp_path: Path) -> None:
     assert second.train.tokens < first.train.tokens
 
 
-@pytest.mark.parametrize("damage", ["cut_ids", "edited_manifest", "no_manifest"])
+@pytest.mark.parametrize(
+    "damage", ["cut_ids", "edited_manifest", "no_manifest", "no_offsets", "no_val_rows", "no_tokenizer", "bad_offsets"]
+)
 def test_a_build_that_does_not_match_its_key_is_rebuilt_not_used(tmp_path: Path, damage: str) -> None:
     first = prepare(SMALL, tmp_path)
     ids = first.folder / "train.ids.bin"
@@ -146,11 +148,28 @@ def test_a_build_that_does_not_match_its_key_is_rebuilt_not_used(tmp_path: Path,
         manifest = json.loads((first.folder / MANIFEST).read_text())
         manifest["inputs"]["max_length"] += 1
         (first.folder / MANIFEST).write_text(json.dumps(manifest))
-    else:
+    elif damage == "no_manifest":
         (first.folder / MANIFEST).unlink()
+    elif damage == "no_offsets":
+        (first.folder / "val.offsets.npy").unlink()
+    elif damage == "no_val_rows":
+        (first.folder / "val_rows.jsonl").unlink()
+    elif damage == "no_tokenizer":
+        (first.folder / "tokenizer" / "tokenizer.json").unlink()
+    else:  # the same size, unreadable
+        offsets = first.folder / "train.offsets.npy"
+        offsets.write_bytes(b"x" * offsets.stat().st_size)
     again = prepare(SMALL, tmp_path)
     assert again.built_here and again.folder == first.folder and len(builds(tmp_path)) == 2
     assert pairs(again.train) == pairs(first.train)
+
+
+def test_a_build_that_fails_leaves_no_folder_behind(tmp_path: Path) -> None:
+    from gpt4all_ray.data import UnknownSource
+
+    with pytest.raises(UnknownSource, match="no row has source 'typo'"):
+        prepare(dataclasses.replace(SMALL, exclude_sources="typo"), tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()] and not (tmp_path / BUILDS).exists()
 
 
 def test_workers_starting_together_build_once(tmp_path: Path) -> None:
@@ -168,7 +187,7 @@ def test_length_policy_raise_names_the_part_and_row_and_leaves_no_build(tmp_path
     cfg = dataclasses.replace(SMALL, max_length=48, length_policy="raise")
     with pytest.raises(TooLong, match=r"^(train|validation) row \d+ "):
         prepare(cfg, tmp_path)
-    assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "digests"]
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 8])

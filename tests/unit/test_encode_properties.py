@@ -84,6 +84,19 @@ def test_the_batched_token_ids_are_the_tokenizers_own(texts: list[str]) -> None:
     assert token_ids(TOKENIZER, texts) == [TOKENIZER(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
+def test_the_batched_token_ids_ignore_truncation_a_tokenizer_file_carries(tmp_path) -> None:  # noqa: ANN001
+    from transformers import AutoTokenizer
+
+    from gpt4all_ray.data.encode import token_ids
+
+    TOKENIZER.save_pretrained(tmp_path)
+    carrying = AutoTokenizer.from_pretrained(tmp_path)
+    carrying.backend_tokenizer.enable_truncation(max_length=3)  # as a tokenizer.json may say
+    texts = ["a fairly long sentence of many words", "x"]
+    assert token_ids(carrying, texts) == TOKENIZER(texts, add_special_tokens=False)["input_ids"]
+    assert len(token_ids(carrying, texts)[0]) > 3
+
+
 def test_the_batched_token_ids_treat_special_token_text_as_the_tokenizer_does() -> None:
     from gpt4all_ray.data.encode import token_ids
 

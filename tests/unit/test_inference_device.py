@@ -32,6 +32,7 @@ def test_auto_is_the_cpu_in_fp32_without_a_gpu_and_a_gpu_is_refused_by_flag() ->
     for argv, says in [
         (("--device", "cuda"), "--device cuda: no GPU is visible here"),
         (("--device", "tpu"), "--device tpu: expected auto, cpu, cuda or cuda:N"),
+        (("--device", "cuda0"), "--device cuda0: expected auto, cpu, cuda or cuda:N"),
         (("--dtype", "fp16"), "--dtype fp16: half precision needs a GPU"),
         (("--batch-size", "0"), "--batch-size 0: expected at least 1"),
     ]:

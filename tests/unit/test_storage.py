@@ -86,3 +86,19 @@ def test_dropping_resume_state_keeps_each_exported_model_and_counts_what_it_free
     assert (after.checkpoints, after.with_resume_state, after.ray_bytes) == (3, 1, 100 + 500 + 50)
     assert after.folder_bytes == 0  # Ray's storage inside the folder is not counted twice
     assert drop_resume_state(str(run)) == 0  # again: nothing left to drop
+
+
+def test_a_trial_seen_to_end_is_listed_and_loses_its_resume_state_and_no_other(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from gpt4all_ray.search.resume_state import ended_trials, resume_state_callback
+
+    train = tmp_path / "ray" / "train"
+    _checkpoint(train / "ended" / "checkpoint_000001", 300, 10)
+    _checkpoint(train / "running" / "checkpoint_000001", 300, 10)  # the driver was interrupted: --resume needs it
+    ended = tmp_path / "ended_trials.txt"
+    assert ended_trials(ended) == []
+    resume_state_callback(str(train), ended).on_trial_complete(0, [], SimpleNamespace(trial_id="ended"))
+    assert ended_trials(ended) == ["ended"]
+    assert not (train / "ended" / "checkpoint_000001" / "resume").exists()
+    assert (train / "running" / "checkpoint_000001" / "resume" / "engine" / "state.pt").is_file()
