@@ -1,11 +1,12 @@
 """Every use of Ray's private API, in one place. Ray 2.60 (the pin in pyproject.toml) has no
-public way to do these three things; tests/unit/test_ray_private.py fails, naming the missing
+public way to do these four things; tests/unit/test_ray_private.py fails, naming the missing
 name, when a Ray upgrade moves one. Ray's private *attributes* read elsewhere are checked there
 too (ASHA's `_brackets` in search/stopping.py, OptunaSearch's `_ot_trials` in search/searcher.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 
@@ -34,3 +35,22 @@ def quiet_train_report_logger() -> None:
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def saved_as_ended(tune_root: str) -> set[str]:
+    """The trials Tune's newest saved experiment state marks TERMINATED (completed, or stopped by
+    a stopper or scheduler): a restored Tuner does not run them again. A trial can end before
+    that state is saved; a driver killed in between leaves it RUNNING there, and --resume restarts
+    it from its checkpoint. The file (`experiment_state-<time>.json`, `trial_data`: [trial JSON,
+    runtime JSON] pairs) is Tune's private format; `tune_root` is a path or a URI."""
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(tune_root)
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    states = sorted(i.path for i in listing if i.base_name.startswith("experiment_state-") and i.path.endswith(".json"))
+    if not states:
+        return set()
+    with fs.open_input_stream(states[-1]) as f:
+        saved = json.loads(f.read())
+    trials = (json.loads(trial) for trial, _ in saved["trial_data"])
+    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}

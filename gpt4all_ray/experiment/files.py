@@ -15,7 +15,6 @@ SETTINGS = "experiment.json"  # what the command line set: trials requested, --s
 FORMAT = 2
 """experiment.json's "format": 2 since the package was laid out by process (2026-12-06). Tune's
 saved state names our classes by module path, and an earlier experiment's paths no longer exist."""
-ENDED_TRIALS = "ended_trials.txt"  # trials seen to complete or stop: their resume state may go
 DATA_CACHE = "data_cache"  # the tokenized data, built once (data/cache.py); every trial maps it
 STARTS = "starts.json"  # the configurations tried before sampling, with where each comes from
 ASHA_RUNGS = "asha_rungs.json"  # ASHA's recorded values per rung, kept across --resume (stopping.py)

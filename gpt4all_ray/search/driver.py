@@ -44,12 +44,12 @@ def run(
     from ray.tune.search import ConcurrencyLimiter
 
     from gpt4all_ray.divergence import DivergencePolicy
-    from gpt4all_ray.experiment.files import DATA_CACHE, ENDED_TRIALS, stored_trials, tune_dir, write_starts
+    from gpt4all_ray.experiment.files import DATA_CACHE, stored_trials, tune_dir, write_starts
     from gpt4all_ray.experiment.storage import mirror_tune, ray_root
     from gpt4all_ray.search.cluster import warn_if_deepspeed_op_unbuilt
     from gpt4all_ray.search.driver_faults import driver_fault_callbacks
     from gpt4all_ray.search.progress import progress_callback
-    from gpt4all_ray.search.resume_state import drop_for, ended_trials, resume_state_callback
+    from gpt4all_ray.search.resume_state import drop_ended, resume_state_callback
     from gpt4all_ray.search.searcher import make_searcher, storage_url
     from gpt4all_ray.search.spaces import param_space, start_points
     from gpt4all_ray.search.stopping import DivergenceStopper, GpuHourBudget
@@ -60,7 +60,6 @@ def run(
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     warn_if_deepspeed_op_unbuilt(spec.resources)
     root = ray_root(storage, exp_dir.resolve())
-    ended = exp_dir / ENDED_TRIALS
     trainable = tune.with_resources(
         tune.with_parameters(
             trial_driver,
@@ -104,7 +103,7 @@ def run(
                 sync_config=tune.SyncConfig(sync_artifacts=bool(storage)),
                 callbacks=[
                     progress_callback(spec, t0, exp_dir),
-                    *([] if spec.tune.keep_resume_state else [resume_state_callback(f"{root}/train", ended)]),
+                    *([] if spec.tune.keep_resume_state else [resume_state_callback(root)]),
                     *driver_fault_callbacks(),  # tests only
                 ],
                 stop=stoppers[0] if len(stoppers) == 1 else tune.stopper.CombinedStopper(*stoppers),
@@ -120,10 +119,9 @@ def run(
     if storage:  # the report reads Tune's trial folders from a local mirror
         mirror_tune(root, tune_dir(exp_dir))
     if not spec.tune.keep_resume_state:
-        # Again for every trial that ended: one stopped while its workers were still writing a
-        # checkpoint may hold a resume state again. Not for the others: a trial the interrupted
-        # driver left running is continued by --resume from its checkpoint.
-        drop_for(ended_trials(ended), f"{root}/train")
+        # Tune has saved its final state: every trial it saved as ended, in this run or an earlier
+        # one of a resumed experiment (not those an interrupted driver left running).
+        drop_ended(root)
     report = build_report(exp_dir, storage_url(spec, exp_dir))
     reported = len(stored_trials(exp_dir))
     if reported != len(grid):

@@ -3,47 +3,50 @@ best model, and drops the state that only resumes it (DeepSpeed engine, optimize
 
 For a full GPT-J-6B fine-tune a checkpoint is ~12 GB of bf16 weights plus ~85 GB of resume state,
 and Ray keeps the best and the latest of each trial: kept, an 8-trial search holds 1.5 TB when it
-ends. A trial that failed keeps everything: `--resume` restarts it from its last checkpoint.
+ends. A trial is dropped from once Tune has *saved* it as ended: a driver killed before that
+leaves it running in the saved state, and --resume restarts it from its checkpoint. A trial that
+failed keeps everything, for --resume.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from gpt4all_ray.experiment.storage import drop_resume_state
+from gpt4all_ray.ray_private import saved_as_ended
+
+CHECK_EVERY_S = 30.0  # Tune saves its experiment state every ~10 s or more; a listing is cheap
 
 
-def resume_state_callback(train_root: str, ended: Path) -> Any:
-    """A Tune callback dropping each trial's resume state when it completes or is stopped (by a
-    stopper or ASHA), and listing the trial in `ended`; `train_root` holds the trials' Ray Train
-    runs, one folder per trial id. A trial Tune only paused (the driver was interrupted) is not
-    listed: --resume continues it from its checkpoint."""
+def resume_state_callback(root: str) -> Any:
+    """A Tune callback that, every CHECK_EVERY_S and at the end, drops the resume state of the
+    trials Tune has saved as ended. `root` holds Ray's tune/ and train/ (a path or a URI)."""
     from ray.tune import Callback
 
     class DropResumeState(Callback):
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            with ended.open("a") as f:
-                f.write(trial.trial_id + "\n")
-            drop_for([trial.trial_id], train_root)
+        def __init__(self) -> None:
+            self.dropped: set[str] = set()
+            self.checked_at = 0.0
+
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            if time.monotonic() - self.checked_at >= CHECK_EVERY_S:
+                self.checked_at = time.monotonic()
+                self.dropped |= drop_ended(root, skip=self.dropped)
 
     return DropResumeState()
 
 
-def ended_trials(ended: Path) -> list[str]:
-    """The trials the callback saw end, in this run of the experiment and the ones before."""
-    return ended.read_text().split() if ended.is_file() else []
-
-
-def drop_for(trial_ids: Iterable[str], train_root: str) -> int:
-    """Drop the resume state of these trials' checkpoints; the bytes freed. A failure to delete is
-    reported and left: storage is not worth failing a finished search for."""
-    freed = 0
-    for trial_id in trial_ids:
+def drop_ended(root: str, skip: Iterable[str] = ()) -> set[str]:
+    """Drop the resume state of every trial Tune has saved as ended (but those in `skip`); the
+    trials it went through. A failure to delete is reported and left: storage is not worth failing
+    a search for."""
+    ended = saved_as_ended(f"{root}/tune") - set(skip)
+    for trial_id in sorted(ended):
         try:
-            freed += drop_resume_state(f"{train_root.rstrip('/')}/{trial_id}")
+            drop_resume_state(f"{root}/train/{trial_id}")
         except OSError as err:
             print(f"warning: could not drop trial {trial_id}'s resume state: {err}", file=sys.stderr, flush=True)
-    return freed
+    return ended

@@ -189,3 +189,12 @@ def test_the_data_is_tokenized_once_for_every_trial(local_search: Experiment) ->
     (build,) = [json.loads(line) for line in (cache / BUILDS).read_text().splitlines()]
     assert (cache / build["key"]).is_dir() and "tokenized once, built in" in local_search.output
     assert len(leaderboard(local_search)) == SPACE["tune"]["num_trials"] > 1  # every trial mapped that one
+
+
+def test_every_ended_trial_kept_its_model_and_dropped_its_resume_state(local_search: Experiment) -> None:
+    from gpt4all_ray.train.checkpoint import RESUME_DIR
+
+    checkpoints = list((local_search.dir / "ray" / "train").glob("*/checkpoint_*"))
+    assert len({c.parent for c in checkpoints}) == SPACE["tune"]["num_trials"]
+    assert checkpoints and not [c for c in checkpoints if (c / RESUME_DIR).exists()]
+    assert "0 with resume state" in (local_search.dir / "summary.md").read_text()

@@ -88,17 +88,27 @@ def test_dropping_resume_state_keeps_each_exported_model_and_counts_what_it_free
     assert drop_resume_state(str(run)) == 0  # again: nothing left to drop
 
 
-def test_a_trial_seen_to_end_is_listed_and_loses_its_resume_state_and_no_other(tmp_path: Path) -> None:
-    from types import SimpleNamespace
+def test_only_trials_tune_saved_as_ended_lose_their_resume_state(tmp_path: Path) -> None:
+    import json
 
-    from gpt4all_ray.search.resume_state import ended_trials, resume_state_callback
+    from gpt4all_ray.search.resume_state import drop_ended
 
-    train = tmp_path / "ray" / "train"
-    _checkpoint(train / "ended" / "checkpoint_000001", 300, 10)
-    _checkpoint(train / "running" / "checkpoint_000001", 300, 10)  # the driver was interrupted: --resume needs it
-    ended = tmp_path / "ended_trials.txt"
-    assert ended_trials(ended) == []
-    resume_state_callback(str(train), ended).on_trial_complete(0, [], SimpleNamespace(trial_id="ended"))
-    assert ended_trials(ended) == ["ended"]
-    assert not (train / "ended" / "checkpoint_000001" / "resume").exists()
-    assert (train / "running" / "checkpoint_000001" / "resume" / "engine" / "state.pt").is_file()
+    root = tmp_path / "ray"
+    for trial in ("ended", "running", "failed"):
+        _checkpoint(root / "train" / trial / "checkpoint_000001", 300, 10)
+    (root / "tune").mkdir()
+    trial_data = [
+        [json.dumps({"trial_id": t, "status": s}), "{}"]
+        for t, s in [("ended", "RUNNING"), ("running", "RUNNING"), ("failed", "ERROR")]
+    ]
+    (root / "tune" / "experiment_state-2026-12-07_01-00-00.json").write_text(json.dumps({"trial_data": trial_data}))
+    newer = [
+        [json.dumps({"trial_id": t, "status": s}), "{}"]
+        for t, s in [("ended", "TERMINATED"), ("running", "RUNNING"), ("failed", "ERROR")]
+    ]
+    (root / "tune" / "experiment_state-2026-12-07_01-00-30.json").write_text(json.dumps({"trial_data": newer}))
+    assert drop_ended(str(root)) == {"ended"}  # the newest saved state decides
+    assert not (root / "train" / "ended" / "checkpoint_000001" / "resume").exists()
+    for kept in ("running", "failed"):  # --resume continues or retries them from their checkpoints
+        assert (root / "train" / kept / "checkpoint_000001" / "resume" / "engine" / "state.pt").is_file()
+    assert drop_ended(str(root), skip={"ended"}) == set()
