@@ -39,7 +39,7 @@ from gpt4all_ray.config import EMBEDDED_DATA, HUB_PREFIX, TrialConfig
 from gpt4all_ray.data.encode import PROMPT_HEAD, RESPONSE_HEAD, EncodeReport, Example, TooLong, encoded, example
 from gpt4all_ray.data.pipeline import DataReport
 from gpt4all_ray.data.synthetic import Row
-from gpt4all_ray.data.tokenizer import is_builtin
+from gpt4all_ray.data.tokenizer import is_builtin, load_tokenizer
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -126,7 +126,7 @@ class PreparedData:
 def prepare(cfg: TrialConfig, root: Path) -> PreparedData:
     """The build for `cfg` under `root`: mapped if a valid one is there, else built first."""
     root.mkdir(parents=True, exist_ok=True)
-    tokenizer = None if is_builtin(cfg) else _model_tokenizer(cfg)
+    tokenizer = None if is_builtin(cfg) else load_tokenizer(cfg, None)
     inputs = key_inputs(cfg, tokenizer, root)
     folder = root / digest(inputs)
     if (mapped := _open(folder, inputs, tokenizer)) is not None:
@@ -215,12 +215,6 @@ def _code_digest() -> str:
     return hashlib.sha256(b"".join((here / name).read_bytes() for name in CODE)).hexdigest()[:16]
 
 
-def _model_tokenizer(cfg: TrialConfig) -> Any:
-    from gpt4all_ray.data.tokenizer import load_tokenizer
-
-    return load_tokenizer(cfg, None)
-
-
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     with path.open("a") as f:
@@ -254,7 +248,6 @@ def _build(cfg: TrialConfig, folder: Path, inputs: dict[str, Any], tokenizer: An
 
 def _write_build(cfg: TrialConfig, partial: Path, inputs: dict[str, Any], tokenizer: Any, started: float) -> None:
     from gpt4all_ray.data import load_split
-    from gpt4all_ray.data.tokenizer import load_tokenizer
 
     split = load_split(cfg)
     if tokenizer is None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from gpt4all_ray.experiment.storage import drop_resume_state
+from gpt4all_ray.experiment.storage import drop_resume_state, human_bytes
 from gpt4all_ray.ray_private import saved_as_ended
 
 CHECK_EVERY_S = 30.0  # Tune saves its experiment state every ~10 s or more; a listing is cheap
@@ -46,7 +46,11 @@ def drop_ended(root: str, skip: Iterable[str] = ()) -> set[str]:
     ended = saved_as_ended(f"{root}/tune") - set(skip)
     for trial_id in sorted(ended):
         try:
-            drop_resume_state(f"{root}/train/{trial_id}")
+            if freed := drop_resume_state(f"{root}/train/{trial_id}"):
+                print(
+                    f"trial {trial_id} ended: dropped its resume state ({human_bytes(freed)}), kept its model",
+                    flush=True,
+                )
         except OSError as err:
             print(f"warning: could not drop trial {trial_id}'s resume state: {err}", file=sys.stderr, flush=True)
     return ended
