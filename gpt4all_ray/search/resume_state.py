@@ -43,7 +43,11 @@ def drop_ended(root: str, skip: Iterable[str] = ()) -> set[str]:
     """Drop the resume state of every trial Tune has saved as ended (but those in `skip`); the
     trials it went through. A failure to delete is reported and left: storage is not worth failing
     a search for."""
-    ended = saved_as_ended(f"{root}/tune") - set(skip)
+    try:
+        ended = saved_as_ended(f"{root}/tune") - set(skip)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # unreadable, or Tune changed its format
+        print(f"warning: Tune's saved experiment state unreadable, no resume state dropped: {err!r}", file=sys.stderr)
+        return set()
     for trial_id in sorted(ended):
         try:
             if freed := drop_resume_state(f"{root}/train/{trial_id}"):

@@ -112,3 +112,14 @@ def test_only_trials_tune_saved_as_ended_lose_their_resume_state(tmp_path: Path)
     for kept in ("running", "failed"):  # --resume continues or retries them from their checkpoints
         assert (root / "train" / kept / "checkpoint_000001" / "resume" / "engine" / "state.pt").is_file()
     assert drop_ended(str(root), skip={"ended"}) == set()
+
+
+def test_an_unreadable_saved_state_drops_nothing_and_does_not_stop_the_search(tmp_path: Path) -> None:
+    from gpt4all_ray.search.resume_state import drop_ended
+
+    root = tmp_path / "ray"
+    _checkpoint(root / "train" / "t" / "checkpoint_000001", 300, 10)
+    (root / "tune").mkdir()
+    (root / "tune" / "experiment_state-2026-12-07_01-00-00.json").write_text('{"trials": "another format"}')
+    assert drop_ended(str(root)) == set()
+    assert (root / "train" / "t" / "checkpoint_000001" / "resume").is_dir()
