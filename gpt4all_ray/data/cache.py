@@ -82,9 +82,6 @@ class TokenizedRows(Sequence[Example]):
         ids = self.ids[int(self.offsets[index]) : int(self.offsets[index + 1])].tolist()
         return example(ids, int(self.prompt_lengths[index]))
 
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
     @property
     def tokens(self) -> int:
         return int(self.offsets[-1])

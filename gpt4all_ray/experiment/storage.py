@@ -63,14 +63,13 @@ def mirror_tune(root: str, local_tune_dir: Path) -> None:
     )
 
 
-def tree_bytes(root: str) -> tuple[int, int]:
-    """(bytes, files) under a path or URI; (0, 0) when it does not exist."""
+def tree_bytes(root: str) -> int:
+    """Bytes of the files under a path or URI; 0 when it does not exist."""
     import pyarrow.fs
 
     fs, path = filesystem(root)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))
-    files = [info.size or 0 for info in infos if info.type == pyarrow.fs.FileType.File]
-    return sum(files), len(files)
+    return sum(info.size or 0 for info in infos if info.type == pyarrow.fs.FileType.File)
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ def storage_used(exp_dir: Path, root: str) -> StorageUsed:
     # ray/ in the folder is Ray's storage itself, or (with --storage) a mirror of its trial results.
     ray_mirror = exp_dir / "ray"
     folder_files = (f for f in exp_dir.rglob("*") if f.is_file() and not f.is_relative_to(ray_mirror))
-    return StorageUsed(root, tree_bytes(root)[0], checkpoints, resumable, sum(f.stat().st_size for f in folder_files))
+    return StorageUsed(root, tree_bytes(root), checkpoints, resumable, sum(f.stat().st_size for f in folder_files))
 
 
 def drop_resume_state(run_dir: str) -> int:
@@ -133,7 +132,7 @@ def drop_resume_state(run_dir: str) -> int:
     for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)):
         if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
             resume = f"{info.path}/{RESUME_DIR}"
-            freed += tree_bytes(f"{run_dir.rstrip('/')}/{info.base_name}/{RESUME_DIR}")[0]
+            freed += tree_bytes(f"{run_dir.rstrip('/')}/{info.base_name}/{RESUME_DIR}")
             if fs.get_file_info(resume).type == pyarrow.fs.FileType.Directory:
                 fs.delete_dir(resume)
     return freed
