@@ -128,7 +128,11 @@ class Evaluation:
     """Seconds in each of PHASES, all attempts (checkpoint and report lack this evaluation's)."""
     probes: dict[str, float] = field(default_factory=dict)
     """The best checkpoint's generation probe scores (train/probes.py), finite ones only."""
+    node_id: str = ""
+    """The Ray node this rank ran on (each rank reports its own; "" outside Ray)."""
     # Set on the driver's side, read back with the rest:
+    worker_nodes: list[str] = field(default_factory=list)
+    """Every rank's node_id, in rank order (the report bridge gathers them from all ranks)."""
     time_total_s: float = 0.0
     """Tune's: the trial's wall seconds when Tune received this report."""
     checkpoint_path: str | None = None
@@ -136,11 +140,13 @@ class Evaluation:
 
     def to_metrics(self) -> dict[str, Any]:
         """The flat dict Ray carries: one key per field, phases as <phase>_s, probes as probe_<name>;
-        None values and the driver-side fields left out."""
+        None values, no worker_nodes and the driver-side time and checkpoint path left out."""
         flat: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("phase_seconds", "probes", "time_total_s", "checkpoint_path") or value is None:
+                continue
+            if f.name == WORKER_NODES and not value:
                 continue
             flat[f.name] = value.value if isinstance(value, StopReason) else value
         flat |= {f"{phase}{PHASE_SUFFIX}": seconds for phase, seconds in self.phase_seconds.items()}
@@ -186,8 +192,10 @@ TIME_AXIS = "epoch_progress"
 CHECKPOINT_SCORE = "checkpoint_score"
 TUNE_TIME = "time_total_s"
 CHECKPOINT_PATH = "checkpoint_path"
+WORKER_NODES = "worker_nodes"
 _FIELDS = {f.name for f in fields(Evaluation)}
-assert {VAL_LOSS, SEARCH_METRIC, TIME_AXIS, CHECKPOINT_SCORE, TUNE_TIME, CHECKPOINT_PATH, *REQUIRED} <= _FIELDS
+_NAMED = {VAL_LOSS, SEARCH_METRIC, TIME_AXIS, CHECKPOINT_SCORE, TUNE_TIME, CHECKPOINT_PATH, WORKER_NODES}
+assert {*_NAMED, *REQUIRED} <= _FIELDS
 
 
 def evaluations(history: list[dict[str, Any]]) -> list[Evaluation]:

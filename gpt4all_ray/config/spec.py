@@ -254,6 +254,10 @@ class Resources:
     """GPUs Ray reserves for each worker; 0: train on CPU."""
     driver_cpus: float = setting(0.5, rule=POSITIVE)
     """CPUs of the Tune trial that drives one TorchTrainer."""
+    accelerator_type: str = setting("")
+    """The GPU each worker needs, as Ray names it (A100-80G, A100-40G, H100, ...): workers run only
+    on nodes that offer the resource accelerator_type:<it> (cluster/*.yaml declare it per node
+    type); empty: any GPU."""
 
     @property
     def gpus_per_trial(self) -> float:
@@ -280,7 +284,11 @@ class TuneSettings:
     """Random trials before TPE or GP models the results (Optuna's default of 10 would make a
     small budget pure random search)."""
     worker_restarts: int = setting(2, rule=at_least(0))
-    """Times Ray Train restarts a trial's workers after a failure, from its last checkpoint."""
+    """Times Ray Train restarts a trial's workers after a failure (out of memory, a bug, a node lost
+    without notice), from its last checkpoint."""
+    preemption_restarts: int = setting(10, rule=at_least(0))
+    """Times Ray Train restarts a trial's workers from its last checkpoint after losing a node to
+    preemption (a node drained first: a spot reclaim, a deleted pod), apart from worker_restarts."""
     warm_start: str = setting("", rule=one_of(("", "training_log"), "expected training_log (or leave it out)"))
     """training_log: enqueue GPT4All's logged configurations (mapped into the space) first."""
     scale_lr_by_batch: bool = setting(False)
@@ -503,6 +511,8 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
     resources = Resources(**check.section(raw, "resources", Resources))
     tune = TuneSettings(**check.section(raw, "tune", TuneSettings))
     # Each value was checked by its rule; what remains are settings that cannot go together.
+    if resources.accelerator_type and resources.gpus_per_worker == 0:
+        raise check.fail("resources.accelerator_type", "names a GPU, but resources.gpus_per_worker is 0")
     if tune.gpu_hours and resources.gpus_per_worker == 0:
         raise check.fail("tune.gpu_hours", "is a budget of GPU time, but resources.gpus_per_worker is 0")
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gpt4all_ray.experiment.durable_reports import Restart
 
 SPACE_COPY = "space.yaml"  # the search space as the experiment ran it, for --resume and the record
 SETTINGS = "experiment.json"  # what the command line set: trials requested, --storage
@@ -31,6 +34,8 @@ class StoredTrial:
     error: bool
     config: dict[str, Any] | None
     resources: dict[str, Any] | None
+    restarts: list[Restart] = field(default_factory=list)
+    """Each failure of its workers that Ray Train saw, with the budget it was charged to."""
 
 
 def tune_dir(exp_dir: Path) -> Path:
@@ -57,9 +62,16 @@ def _json(path: Path) -> Any:
 def stored_trials(exp_dir: Path) -> list[StoredTrial]:
     """Each trial's history is its durable reports (durable_reports.py) followed by Tune's
     result.json: where both hold a step, Tune's (with its timings) comes last and wins."""
-    from gpt4all_ray.experiment.durable_reports import saved_reports
+    from gpt4all_ray.experiment.durable_reports import saved_reports, saved_restarts
+    from gpt4all_ray.ray_private import saved_statuses
 
     trials, train_root = [], f"{storage_root(exp_dir)}/train"
+    # Tune writes error.txt at every failure, also one it retried (a driver lost with a preempted
+    # node) and that then completed: Tune's saved status says how the trial ended.
+    try:
+        statuses = saved_statuses(str(tune_dir(exp_dir)))
+    except (OSError, ValueError, KeyError):  # unreadable: the error files alone decide
+        statuses = {}
     for folder in tune_dir(exp_dir).iterdir():
         match = TRIAL_DIR.match(folder.name)
         if not folder.is_dir() or not match:
@@ -75,9 +87,11 @@ def stored_trials(exp_dir: Path) -> list[StoredTrial]:
                 index=int(match["index"]),
                 params=_json(folder / "params.json") or {},
                 history=history,
-                error=(folder / "error.txt").is_file() or (folder / "error.pkl").is_file(),
+                error=statuses.get(match["id"]) != "TERMINATED"
+                and ((folder / "error.txt").is_file() or (folder / "error.pkl").is_file()),
                 config=_json(folder / "trial_config.json"),
                 resources=_json(folder / "trial_resources.json"),
+                restarts=saved_restarts(f"{train_root}/{match['id']}"),
             )
         )
     return sorted(trials, key=lambda t: t.index)

@@ -20,6 +20,7 @@ from typing import Any
 
 from gpt4all_ray.evaluation import StopReason, evaluations
 from gpt4all_ray.experiment.compute import LABELS, Compute, compute_used
+from gpt4all_ray.experiment.durable_reports import RestartCause
 from gpt4all_ray.experiment.files import (
     StoredTrial,
     default_storage_url,
@@ -84,8 +85,12 @@ def stop_line(trial: StoredTrial, record: TrialRecord) -> str:
     last = reported[-1]
     at = f"epoch {last.epoch}, step {last.step}"
     restarts = f"; workers restarted {record.restarts}x from checkpoints" if record.restarts else ""
+    if preempted := sum(r.cause is RestartCause.PREEMPTION for r in trial.restarts):
+        restarts += f" ({preempted} after losing a node to preemption)"
+    nodes = {node for e in reported for node in e.worker_nodes}
+    spread = f"; its ranks ran on {len(nodes)} nodes" if len(nodes) > 1 else ""
     best = f"best at epoch {record.best_epoch} (step {record.best_step})"
-    return f"- {record.trial_id}: {record.stop_reason} at {at}; {best}{restarts}"
+    return f"- {record.trial_id}: {record.stop_reason} at {at}; {best}{restarts}{spread}"
 
 
 def _pyplot() -> Any:

@@ -107,6 +107,11 @@ def run(
                     *driver_fault_callbacks(),  # tests only
                 ],
                 stop=stoppers[0] if len(stoppers) == 1 else tune.stopper.CombinedStopper(*stoppers),
+                # A trial whose driver died with a node drained for preemption is started again and
+                # resumes from its last checkpoint: Tune charges that to no budget, so 0 retries
+                # here still retry it. Any other error ends the trial (--resume continues it):
+                # retrying would also rerun trials whose workers failed past their own budget.
+                failure_config=tune.FailureConfig(max_failures=0),
                 verbose=0,
             ),
         )

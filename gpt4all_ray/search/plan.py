@@ -166,7 +166,8 @@ def make_plan(
         f"Plan for {spec.name} ({spec.path}); nothing was started.",
         f"  trials: {spec.tune.num_trials}, up to {epochs} epochs each (the space's maximum: an upper bound)",
         f"  resources per trial: {res.workers_per_trial} workers x {res.gpus_per_worker:g} GPU "
-        f"= {gpus_per_trial:g} GPUs, {res.cpus_per_worker:g} CPUs a worker",
+        f"= {gpus_per_trial:g} GPUs{f' ({res.accelerator_type})' if res.accelerator_type else ''}, "
+        f"{res.cpus_per_worker:g} CPUs a worker",
         f"  concurrency on {assume.cluster_gpus} GPUs: {concurrency} trial(s) at once "
         f"(tune.max_concurrent {spec.tune.max_concurrent})",
         f"  tokens per epoch: {tokens:,.0f} ({source})",

@@ -14,25 +14,45 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from gpt4all_ray.config import SearchSpec
-from gpt4all_ray.evaluation import CHECKPOINT_SCORE, Evaluation
-from gpt4all_ray.experiment.durable_reports import save_report
+from gpt4all_ray.evaluation import CHECKPOINT_SCORE, WORKER_NODES, Evaluation
+from gpt4all_ray.experiment.durable_reports import Restart, RestartCause, save_report, save_restart
+from gpt4all_ray.ray_private import charged_as_preemption, failed_workers
 from gpt4all_ray.train.ds_config import deepspeed_config
 from gpt4all_ray.train.ray_entry import ray_train_loop
 
 
 class DurableReportCallback(TuneReportCallback):
-    """Tune's bridge from Ray Train (rank 0's metrics and the checkpoint's path), writing each
-    report to the trial's folder in the storage first (durable_reports.py)."""
+    """Tune's bridge from Ray Train (rank 0's metrics, every rank's node and the checkpoint's path),
+    writing each report to the trial's folder in the storage first (durable_reports.py), and each
+    failure of the workers with the budget it is charged to."""
 
-    def __init__(self, run_dir: str) -> None:
+    def __init__(self, run_dir: str, trial_id: str) -> None:
         super().__init__()
-        self.run_dir = run_dir
+        self.run_dir, self.trial_id = run_dir, trial_id
+        self.seen: set[frozenset[tuple[int, str]]] = set()
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         evaluation = Evaluation.from_result(metrics[0])  # rank 0's
         if evaluation is not None:
+            nodes = [(Evaluation.from_result(m) or evaluation).node_id for m in metrics]
+            evaluation = dataclasses.replace(evaluation, worker_nodes=nodes)
             save_report(self.run_dir, evaluation, checkpoint.path if checkpoint else None)
+            metrics = [metrics[0] | {WORKER_NODES: nodes}, *metrics[1:]]
         super().after_report(run_context, metrics, checkpoint)
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        failure = failed_workers(worker_exceptions)
+        if failure in self.seen:
+            return  # the same failure, polled again before Ray Train restarted the group
+        self.seen.add(failure)
+        restart = Restart.from_worker_errors(worker_exceptions, charged_as_preemption(worker_exceptions))
+        save_restart(self.run_dir, restart)
+        budget = "tune.preemption_restarts" if restart.cause is RestartCause.PREEMPTION else "tune.worker_restarts"
+        print(
+            f"trial {self.trial_id}: rank(s) {', '.join(map(str, restart.ranks))} failed ({restart.cause.value}: "
+            f"{restart.error[:200]}); Ray Train restarts the workers from the last checkpoint while {budget} lasts",
+            flush=True,
+        )
 
 
 def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_root: str, data_cache: str) -> None:
@@ -40,6 +60,7 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
     reports (and each checkpoint's path) to Tune."""
     context = tune.get_context()
     trial_id = context.get_trial_id()
+    run_dir = f"{storage}/{trial_id}"
     res = spec.resources
     trial = spec.trial_config(config)
     # What this trial runs, beside its Tune results: the full config and the DeepSpeed config.
@@ -61,25 +82,32 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
             "fit_started_at": time.time(),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
+            num_workers=res.workers_per_trial,
+            use_gpu=res.gpus_per_worker > 0,
+            resources_per_worker=per_worker,
+            accelerator_type=res.accelerator_type or None,
         ),
         # Train V2 is what runs (Ray 2.60's default); Ray's type hints still describe V1's RunConfig.
         run_config=ray.train.RunConfig(  # type: ignore[call-arg]
             name=trial_id,
             storage_path=storage,
-            callbacks=[DurableReportCallback(f"{storage}/{trial_id}")],  # type: ignore[list-item]
+            callbacks=[DurableReportCallback(run_dir, trial_id)],  # type: ignore[list-item]
             # Every evaluation reports a resumable checkpoint; Ray keeps the best by val_loss (the
             # one holding the exported model) and, always, the latest (to resume from).
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order="min"
             ),
             # A dead worker: Ray Train restarts the group, which resumes from the last checkpoint.
-            failure_config=ray.train.FailureConfig(max_failures=spec.tune.worker_restarts),
+            # A worker lost with a node drained for preemption (a spot reclaim) is charged to a
+            # budget of its own, so preemptions do not use up the one meant for OOMs and bugs.
+            failure_config=ray.train.FailureConfig(  # type: ignore[call-arg]
+                max_failures=spec.tune.worker_restarts, max_preemption_failures=spec.tune.preemption_restarts
+            ),
             # Ray Train's per-report INFO lines repeat what the progress lines already say.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    before = _checkpoint_names(f"{storage}/{trial_id}")
+    before = _checkpoint_names(run_dir)
     result = trainer.fit()
     if result.checkpoint is not None and Path(result.checkpoint.path).name in before:
         # Nothing was reported in this attempt: the run had ended at the checkpoint it resumed

@@ -4,6 +4,7 @@ runs without Ray (under torchrun for the GPU check, and in fast tests)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -17,9 +18,13 @@ from gpt4all_ray.train.loop import train
 
 
 class RayTrainReporter:
+    def __init__(self) -> None:
+        # Each rank says where it runs: the driver's report bridge gathers every rank's node.
+        self.node_id = ray.get_runtime_context().get_node_id()
+
     def report(self, evaluation: Evaluation, checkpoint_dir: str | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(evaluation.to_metrics(), checkpoint=checkpoint)
+        ray.train.report(dataclasses.replace(evaluation, node_id=self.node_id).to_metrics(), checkpoint=checkpoint)
 
 
 def ray_train_loop(config: dict[str, Any]) -> None:

@@ -89,6 +89,10 @@ BAD = [
     ({"fixed.probe_prompts": -1}, "fixed.probe_prompts: must be >= 0 (0: no generation probes)"),
     ({"fixed.probe_max_new_tokens": 0}, "fixed.probe_max_new_tokens: must be > 0"),
     ({"fixed.stop_on_divergence": "no"}, "fixed.stop_on_divergence: expected true/false, got 'no'"),
+    (
+        {"resources.accelerator_type": "A100-80G"},
+        "resources.accelerator_type: names a GPU, but resources.gpus_per_worker is 0",
+    ),
 ]
 
 

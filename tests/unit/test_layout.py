@@ -20,7 +20,7 @@ ALLOWED = {
     "ray_private": set(),
     "data": {"config"},
     "train": {"config", "data", "divergence", "evaluation", "ray_private"},
-    "experiment": {"config", "divergence", "evaluation", "train"},  # train: the checkpoint's layout
+    "experiment": {"config", "divergence", "evaluation", "ray_private", "train"},  # train: the checkpoint's layout
     "search": {"config", "data", "divergence", "evaluation", "ray_private", "train", "experiment"},
     "inspection": {"config", "data", "train", "experiment"},
 }
