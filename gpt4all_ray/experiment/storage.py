@@ -51,15 +51,18 @@ def check_storage(storage: str) -> None:
         raise SpecError(f"--storage {storage}: cannot write there ({err})") from None
 
 
-def mirror_tune(root: str, local_tune_dir: Path) -> None:
-    """Copy Tune's experiment folder (trial results and configs; checkpoints live under train/)
-    next to the report, where a later `python -m gpt4all_ray.experiment.report` reads it."""
+def mirror(root: str, folder: str, local_dir: Path) -> None:
+    """Copy <root>/<folder> from Ray's storage next to the report: Tune's experiment folder (trial
+    results and configs, which a later `python -m gpt4all_ray.experiment.report` reads), or the
+    TensorBoard logs the trials wrote there. Nothing to copy is no error."""
     import pyarrow.fs
 
     fs, path = filesystem(root)
-    local_tune_dir.mkdir(parents=True, exist_ok=True)
+    if fs.get_file_info(f"{path}/{folder}").type != pyarrow.fs.FileType.Directory:
+        return
+    local_dir.mkdir(parents=True, exist_ok=True)
     pyarrow.fs.copy_files(
-        f"{path}/tune", str(local_tune_dir), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
+        f"{path}/{folder}", str(local_dir), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
     )
 
 

@@ -45,7 +45,7 @@ def run(
 
     from gpt4all_ray.divergence import DivergencePolicy
     from gpt4all_ray.experiment.files import DATA_CACHE, stored_trials, tune_dir, write_starts
-    from gpt4all_ray.experiment.storage import mirror_tune, ray_root
+    from gpt4all_ray.experiment.storage import mirror, ray_root
     from gpt4all_ray.search.cluster import warn_if_deepspeed_op_unbuilt
     from gpt4all_ray.search.driver_faults import driver_fault_callbacks
     from gpt4all_ray.search.progress import progress_callback
@@ -65,7 +65,9 @@ def run(
             trial_driver,
             spec=spec,
             storage=f"{root}/train",
-            tb_root=str(exp_dir / "tensorboard"),
+            # With --storage the trials' TensorBoard logs go there too (train/tensorboard.py): a
+            # folder on the driver's machine is not one the trials' nodes share.
+            tb_root=f"{root}/tensorboard" if storage else str(exp_dir / "tensorboard"),
             data_cache=str(exp_dir / DATA_CACHE),
         ),
         {"CPU": spec.resources.driver_cpus},
@@ -121,8 +123,9 @@ def run(
             flush=True,
         )
     grid = tuner.fit()
-    if storage:  # the report reads Tune's trial folders from a local mirror
-        mirror_tune(root, tune_dir(exp_dir))
+    if storage:  # the report reads Tune's trial folders from a local mirror; TensorBoard beside it
+        mirror(root, "tune", tune_dir(exp_dir))
+        mirror(root, "tensorboard", exp_dir / "tensorboard")
     if not spec.tune.keep_resume_state:
         # Tune has saved its final state: every trial it saved as ended, in this run or an earlier
         # one of a resumed experiment (not those an interrupted driver left running).

@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-from torch.utils.tensorboard import SummaryWriter
 
 from gpt4all_ray.config import TrialConfig
 from gpt4all_ray.data.cache import DEFAULT_ROOT, prepare
@@ -41,6 +40,7 @@ from gpt4all_ray.train.model import base_model, trainable
 from gpt4all_ray.train.optimizer import SkippableAdamW
 from gpt4all_ray.train.probes import ProbeCounts, run_probes
 from gpt4all_ray.train.schedule import lr_multiplier
+from gpt4all_ray.train.tensorboard import open_writer
 from gpt4all_ray.train.throughput import flop_model, known_peak_tflops
 
 
@@ -476,7 +476,7 @@ class TrialLoop:
         writer = None
         if run.rank == 0 and tb_dir:
             # After a restart, drop what the killed attempt logged past the checkpoint.
-            writer = SummaryWriter(tb_dir, purge_step=state.global_step + 1 if point else None)
+            writer = open_writer(tb_dir, purge_step=state.global_step + 1 if point else None)
             if hparams and not point:
                 write_hparams(writer, hparams)
             if point:

@@ -47,6 +47,11 @@ def test_a_search_on_a_pyarrow_uri_storage_keeps_every_trial_and_its_best_checkp
     assert best["trial_checkpoint_path"].startswith(str(store))
     assert not (exp / "best" / "resume").exists()  # the model only, copied through pyarrow
     assert validation_loss(exp / "best") == pytest.approx(best["best_val_loss"], rel=1e-4)
+    # TensorBoard logs went to the storage too (no node needs the driver's folder), one run a
+    # trial, and are mirrored beside the report.
+    stored_runs = {p.parent.name for p in (store / "st" / "ray" / "tensorboard").glob("*/events.out.tfevents.*")}
+    mirrored_runs = {p.parent.name for p in (exp / "tensorboard").glob("*/events.out.tfevents.*")}
+    assert stored_runs == mirrored_runs == {r["trial_id"] for r in rows}
 
     # The report is rebuilt from the folder alone (mirror + the recorded storage).
     (exp / "best.json").unlink()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gpt4all_ray.config import SpecError
-from gpt4all_ray.experiment.storage import check_storage, fetch_checkpoint, mirror_tune, ray_root
+from gpt4all_ray.experiment.storage import check_storage, fetch_checkpoint, mirror, ray_root
 
 
 def test_ray_root_is_the_experiment_folder_or_a_folder_named_after_it_in_the_storage(tmp_path: Path) -> None:
@@ -57,9 +57,11 @@ def test_checkpoints_and_tune_folders_come_back_through_the_filesystem(tmp_path:
         "model.safetensors",
         "sub/config.json",
     ]
-    mirror = tmp_path / "results" / "exp" / "ray" / "tune"
-    mirror_tune(f"file://{root}", mirror)
-    assert (mirror / "trial_driver_1" / "result.json").read_text() == "{}\n"
+    local = tmp_path / "results" / "exp" / "ray" / "tune"
+    mirror(f"file://{root}", "tune", local)
+    assert (local / "trial_driver_1" / "result.json").read_text() == "{}\n"
+    mirror(f"file://{root}", "tensorboard", tmp_path / "results" / "exp" / "tensorboard")  # none written: nothing
+    assert not (tmp_path / "results" / "exp" / "tensorboard").exists()
 
 
 def _checkpoint(folder: Path, resume_bytes: int, model_bytes: int) -> None:
