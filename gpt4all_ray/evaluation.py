@@ -146,7 +146,10 @@ class Evaluation:
             value = getattr(self, f.name)
             if f.name in ("phase_seconds", "probes", "time_total_s", "checkpoint_path") or value is None:
                 continue
-            if f.name == WORKER_NODES and not value:
+            if f.name == WORKER_NODES:
+                # One string: Tune's TensorBoard logger skips strings, and warns at lists of them.
+                if value:
+                    flat[f.name] = ",".join(value)
                 continue
             flat[f.name] = value.value if isinstance(value, StopReason) else value
         flat |= {f"{phase}{PHASE_SUFFIX}": seconds for phase, seconds in self.phase_seconds.items()}
@@ -166,6 +169,8 @@ class Evaluation:
         values = {name: result[name] for name in known if name in result and result[name] is not None}
         if "stop_reason" in values:
             values["stop_reason"] = StopReason(values["stop_reason"] or "")
+        if isinstance(values.get(WORKER_NODES), str):
+            values[WORKER_NODES] = values[WORKER_NODES].split(",")
         phases = {p: float(result[f"{p}{PHASE_SUFFIX}"]) for p in PHASES if f"{p}{PHASE_SUFFIX}" in result}
         probes = {
             k.removeprefix(PROBE_PREFIX): float(v)

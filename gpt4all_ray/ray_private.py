@@ -1,5 +1,5 @@
 """Every use of Ray's private API, in one place. Ray 2.60 (the pin in pyproject.toml) has no
-public way to do these six things; tests/unit/test_ray_private.py fails, naming the missing
+public way to do these things; tests/unit/test_ray_private.py fails, naming the missing
 name, when a Ray upgrade moves one. Ray's private *attributes* read elsewhere are checked there
 too (ASHA's `_brackets` in search/stopping.py, OptunaSearch's `_ot_trials` in search/searcher.py).
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 
 def ray_address_file() -> str:
@@ -37,24 +39,38 @@ def quiet_train_report_logger() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def charged_as_preemption(worker_errors: dict[int, Exception]) -> bool:
-    """Whether Ray Train 2.60 charges these worker errors to FailureConfig.max_preemption_failures
-    (a worker on a node drained for preemption died) rather than to max_failures: Ray's own rule,
-    so the count the trial reports is the one Ray Train spent."""
-    from ray.train.v2._internal.execution.worker_group.poll import _is_preempted_actor
+def failure_decisions(record: Callable[[Exception, bool, bool], None]) -> Any:
+    """A Ray Train callback that calls record(error, preempted, retried) once for each failure the
+    trial's controller decides on: retried (its workers restart from the last checkpoint) or not
+    (the budget is spent). `preempted` is Ray's own rule for charging it to
+    FailureConfig.max_preemption_failures rather than max_failures, so what the trial reports is
+    what Ray Train spent. Ray 2.60's public UserCallback.after_exception is called at every poll
+    that sees errors (so more than once a failure), and not at all for a preemption Ray Train
+    waits out (PreemptionError once the drain deadline passes, the workers maybe still alive)."""
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+    from ray.train.v2._internal.execution.controller.state import ErroredState, ReschedulingState, RestartingState
+    from ray.train.v2._internal.execution.failure_handling.default import _is_preemption_failure
 
-    return any(_is_preempted_actor(error) for error in worker_errors.values())
+    class FailureDecisions(ControllerCallback):  # type: ignore[misc]
+        def after_controller_state_update(self, previous_state: Any, current_state: Any) -> None:
+            if isinstance(current_state, RestartingState | ReschedulingState | ErroredState):
+                error = current_state.training_failed_error
+                record(error, _is_preemption_failure(error), not isinstance(current_state, ErroredState))
+
+    return FailureDecisions()
 
 
-def failed_workers(worker_errors: dict[int, Exception]) -> frozenset[tuple[int, str]]:
-    """Which worker actors these errors are of (rank, actor id): Ray Train 2.60 hands the same
-    failure to UserCallback.after_exception at each poll until it acts on it, and a restarted
-    group's workers are new actors."""
-    identities = set()
-    for rank, error in worker_errors.items():
-        inner = getattr(error, "health_check_failure", None) or error  # WorkerHealthCheckFailedError's cause
-        identities.add((rank, str(getattr(inner, "actor_id", None) or inner)))
-    return frozenset(identities)
+def first_worker_error(error: Exception) -> tuple[list[int], str]:
+    """(the ranks that failed, the first one's error) of a Ray Train failure: a WorkerGroupError's
+    per-rank errors, unwrapping Ray's health-check wrapper to the death it reports."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if not failures:
+        info = getattr(error, "preemption_info", None)
+        ranks = sorted({r for rs in (info.preempted_node_to_ranks.values() if info else ()) for r in rs})
+        return ranks, str(error)
+    first = failures[min(failures)]
+    first = getattr(first, "health_check_failure", None) or first  # WorkerHealthCheckFailedError's cause
+    return sorted(failures), str(first)
 
 
 def saved_as_ended(tune_root: str) -> set[str]:

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,10 @@ def ray_bin() -> str:
 
 
 def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    if proc.returncode:
+        sys.exit(f"{' '.join(args[:4])} ... failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return proc
 
 
 def short(node_id: str) -> str:
@@ -164,26 +168,34 @@ def driver_node(dashboard: str) -> str | None:
     return drivers[0].node_id if len(drivers) == 1 else None
 
 
-def pick_victim(exp_dir: Path, nodes: Nodes, target: str, deadline: float) -> tuple[str, str, str]:
+def pick_victim(
+    exp_dir: Path, nodes: Nodes, target: str, deadline: float, job_running: Callable[[], bool]
+) -> tuple[str, str, str]:
     """(trial, node, why) once a running trial has reported a checkpoint: a worker node hosting one
     of its ranks (target "rank"), or the one hosting its driver (target "driver"; a trial whose
     driver is on the head is passed over)."""
     from gpt4all_ray.evaluation import StopReason
 
-    while time.time() < deadline:
+    while time.time() < deadline and job_running():
         nodes.poll()
         for trial, reports in experiment_reports(exp_dir).items():
             if not reports or reports[-1].stop_reason is not StopReason.RUNNING or reports[-1].resumed_from_step:
                 continue
             ranks_on = reports[-1].worker_nodes
             if target == "rank":
-                victim = next(n for n in ranks_on if n != nodes.head)
-                return trial, victim, f"it hosts a rank of trial {trial} (ranks on {', '.join(map(short, ranks_on))})"
+                victim = next((n for n in ranks_on if n != nodes.head), None)
+                if victim:
+                    return (
+                        trial,
+                        victim,
+                        f"it hosts a rank of trial {trial} (ranks on {', '.join(map(short, ranks_on))})",
+                    )
+                continue
             driver = driver_node(nodes.dashboard)
             if driver and driver != nodes.head:
                 return trial, driver, f"it hosts trial {trial}'s driver (ranks on {', '.join(map(short, ranks_on))})"
         time.sleep(0.5)
-    raise TimeoutError(f"no running trial with a checkpoint and a {target} on a worker node")
+    raise TimeoutError(f"no running trial had a checkpoint and its {target} on a worker node before the search ended")
 
 
 def wait_for_job(client: Any, job: str, nodes: Nodes, deadline: float) -> str:
@@ -288,7 +300,8 @@ def main() -> int:
         job = client.submit_job(entrypoint=f"python -m gpt4all_ray.tune {search}")
         timeline.add(f"job submitted: {job}")
         deadline = time.time() + JOB_TIMEOUT_S
-        trial, victim, why = pick_victim(exp_dir, nodes, args.kill, deadline)
+        running = lambda: str(client.get_job_status(job)).rpartition(".")[2] in ("PENDING", "RUNNING")  # noqa: E731
+        trial, victim, why = pick_victim(exp_dir, nodes, args.kill, deadline, running)
         timeline.add(f"trial {trial} has reported a checkpoint; {short(victim)} goes: {why}")
         killed = {"trial": trial, "node": victim, "at": time.time()}
         preempt(victim, timeline)

@@ -5,8 +5,8 @@ Tune keeps its own copy in the trial's result.json, but stages it on the driver'
 uploads it now and then, and a trial restored by --resume starts a new result.json: a driver
 killed in between would take the trial's earlier reports with it. These files survive it; the
 stored experiment (files.py) merges them in by step. trial.py's callback writes them, and beside
-them one file per restart of the trial's workers (restarts/<unix ms>.json: why Ray Train restarted
-them, and which budget that spent)."""
+them one file per failure of the trial's workers (restarts/<unix ns>.json: the cause, the budget it
+is charged to, whether Ray Train restarted them)."""
 
 from __future__ import annotations
 
@@ -33,22 +33,23 @@ class RestartCause(str, Enum):
 
 @dataclass(frozen=True)
 class Restart:
-    """One failure of a trial's worker group that Ray Train saw (and restarted, unless the
-    budget it charges was spent)."""
+    """One failure of a trial's workers that its Ray Train controller decided on."""
 
     at: float
-    """Unix time the trial's Ray Train controller saw the failure."""
+    """Unix time of the decision."""
     cause: RestartCause
     ranks: tuple[int, ...]
-    """The ranks that reported an error."""
+    """The ranks that failed (the preempted ones, for a preemption Ray Train waited out)."""
     error: str
-    """The first error's first line."""
+    """The first failed rank's error, its first line."""
+    restarted: bool = True
+    """False: the budget it is charged to was spent, and the trial ended in error."""
 
     @classmethod
-    def from_worker_errors(cls, errors: dict[int, Exception], preempted: bool) -> Restart:
-        first = str(errors[min(errors)]).strip().splitlines() if errors else []
+    def of(cls, ranks: list[int], error: str, preempted: bool, restarted: bool) -> Restart:
+        lines = error.strip().splitlines()
         cause = RestartCause.PREEMPTION if preempted else RestartCause.FAILURE
-        return cls(at=time.time(), cause=cause, ranks=tuple(sorted(errors)), error=first[0] if first else "")
+        return cls(time.time(), cause, tuple(ranks), lines[0] if lines else "", restarted)
 
 
 def save_report(run_dir: str, evaluation: Evaluation, checkpoint_path: str | None) -> None:
@@ -86,7 +87,7 @@ def _stored_records(run_dir: str, folder: str) -> list[dict[str, Any]]:
 
 
 def save_restart(run_dir: str, restart: Restart) -> None:
-    _store_record(run_dir, f"{RESTARTS}/{int(restart.at * 1000)}.json", asdict(restart))
+    _store_record(run_dir, f"{RESTARTS}/{time.time_ns()}.json", asdict(restart))  # one file each, never overwritten
 
 
 def saved_restarts(run_dir: str) -> list[Restart]:

@@ -79,13 +79,17 @@ def probe_line(best: TrialRecord, min_stop_rate: float, met: bool) -> str:
 def stop_line(trial: StoredTrial, record: TrialRecord) -> str:
     reported = evaluations(trial.history)
     if record.stop_reason is StopReason.ERROR:
-        return f"- {record.trial_id}: failed (see its error.txt under ray/tune/)"
+        ended = [r for r in trial.restarts if not r.restarted]
+        why = f": {ended[-1].error[:160]} ({ended[-1].cause.value}, its restart budget spent)" if ended else ""
+        return f"- {record.trial_id}: failed{why} (see its error.txt under ray/tune/)"
     if not reported:
         return f"- {record.trial_id}: no evaluation reported ({record.stop_reason})"
     last = reported[-1]
     at = f"epoch {last.epoch}, step {last.step}"
-    restarts = f"; workers restarted {record.restarts}x from checkpoints" if record.restarts else ""
-    if preempted := sum(r.cause is RestartCause.PREEMPTION for r in trial.restarts):
+    restarts = f"; resumed {record.restarts}x from checkpoints" if record.restarts else ""
+    if restarted := [r for r in trial.restarts if r.restarted]:
+        preempted = sum(r.cause is RestartCause.PREEMPTION for r in restarted)
+        restarts += f"; Ray Train restarted its workers {len(restarted)}x"
         restarts += f" ({preempted} after losing a node to preemption)"
     nodes = {node for e in reported for node in e.worker_nodes}
     spread = f"; its ranks ran on {len(nodes)} nodes" if len(nodes) > 1 else ""

@@ -16,20 +16,18 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 from gpt4all_ray.config import SearchSpec
 from gpt4all_ray.evaluation import CHECKPOINT_SCORE, WORKER_NODES, Evaluation
 from gpt4all_ray.experiment.durable_reports import Restart, RestartCause, save_report, save_restart
-from gpt4all_ray.ray_private import charged_as_preemption, failed_workers
+from gpt4all_ray.ray_private import failure_decisions, first_worker_error
 from gpt4all_ray.train.ds_config import deepspeed_config
 from gpt4all_ray.train.ray_entry import ray_train_loop
 
 
 class DurableReportCallback(TuneReportCallback):
     """Tune's bridge from Ray Train (rank 0's metrics, every rank's node and the checkpoint's path),
-    writing each report to the trial's folder in the storage first (durable_reports.py), and each
-    failure of the workers with the budget it is charged to."""
+    writing each report to the trial's folder in the storage first (durable_reports.py)."""
 
-    def __init__(self, run_dir: str, trial_id: str) -> None:
+    def __init__(self, run_dir: str) -> None:
         super().__init__()
-        self.run_dir, self.trial_id = run_dir, trial_id
-        self.seen: set[frozenset[tuple[int, str]]] = set()
+        self.run_dir = run_dir
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         evaluation = Evaluation.from_result(metrics[0])  # rank 0's
@@ -37,22 +35,29 @@ class DurableReportCallback(TuneReportCallback):
             nodes = [(Evaluation.from_result(m) or evaluation).node_id for m in metrics]
             evaluation = dataclasses.replace(evaluation, worker_nodes=nodes)
             save_report(self.run_dir, evaluation, checkpoint.path if checkpoint else None)
-            metrics = [metrics[0] | {WORKER_NODES: nodes}, *metrics[1:]]
+            metrics = [metrics[0] | {WORKER_NODES: ",".join(nodes)}, *metrics[1:]]
         super().after_report(run_context, metrics, checkpoint)
 
-    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        failure = failed_workers(worker_exceptions)
-        if failure in self.seen:
-            return  # the same failure, polled again before Ray Train restarted the group
-        self.seen.add(failure)
-        restart = Restart.from_worker_errors(worker_exceptions, charged_as_preemption(worker_exceptions))
-        save_restart(self.run_dir, restart)
+
+def restart_recorder(run_dir: str, trial_id: str) -> Any:
+    """Ray Train's failure decisions for this trial, each written to restarts/ and said once."""
+
+    def record(error: Exception, preempted: bool, restarted: bool) -> None:
+        restart = Restart.of(*first_worker_error(error), preempted=preempted, restarted=restarted)
         budget = "tune.preemption_restarts" if restart.cause is RestartCause.PREEMPTION else "tune.worker_restarts"
+        then = "restarts its workers from the last checkpoint" if restarted else f"ends the trial: {budget} is spent"
+        ranks = ", ".join(map(str, restart.ranks)) or "?"
         print(
-            f"trial {self.trial_id}: rank(s) {', '.join(map(str, restart.ranks))} failed ({restart.cause.value}: "
-            f"{restart.error[:200]}); Ray Train restarts the workers from the last checkpoint while {budget} lasts",
+            f"trial {trial_id}: rank(s) {ranks} failed ({restart.cause.value}: {restart.error[:200]}); "
+            f"Ray Train {then}",
             flush=True,
         )
+        try:
+            save_restart(run_dir, restart)
+        except OSError as err:  # a storage hiccup must not turn a recoverable failure into an error
+            print(f"warning: trial {trial_id}: could not record its restart in {run_dir}: {err}", flush=True)
+
+    return failure_decisions(record)
 
 
 def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_root: str, data_cache: str) -> None:
@@ -91,7 +96,7 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
         run_config=ray.train.RunConfig(  # type: ignore[call-arg]
             name=trial_id,
             storage_path=storage,
-            callbacks=[DurableReportCallback(run_dir, trial_id)],  # type: ignore[list-item]
+            callbacks=[DurableReportCallback(run_dir), restart_recorder(run_dir, trial_id)],  # type: ignore[list-item]
             # Every evaluation reports a resumable checkpoint; Ray keeps the best by val_loss (the
             # one holding the exported model) and, always, the latest (to resume from).
             checkpoint_config=ray.train.CheckpointConfig(

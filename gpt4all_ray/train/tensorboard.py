@@ -36,15 +36,22 @@ class StoredSummaryWriter(SummaryWriter):
         self.upload()
 
     def close(self) -> None:
+        if self.all_writers is None:  # closed already
+            return
         super().close()
         self.upload()
         shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def upload(self) -> None:
+        """Copy the event files; a storage that fails now is said and tried again at the next flush
+        (the trial's training is worth more than its curves)."""
         import pyarrow.fs
 
-        fs, path = pyarrow.fs.FileSystem.from_uri(self.destination)
-        fs.create_dir(path, recursive=True)
-        pyarrow.fs.copy_files(
-            self.log_dir, path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs
-        )
+        try:
+            fs, path = pyarrow.fs.FileSystem.from_uri(self.destination)
+            fs.create_dir(path, recursive=True)
+            pyarrow.fs.copy_files(
+                self.log_dir, path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs
+            )
+        except OSError as err:
+            print(f"warning: TensorBoard logs not copied to {self.destination} this time: {err}", flush=True)

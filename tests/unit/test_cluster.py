@@ -204,6 +204,19 @@ def test_each_gpu_node_type_declares_the_gpu_it_has(path: Path) -> None:
     assert gpus and all({has} == declared for has, declared in gpus.values()), gpus
 
 
+UNFILLED = [p for p in CLOUD if load(p)["provider"]["type"] != "aws"]
+
+
+@pytest.mark.parametrize("path", UNFILLED, ids=[p.name for p in UNFILLED])
+def test_the_autoscaler_knows_each_gpu_node_types_gpus(path: Path) -> None:
+    """Ray's AWS provider fills in CPU and GPU from the instance type; its GCP provider does not,
+    and a node type declaring no GPU is one the autoscaler never starts for a GPU trial."""
+    config = load(path)
+    for name in declared_gpus(path):
+        resources = config["available_node_types"][name]["resources"]
+        assert resources.get("GPU", 0) > 0 and resources.get("CPU", 0) > 0, name
+
+
 @pytest.mark.parametrize("path", CLOUD + RAYJOBS, ids=[p.name for p in CLOUD + RAYJOBS])
 def test_every_gpu_type_a_space_asks_for_is_offered(path: Path) -> None:
     asked = {s.name: load(s)["resources"].get("accelerator_type") for s in SPACES}
