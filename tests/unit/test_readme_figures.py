@@ -52,7 +52,7 @@ def jsonl(path: Path) -> list[dict[str, Any]]:
 
 def test_every_figure_row_names_artifacts_that_exist() -> None:
     rows = figure_rows()
-    assert sorted(rows, key=int) == [str(i) for i in range(1, 11)]
+    assert sorted(rows, key=int) == [str(i) for i in range(1, 12)]
     for row in rows.values():
         assert artifacts(row) and all(path.is_file() for path in artifacts(row)), row
 
@@ -167,6 +167,21 @@ def test_row_10_storage_is_the_dropped_over_kept_ratio() -> None:
     ratios = [r["dropped_over_kept"] for r in run["runs"]]
     assert run["every_best_reloads"] and f"{len(ratios)} seed" in row["figure"]
     assert row["measured"] == ", ".join(f"{r:.3f}" for r in ratios)
+
+
+def test_row_11_simulated_cluster_is_the_scripts_json_line() -> None:
+    row = figure_rows()["11"]
+    (path,) = artifacts(row)
+    run = json.loads(path.read_text())
+    measured = [
+        run["nodes_added"],
+        run["max_nodes_one_trial"],
+        run["nodes_killed"],
+        f"{run['trials_lost']} of {run['trials_requested']}",
+        f"{run['resume_val_loss']['relative_difference']:.1e}",
+        run["worker_nodes_alive_at_end"],
+    ]
+    assert row["measured"] == "; ".join(map(str, measured))
 
 
 def test_no_measured_figure_outside_the_figures_table() -> None:
