@@ -12,12 +12,8 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 
-def is_uri(where: str) -> bool:
-    return "://" in where
-
-
 def open_writer(tb_dir: str, purge_step: int | None) -> SummaryWriter:
-    if is_uri(tb_dir):
+    if "://" in tb_dir:  # a storage URI (--storage), not a shared folder
         return StoredSummaryWriter(tb_dir, purge_step=purge_step)
     return SummaryWriter(tb_dir, purge_step=purge_step)
 

@@ -36,3 +36,16 @@ def test_optuna_search_keeps_its_trials_where_the_searcher_reads_them() -> None:
 
     search = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="min")
     assert search._ot_trials == {} and search._completed_trials == set()  # search/searcher.py reads both
+
+
+def test_train_controller_failure_states_are_where_the_restart_recorder_reads_them() -> None:
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+    from ray.train.v2._internal.execution.controller.state import ErroredState, RunningState
+
+    calls: list[tuple[Exception, bool, bool]] = []
+    recorder = ray_private.failure_decisions(lambda *decision: calls.append(decision))
+    error = WorkerGroupError("worker errors", {1: MemoryError("CUDA out of memory")})
+    recorder.after_controller_state_update(RunningState(), ErroredState(training_failed_error=error))
+    assert isinstance(recorder, ControllerCallback) and calls == [(error, False, False)]
+    assert ray_private.first_worker_error(error) == ([1], "CUDA out of memory")
