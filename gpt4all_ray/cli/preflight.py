@@ -3,6 +3,7 @@ results folder can be written. Each failure is a SpecError naming the file and k
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from gpt4all_ray.config import SearchSpec, SpecError
@@ -55,6 +56,31 @@ def check_warmup(spec: SearchSpec, train_rows: int) -> None:
             f"{spec.path}: {key}: warmup of {lowest_warmup} steps is not shorter than the longest run "
             f"({spec.max_epochs} epochs x {steps_per_epoch} steps = {longest_run}); no trial would finish warming up"
         )
+
+
+def check_deepspeed(spec: SearchSpec) -> None:
+    """fixed.deepspeed's file: valid JSON, and no key the search samples or the space fixes set
+    to another value, before Ray starts (each trial's workers check it again against their own
+    sampled values)."""
+    from gpt4all_ray.train.ds_config import decided_keys, deepspeed_config, read_user_config
+
+    cfg, workers = spec.fixed, spec.resources.workers_per_trial
+    if not cfg.deepspeed:
+        return
+    where = f"{spec.path}: fixed.deepspeed"
+    try:
+        user = read_user_config(Path(cfg.deepspeed))
+        for key in decided_keys(user, {}):
+            searched = [name for name in key.settings if name in spec.search]
+            if searched:
+                dist = spec.search[searched[0]]
+                raise SpecError(
+                    f"{where}: {cfg.deepspeed}: sets {key.path} = {json.dumps(key.theirs)}, but the search samples "
+                    f"{searched[0]} (search.{searched[0]}: {dist.kind} {list(dist.args)}); remove it from the file"
+                )
+        deepspeed_config(cfg, workers)
+    except ValueError as err:  # DeepSpeedConflict too
+        raise SpecError(f"{where}: {err}") from None
 
 
 def check_results_dir(exp_dir: Path) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gpt4all_ray.cli.preflight import check_data, check_model, check_results_dir
+from gpt4all_ray.cli.preflight import check_data, check_deepspeed, check_model, check_results_dir
 from gpt4all_ray.config import SearchSpec, SpecError, load_spec, read_space, with_overrides
 from gpt4all_ray.experiment.files import DATA_CACHE, FORMAT, SETTINGS, SPACE_COPY
 
@@ -206,6 +206,7 @@ def dry_run(args: argparse.Namespace) -> int:
         assume = dataclasses.replace(ASSUMED, **{k: v for k, v in given.items() if v is not None})
         if args.num_trials is not None:
             spec = with_num_trials(spec, args.num_trials)
+        check_deepspeed(spec)
         counted = count_train_tokens(spec) if spec.resources.gpus_per_worker else None
         plan = make_plan(spec, assume, *(counted or (None, None)))
     except (SpecError, ValueError) as err:
@@ -228,6 +229,7 @@ def run_experiment(args: argparse.Namespace) -> Finished:
     write its report; SpecError (naming the file, key or flag) before any worker starts."""
     spec, exp_dir = experiment_spec(args)
     check_model(spec)
+    check_deepspeed(spec)
     exp_dir = exp_dir.resolve()
     made_here = not exp_dir.exists()
     try:

@@ -28,17 +28,21 @@ HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "EleutherAI/gpt
 EMBEDDED_DATA = "embedded"
 HUB_PREFIX = "hf:"  # data: hf:<name> is a Hugging Face `datasets` name
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
-# Settings that change what a trial is (model, data, batch geometry) stay fixed per search.
+# Settings that change what a trial is (model, data) stay fixed per search; the batch geometry
+# may be searched at a fixed global batch (per_device_batch then sets gradient accumulation).
 SEARCHABLE = (
     "learning_rate",
     "lr_schedule",
     "warmup_steps",
+    "warmup_ratio",
     "weight_decay",
     "epochs",
     "grad_clip",
     "lora_r",
     "lora_alpha",
     "lora_dropout",
+    "per_device_batch",
+    "max_length",
 )
 
 
@@ -180,6 +184,9 @@ class TrialConfig:
     """After warmup: constant_with_warmup (hold), linear (to 0 at the last step) or cosine (to 0)."""
     warmup_steps: int = setting(10, OPTIMIZER, at_least(0))
     """Optimizer steps of linear warmup up to learning_rate (0: none)."""
+    warmup_ratio: float = setting(0.0, OPTIMIZER, Rule(lambda v: 0 <= v < 1, "expected a fraction in [0, 1)"))
+    """Warmup as a share of the trial's optimizer steps (epochs x steps an epoch), instead of
+    warmup_steps (set one of the two; with this one, warmup_steps is 0)."""
     weight_decay: float = setting(0.0, OPTIMIZER, at_least(0))
     """AdamW weight decay, on weight matrices only (not biases or norms); 0: none."""
     epochs: int = setting(3, OPTIMIZER, POSITIVE)
@@ -204,6 +211,13 @@ class TrialConfig:
     """ZeRO 1-3: optimizer state and step on the CPU."""
     offload_params: bool = setting(False, ENGINE)
     """ZeRO 3 only: parameters kept on the CPU between uses."""
+    deepspeed: str = setting(
+        "", ENGINE, Rule(lambda v: v == "" or Path(v).is_file(), "expected a DeepSpeed JSON file every worker sees")
+    )
+    """Your own DeepSpeed config (JSON), merged over the generated one: bucket sizes, overlap_comm,
+    NVMe offload paths, fp16's loss-scale window, ... A key the space decides (batch sizes,
+    gradient_clipping, zero_optimization.stage, bf16/fp16.enabled, offload devices, optimizer,
+    scheduler) set to another value is refused. The merged config is saved beside each trial."""
     peak_tflops: float = setting(0.0, ENGINE, at_least(0, "0: the GPU's known peak"))
     """Peak FLOP/s per device (in TFLOP/s) for model FLOPs utilisation; 0: the known peak of the
     GPU (A100, H100, H200) at the training precision, none on CPU."""
@@ -240,6 +254,10 @@ class TrialConfig:
     exact_answer_sources: str = setting("", PROBES)
     """Comma-separated sources whose responses are the one right answer, for exact match (empty:
     the embedded data's families but creative; none for other data)."""
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warmup steps of a run of `total_steps` optimizer steps (the space sets one of the two)."""
+        return self.warmup_steps + round(self.warmup_ratio * total_steps)
 
 
 @dataclass(frozen=True)
@@ -332,11 +350,15 @@ class SearchSpec:
     def trial_config(self, sampled: dict[str, Any]) -> TrialConfig:
         return dataclasses.replace(self.fixed, **sampled)
 
+    def largest(self, key: str) -> Any:
+        """A setting's largest value in any trial: the searched range's top, or the fixed value."""
+        dist = self.search.get(key)
+        return max(dist.args) if dist else getattr(self.fixed, key)
+
     @property
     def max_epochs(self) -> int:
-        """The most epochs a trial can run: the searched range's top, or the fixed value."""
-        dist = self.search.get("epochs")
-        return int(max(dist.args)) if dist else self.fixed.epochs
+        """The most epochs a trial can run."""
+        return int(self.largest("epochs"))
 
 
 class _Loader(yaml.SafeLoader):
@@ -516,19 +538,53 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
     if tune.gpu_hours and resources.gpus_per_worker == 0:
         raise check.fail("tune.gpu_hours", "is a budget of GPU time, but resources.gpus_per_worker is 0")
 
+    given = set(fixed) | set(search)
+    if {"warmup_steps", "warmup_ratio"} <= given:
+        where = _where("warmup_ratio", search)
+        raise check.fail(where, "is an alternative to warmup_steps; set one of the two (warmup_steps is set)")
+    if "warmup_ratio" in given:
+        fixed["warmup_steps"] = 0  # the warmup is the ratio's alone
     base = TrialConfig(**fixed)
     _check_combinations(check, base, resources)
     if tune.min_stop_rate and not base.probe_prompts:
         raise check.fail("tune.min_stop_rate", "needs generation probes; fixed.probe_prompts is 0")
-    made = base.per_device_batch * resources.workers_per_trial
-    if base.global_batch % made:
+    batch_dist = search.get("per_device_batch")
+    if batch_dist is None:
+        problem = _batch_problem(base.global_batch, base.per_device_batch, resources.workers_per_trial)
+        if problem:
+            raise check.fail("fixed.global_batch", problem)
+    elif batch_dist.kind != "choice":
         raise check.fail(
-            "fixed.global_batch",
-            f"{base.global_batch} is not a multiple of per_device_batch x workers_per_trial "
-            f"= {base.per_device_batch} x {resources.workers_per_trial} = {made}",
+            "search.per_device_batch", "search it with choice: each value must divide global_batch / workers_per_trial"
         )
+    else:
+        for batch in batch_dist.args:
+            problem = _batch_problem(base.global_batch, batch, resources.workers_per_trial)
+            if problem:
+                raise check.fail("search.per_device_batch", f"global_batch {problem}")
     enqueue = _enqueued_points(check, raw.get("enqueue") or [], search)
+    for i, point in enumerate(enqueue):
+        problem = _batch_problem(base.global_batch, point.get("per_device_batch"), resources.workers_per_trial)
+        if problem:
+            raise check.fail(f"enqueue[{i}].per_device_batch", f"global_batch {problem}")
     return SearchSpec(name, path, base, search, resources, tune, tuple(enqueue))
+
+
+def _where(key: str, search: dict[str, Distribution]) -> str:
+    return f"{'search' if key in search else 'fixed'}.{key}"
+
+
+def _batch_problem(global_batch: int, per_device_batch: int | None, workers: int) -> str | None:
+    """Why a per-device batch cannot make the fixed global batch (gradient accumulation fills the rest)."""
+    if per_device_batch is None:
+        return None
+    made = per_device_batch * workers
+    if global_batch % made:
+        return (
+            f"{global_batch} is not a multiple of per_device_batch x workers_per_trial "
+            f"= {per_device_batch} x {workers} = {made}"
+        )
+    return None
 
 
 def _check_combinations(check: _Checker, cfg: TrialConfig, resources: Resources) -> None:

@@ -128,7 +128,8 @@ def count_train_tokens(spec: SearchSpec) -> tuple[float, int] | None:
 
     data = load_split(cfg)
     tokenizer = load_tokenizer(cfg, data)
-    examples, _ = encode_rows(data.train, tokenizer, cfg.max_length, cfg.length_policy)
+    # A searched max_length: the longest, for an upper bound.
+    examples, _ = encode_rows(data.train, tokenizer, spec.largest("max_length"), cfg.length_policy)
     # An epoch is whole global batches of a shuffled order: the rows' mean, times the rows used.
     used = len(examples) // cfg.global_batch * cfg.global_batch
     return sum(len(e.input_ids) for e in examples) / len(examples) * used, len(tokenizer)
@@ -143,7 +144,8 @@ def make_plan(
     shape = model_shape(spec, tokenizer_size)
     trainable = shape["params"] * (LORA_TRAINABLE_SHARE if cfg.method == "lora" else 1.0)
     flops = FlopModel(int(shape["params"]), int(trainable), int(shape["layers"]), int(shape["width"]))
-    per_token = flops.per_token(cfg.max_length)
+    context = spec.largest("max_length")
+    per_token = flops.per_token(context)
     tokens = train_tokens if train_tokens is not None else assume.rows * (1 - cfg.val_fraction) * assume.tokens_per_row
     peak = PEAK_TFLOPS[assume.gpu][cfg.precision] * 1e12
     gpu_seconds_per_epoch = tokens * per_token / (assume.mfu * peak)
@@ -172,7 +174,7 @@ def make_plan(
         f"(tune.max_concurrent {spec.tune.max_concurrent})",
         f"  tokens per epoch: {tokens:,.0f} ({source})",
         f"  model FLOPs per token: {per_token:.3e} ({cfg.method}: {shape['params']:,.0f} weights, "
-        f"{trainable:,.0f} trained, {shape['layers']:.0f} layers x {shape['width']:.0f}, context {cfg.max_length})",
+        f"{trainable:,.0f} trained, {shape['layers']:.0f} layers x {shape['width']:.0f}, context {context})",
         f"  throughput: {assume.mfu:.0%} MFU of {assume.gpu}'s {peak / 1e12:.0f} TFLOP/s ({cfg.precision}) "
         f"= {assume.mfu * peak / per_token:,.0f} tokens/s per GPU (assumed MFU)",
         f"  GPU-hours per trial-epoch: {gpu_seconds_per_epoch / 3600:,.1f}",

@@ -89,6 +89,7 @@ def from_training_log(spec: SearchSpec, train_rows: int, scale_lr: bool) -> list
             values["learning_rate"] = sqrt_batch_lr(ours.global_batch, run.global_batch, values["learning_rate"])
         their_steps = GPT4ALL_ROWS * 0.95 / run.global_batch
         our_steps = max(1, train_rows // ours.global_batch)
+        values["warmup_ratio"] = values["warmup_steps"] / (their_steps * values["epochs"])
         values["warmup_steps"] = round(values["warmup_steps"] / their_steps * our_steps)
         point = {}
         for key, dist in spec.search.items():

@@ -120,15 +120,16 @@ def check_hyperparameters(
     # middle and the last step.
     if scheduler is None:
         raise HyperparameterMismatch(f"no LR scheduler reached the engine; {cfg.lr_schedule} was sampled")
-    expected = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, total_steps)
-    probes = sorted({0, cfg.warmup_steps // 2, cfg.warmup_steps, total_steps // 2, max(0, total_steps - 1)})
+    warmup = cfg.warmup_for(total_steps)
+    expected = lr_multiplier(cfg.lr_schedule, warmup, total_steps)
+    probes = sorted({0, warmup // 2, warmup, total_steps // 2, max(0, total_steps - 1)})
     want = [expected(s) for s in probes]
     for lam in getattr(scheduler, "lr_lambdas", [None]):
         got = [lam(s) for s in probes] if lam else []
         if not got or not all(math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-12) for g, w in zip(got, want, strict=True)):
             raise HyperparameterMismatch(
                 f"lr schedule: the engine's multipliers at steps {probes} are {got}, "
-                f"{cfg.lr_schedule} with warmup {cfg.warmup_steps} over {total_steps} steps gives {want}"
+                f"{cfg.lr_schedule} with warmup {warmup} over {total_steps} steps gives {want}"
             )
 
 
@@ -190,7 +191,7 @@ class TrialRun:
         self.flops = flop_model(model)
         self.peak_flops = self._peak_flops()
         total_steps = self.steps_per_epoch * cfg.epochs
-        multiplier = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, total_steps)
+        multiplier = lr_multiplier(cfg.lr_schedule, cfg.warmup_for(total_steps), total_steps)
         self.optimizer = SkippableAdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
         with timed(self.seconds, "setup_engine"), _silenced():
