@@ -16,7 +16,7 @@ def check_data(spec: SearchSpec, cache: Path) -> PreparedData:
     refuse data that makes no optimizer step, before Ray starts. Its report says what was kept
     and dropped."""
     from gpt4all_ray.data.cache import prepare
-    from gpt4all_ray.data.encode import TooLong
+    from gpt4all_ray.data.encode import FormatError, TooLong
 
     cfg = spec.fixed
     try:
@@ -25,6 +25,8 @@ def check_data(spec: SearchSpec, cache: Path) -> PreparedData:
         raise SpecError(f"{spec.path}: fixed.{getattr(err, 'key', 'data')}: {err}") from None
     except TooLong as err:
         raise SpecError(f"{spec.path}: fixed.length_policy: {err}") from None  # names the part and row
+    except FormatError as err:
+        raise SpecError(f"{spec.path}: fixed.prompt_format: {err}") from None  # names the part and row
     if data.report.train_rows < cfg.global_batch:
         raise SpecError(
             f"{spec.path}: fixed.data_rows: {data.report.train_rows} training rows after cleaning and the "
@@ -95,8 +97,8 @@ def check_results_dir(exp_dir: Path) -> None:
 
 
 def check_model(spec: SearchSpec) -> None:
-    """A Hugging Face model must resolve (local folder, cache or Hub) before Ray starts, and LoRA
-    must know which modules to adapt."""
+    """A Hugging Face model must resolve (local folder, cache or Hub) before Ray starts, LoRA
+    must know which modules to adapt, and prompt_format chat_template needs its tokenizer's template."""
     from gpt4all_ray.train.model import is_builtin, lora_targets
 
     cfg = spec.fixed
@@ -119,3 +121,11 @@ def check_model(spec: SearchSpec) -> None:
             lora_targets(cfg, config.model_type)
         except ValueError as err:
             raise SpecError(f"{spec.path}: fixed.{err}") from None
+    if cfg.prompt_format == "chat_template":
+        from gpt4all_ray.data.encode import NoChatTemplate, row_encoder
+        from gpt4all_ray.data.tokenizer import load_tokenizer
+
+        try:
+            row_encoder(load_tokenizer(cfg, None), cfg.max_length, cfg.prompt_format)
+        except NoChatTemplate as err:
+            raise SpecError(f"{spec.path}: fixed.prompt_format: model {cfg.model}: {err}") from None

@@ -22,6 +22,7 @@ METHODS = ("full", "lora")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LENGTH_POLICIES = ("truncate", "drop", "raise")
 COLLATIONS = ("longest", "max_length", "pack")
+PROMPT_FORMATS = ("gpt4all", "chat_template")
 SEARCHERS = ("tpe", "gp", "random")
 EMBEDDED_MODELS = ("tiny-gptj", "tiny-gptj-wide", "tiny-llama")
 HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "EleutherAI/gpt-j-6b" or "gpt2"
@@ -157,6 +158,14 @@ class TrialConfig:
     """Joined to the prompt with a newline when non-empty (Alpaca/GPTeacher `input`)."""
     explode_column: str = setting("", DATA)
     """A list-of-objects column whose items become rows (self-instruct's `instances`)."""
+    messages_column: str = setting("messages", DATA)
+    """Column holding a conversation: a list of {role, content} turns (system, user, assistant)
+    ending with an assistant turn. A row that has it is a conversation (every assistant turn is
+    learned); one that has not is a prompt/response pair."""
+    prompt_format: str = setting("gpt4all", DATA, one_of(PROMPT_FORMATS))
+    """How a row is laid out for the model: gpt4all (`### Prompt:` / `### Response:`, EOS after each
+    answer) or chat_template (the tokenizer's own chat template, as an instruct model was trained;
+    the model's tokenizer must carry one). The loss is on the answers only."""
     include_sources: str = setting("", DATA)
     """Comma-separated sources to keep (empty: all)."""
     exclude_sources: str = setting("", DATA)
@@ -597,6 +606,12 @@ def _check_combinations(check: _Checker, cfg: TrialConfig, resources: Resources)
         raise check.fail("fixed.offload_optimizer", "needs zero_stage 1, 2 or 3")
     if cfg.lora_targets and cfg.method != "lora":
         raise check.fail("fixed.lora_targets", f"is only used with method: lora (method is {cfg.method})")
+    if cfg.prompt_format == "chat_template" and cfg.model in EMBEDDED_MODELS:
+        raise check.fail(
+            "fixed.prompt_format",
+            f"chat_template needs the tokenizer's own chat template; built-in model {cfg.model} has none "
+            "(use gpt4all, or a model folder or Hub model whose tokenizer carries one)",
+        )
     if cfg.hf_cache and (cfg.model in EMBEDDED_MODELS or Path(cfg.model).is_dir()):
         where = "is built in" if cfg.model in EMBEDDED_MODELS else "is a local folder"
         raise check.fail(

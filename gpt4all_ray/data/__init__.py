@@ -24,10 +24,7 @@ def load_split(cfg: TrialConfig) -> SplitData:
     if cfg.data == EMBEDDED_DATA:
         raw = generate_rows(cfg.data_rows, cfg.data_seed)
     else:
-        columns = Columns(
-            cfg.prompt_column, cfg.response_column, cfg.source_column, cfg.input_column, cfg.explode_column
-        )
-        raw = load_rows(cfg.data, columns)
+        raw = load_rows(cfg.data, Columns.of(cfg))
     check_sources_named(cfg, raw)
     rows = clean_and_dedup(raw, report, source_set(cfg.include_sources), source_set(cfg.exclude_sources))
     train, val = split(rows, cfg.val_fraction, cfg.data_seed, report, source_set(cfg.train_only_sources))
@@ -55,7 +52,7 @@ def check_sources_named(cfg: TrialConfig, rows: list[Row]) -> None:
 
 def build_tokenizer(data: SplitData) -> Any:
     """The embedded tokenizer is trained on the training rows only (validation stays unseen)."""
-    from gpt4all_ray.data.encode import prompt_text
+    from gpt4all_ray.data.encode import plain_text
     from gpt4all_ray.data.tokenizer import train_tokenizer
 
-    return train_tokenizer(prompt_text(r["prompt"]) + r["response"] for r in data.train)
+    return train_tokenizer(plain_text(r) for r in data.train)

@@ -13,10 +13,10 @@ import sys
 from collections import Counter
 from typing import Any
 
-from gpt4all_ray.config import EMBEDDED_DATA, LENGTH_POLICIES, TrialConfig
+from gpt4all_ray.config import EMBEDDED_DATA, LENGTH_POLICIES, PROMPT_FORMATS, TrialConfig
 from gpt4all_ray.data import SplitData, load_split
 from gpt4all_ray.data.collate import packed_rows
-from gpt4all_ray.data.encode import IGNORE, Example, TooLong, encode_rows
+from gpt4all_ray.data.encode import IGNORE, Example, FormatError, NoChatTemplate, TooLong, encode_rows
 from gpt4all_ray.data.sources import DataError
 
 
@@ -37,8 +37,8 @@ def padding_fraction(examples: list[Example], batch: int, max_length: int | None
 
 
 def describe(cfg: TrialConfig, data: SplitData, tokenizer: Any, batch: int) -> dict[str, Any]:
-    train, encoded = encode_rows(data.train, tokenizer, cfg.max_length, cfg.length_policy)
-    val, _ = encode_rows(data.val, tokenizer, cfg.max_length, cfg.length_policy)
+    train, encoded = encode_rows(data.train, tokenizer, cfg.max_length, cfg.length_policy, cfg.prompt_format)
+    val, _ = encode_rows(data.val, tokenizer, cfg.max_length, cfg.length_policy, cfg.prompt_format)
     report = data.report
     return {
         "data": cfg.data,
@@ -69,16 +69,37 @@ def describe(cfg: TrialConfig, data: SplitData, tokenizer: Any, batch: int) -> d
 
 
 def show_examples(cfg: TrialConfig, data: SplitData, tokenizer: Any, n: int) -> str:
-    """The first n training rows as the model sees them: «...» is masked out of the loss."""
-    examples, _ = encode_rows(data.train[:n], tokenizer, cfg.max_length, cfg.length_policy)
-    out = []
+    """The first n training rows as the model sees them, in the prompt format: «...» is masked
+    out of the loss, the rest is learned; <EOS> is a learned EOS, and a row cut at max_length ends
+    with <truncated, no EOS>."""
+    examples, _ = encode_rows(data.train[:n], tokenizer, cfg.max_length, cfg.length_policy, cfg.prompt_format)
+    eos, out = tokenizer.eos_token_id, []
     for e in examples:
-        masked = [t for t, label in zip(e.input_ids, e.labels, strict=True) if label == IGNORE]
-        learned = [t for t, label in zip(e.input_ids, e.labels, strict=True) if label != IGNORE]
-        eos = " <EOS>" if learned and learned[-1] == tokenizer.eos_token_id else " <truncated, no EOS>"
-        text = tokenizer.decode(learned[:-1] if eos == " <EOS>" else learned)
-        out.append(f"«{tokenizer.decode(masked)}»{text}{eos}")
+        runs: list[tuple[bool, list[int]]] = []  # (learned, ids), each a maximal stretch
+        for token, label in zip(e.input_ids, e.labels, strict=True):
+            if runs and runs[-1][0] == (label != IGNORE):
+                runs[-1][1].append(token)
+            else:
+                runs.append((label != IGNORE, [token]))
+        text = "".join(
+            "<EOS>".join(tokenizer.decode(part) for part in _split(ids, eos))
+            if learned
+            else f"«{tokenizer.decode(ids)}»"
+            for learned, ids in runs
+        )
+        out.append(text + ("" if e.labels[-1] == eos else " <truncated, no EOS>"))
     return "\n---\n".join(out)
+
+
+def _split(ids: list[int], separator: int) -> list[list[int]]:
+    """str.split for token ids: the parts between separators (a trailing one leaves an empty part)."""
+    parts: list[list[int]] = [[]]
+    for token in ids:
+        if token == separator:
+            parts.append([])
+        else:
+            parts[-1].append(token)
+    return parts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source-column", default="source")
     p.add_argument("--input-column", default="", help="joined to the prompt with a newline")
     p.add_argument("--explode-column", default="", help="list-of-objects column whose items become rows")
+    p.add_argument("--messages-column", default="messages", help="column of conversations (role/content turns)")
+    p.add_argument(
+        "--prompt-format",
+        default="gpt4all",
+        choices=PROMPT_FORMATS,
+        help="gpt4all (### Prompt: / ### Response:) or chat_template (the tokenizer's own)",
+    )
     p.add_argument("--include-sources", default="", help="comma-separated")
     p.add_argument("--exclude-sources", default="", help="comma-separated")
     p.add_argument("--train-only-sources", default="", help="comma-separated; never held out for validation")
@@ -106,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--val-fraction", type=float, default=TrialConfig.val_fraction)
     p.add_argument("--batch", type=int, default=TrialConfig.per_device_batch, help="rows per batch for padding")
-    p.add_argument("--show", type=int, default=0, help="print this many encoded examples")
+    p.add_argument(
+        "--show", type=int, default=0, help="print this many rows as the model sees them, «masked» from the loss"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     args = p.parse_args(argv)
     cfg = dataclasses.replace(
@@ -120,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         source_column=args.source_column,
         input_column=args.input_column,
         explode_column=args.explode_column,
+        messages_column=args.messages_column,
+        prompt_format=args.prompt_format,
         include_sources=args.include_sources,
         exclude_sources=args.exclude_sources,
         train_only_sources=args.train_only_sources,
@@ -133,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tokenizer = load_tokenizer(cfg, data)
         summary = describe(cfg, data, tokenizer, args.batch)
-    except (DataError, TooLong) as err:
+    except (DataError, TooLong, FormatError, NoChatTemplate) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

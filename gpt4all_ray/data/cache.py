@@ -4,12 +4,12 @@ At GPT4All's size (400-800k rows of ~460 tokens) loading, cleaning and tokenizin
 minutes and gigabytes of Python objects; done by every worker of every trial and every restart,
 it costs GPU-hours before the first step. Here it is done once: the cleaned, split, tokenized
 rows are written as flat token arrays (nanoGPT's .bin files: uint16 when the vocabulary fits,
-else int32) with each row's offset and prompt length. A worker maps them and reads only the rows
-it trains on; the labels are the ids after the prompt, so they are not stored.
+else int32) with each row's offset and its learned spans (the answers). A worker maps them and
+reads only the rows it trains on; the labels are the ids inside the spans, so they are not stored.
 
 A build lives in a folder named by a hash of everything that changes it (see `key_inputs`): the
-data files' content, the columns and filters, the split, the tokenizer, the template,
-max_length and the length policy, and this package's data code. A folder whose manifest does
+data files' content, the columns and filters, the split, the tokenizer (its chat template
+too), the prompt format, max_length and the length policy, and this package's data code. A folder whose manifest does
 not match its inputs, or whose arrays do not match the manifest, is rebuilt, never used. Builds
 take a file lock, so the workers of a trial that needs a new build (a searched max_length) wait
 for one of them instead of all building it.
@@ -36,12 +36,21 @@ from typing import Any, overload
 import numpy as np
 
 from gpt4all_ray.config import EMBEDDED_DATA, HUB_PREFIX, TrialConfig
-from gpt4all_ray.data.encode import PROMPT_HEAD, RESPONSE_HEAD, EncodeReport, Example, TooLong, encoded, example
+from gpt4all_ray.data.encode import (
+    PROMPT_HEAD,
+    RESPONSE_HEAD,
+    EncodeReport,
+    Example,
+    FormatError,
+    TooLong,
+    encoded,
+    example,
+)
 from gpt4all_ray.data.pipeline import DataReport
 from gpt4all_ray.data.synthetic import Row
 from gpt4all_ray.data.tokenizer import is_builtin, load_tokenizer
 
-FORMAT = 1
+FORMAT = 2  # 2: learned spans (multi-turn answers) in place of one prompt length a row
 MANIFEST = "manifest.json"
 BUILDS = "builds.jsonl"
 """One line per build under a root (its key, host, process, seconds): how often the data was tokenized."""
@@ -63,11 +72,11 @@ class CacheError(RuntimeError):
 class TokenizedRows(Sequence[Example]):
     """One part's rows as examples, read from the mapped arrays only when indexed."""
 
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, prompt_lengths: np.ndarray) -> None:
-        self.ids, self.offsets, self.prompt_lengths = ids, offsets, prompt_lengths
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, spans: np.ndarray, span_offsets: np.ndarray) -> None:
+        self.ids, self.offsets, self.spans, self.span_offsets = ids, offsets, spans, span_offsets
 
     def __len__(self) -> int:
-        return len(self.prompt_lengths)
+        return len(self.offsets) - 1
 
     @overload
     def __getitem__(self, index: int) -> Example: ...
@@ -80,7 +89,8 @@ class TokenizedRows(Sequence[Example]):
             raise IndexError(index)
         index %= len(self)
         ids = self.ids[int(self.offsets[index]) : int(self.offsets[index + 1])].tolist()
-        return example(ids, int(self.prompt_lengths[index]))
+        spans = self.spans[int(self.span_offsets[index]) : int(self.span_offsets[index + 1])].tolist()
+        return example(ids, spans)
 
     @property
     def tokens(self) -> int:
@@ -158,7 +168,7 @@ def key_inputs(cfg: TrialConfig, tokenizer: Any, root: Path) -> dict[str, Any]:
         from gpt4all_ray.data.sources import data_files
 
         data = {"files": {str(f.resolve()): file_digest(f, root / "digests") for f in data_files(Path(cfg.data))}}
-    columns = ("prompt_column", "response_column", "source_column", "input_column", "explode_column")
+    columns = ("prompt_column", "response_column", "source_column", "input_column", "explode_column", "messages_column")
     return {
         "format": FORMAT,
         "code": _code_digest(),
@@ -167,6 +177,7 @@ def key_inputs(cfg: TrialConfig, tokenizer: Any, root: Path) -> dict[str, Any]:
         "sources": {k: getattr(cfg, k) for k in ("include_sources", "exclude_sources", "train_only_sources")},
         "split": {"val_fraction": cfg.val_fraction, "data_seed": cfg.data_seed},
         "tokenizer": {"builtin": cfg.model} if tokenizer is None else tokenizer_fingerprint(tokenizer),
+        "prompt_format": cfg.prompt_format,
         "template": [PROMPT_HEAD, RESPONSE_HEAD],
         "max_length": cfg.max_length,
         "length_policy": cfg.length_policy,
@@ -195,7 +206,7 @@ def file_digest(path: Path, memo: Path) -> str:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
-    """What makes two tokenizers encode alike: their full definition and special tokens."""
+    """What makes two tokenizers encode alike: their full definition, special tokens and chat template."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     return {
@@ -204,6 +215,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
         "eos": tokenizer.eos_token_id,
         "pad": tokenizer.pad_token_id,
         "size": len(tokenizer),
+        "chat_template": hashlib.sha256(str(getattr(tokenizer, "chat_template", None)).encode()).hexdigest(),
     }
 
 
@@ -258,8 +270,8 @@ def _write_build(cfg: TrialConfig, partial: Path, inputs: dict[str, Any], tokeni
         for part, rows in (("train", split.train), ("val", split.val)):
             try:
                 reports[part] = _write_part(partial, part, rows, tokenizer, cfg, id_type)
-            except TooLong as err:
-                raise TooLong(f"{'validation' if part == 'val' else part} {err}") from None
+            except (TooLong, FormatError) as err:
+                raise type(err)(f"{'validation' if part == 'val' else part} {err}") from None
     finally:
         if parallel is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
@@ -284,17 +296,19 @@ def _write_part(
     folder: Path, part: str, rows: list[Row], tokenizer: Any, cfg: TrialConfig, id_type: Any
 ) -> EncodeReport:
     report = EncodeReport()
-    offsets, prompt_lengths, total = [0], [], 0
+    offsets, spans, span_offsets, total = [0], [], [0], 0
     with (folder / f"{part}.ids.bin").open("wb") as ids_file:
-        for batch in encoded(rows, tokenizer, cfg.max_length, cfg.length_policy, report):
+        for batch in encoded(rows, tokenizer, cfg.max_length, cfg.length_policy, report, cfg.prompt_format):
             flat = [token for ids, _ in batch for token in ids]
             ids_file.write(np.asarray(flat, dtype=id_type).tobytes())
-            for ids, prompt_length in batch:
+            for ids, row_spans in batch:
                 total += len(ids)
                 offsets.append(total)
-                prompt_lengths.append(prompt_length)
+                spans += row_spans
+                span_offsets.append(len(spans))
     np.save(folder / f"{part}.offsets.npy", np.asarray(offsets, dtype=np.int64))
-    np.save(folder / f"{part}.prompt_lengths.npy", np.asarray(prompt_lengths, dtype=np.int32))
+    np.save(folder / f"{part}.spans.npy", np.asarray(spans, dtype=np.int32).reshape(-1, 2))
+    np.save(folder / f"{part}.span_offsets.npy", np.asarray(span_offsets, dtype=np.int64))
     return report
 
 
@@ -327,12 +341,17 @@ def _mapped(folder: Path, inputs: dict[str, Any], tokenizer: Any) -> PreparedDat
     parts = {}
     for part in PARTS:
         offsets = np.load(folder / f"{part}.offsets.npy")
-        prompt_lengths = np.load(folder / f"{part}.prompt_lengths.npy", mmap_mode="r")
+        spans = np.load(folder / f"{part}.spans.npy")  # 8 bytes a row: read whole
+        span_offsets = np.load(folder / f"{part}.span_offsets.npy")
         ids_path = folder / f"{part}.ids.bin"
-        if ids_path.stat().st_size != int(offsets[-1]) * id_type.itemsize or len(offsets) != len(prompt_lengths) + 1:
+        if (
+            ids_path.stat().st_size != int(offsets[-1]) * id_type.itemsize
+            or len(offsets) != len(span_offsets)
+            or int(span_offsets[-1]) != len(spans)
+        ):
             return None
         ids = np.memmap(ids_path, dtype=id_type, mode="r") if offsets[-1] else np.zeros(0, id_type)
-        parts[part] = TokenizedRows(ids, offsets, prompt_lengths)
+        parts[part] = TokenizedRows(ids, offsets, spans, span_offsets)
     if tokenizer is None:
         from transformers import AutoTokenizer
 

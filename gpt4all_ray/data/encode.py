@@ -1,4 +1,16 @@
-"""Rows -> token ids and labels: prompt masked out of the loss, conditional EOS, capped prompts."""
+"""Rows -> token ids and labels in a prompt format: the loss on the answers only, conditional
+EOS, capped prompts.
+
+A row is a prompt/response pair or a conversation (row["messages"]: role/content turns, the last
+an assistant turn); a pair is the conversation of one user and one assistant turn. Every
+assistant turn is learned, up to and including the EOS that ends it; nothing else is.
+
+Two formats (fixed.prompt_format):
+- gpt4all: GPT4All's `### Prompt:` / `### Response:` around each user turn, EOS after each answer.
+- chat_template: the tokenizer's own chat template (apply_chat_template), as an instruct model
+  was trained. Each assistant turn is told apart by rendering the conversation up to it with the
+  generation prompt and up to its end: the text between is the turn.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +23,9 @@ from gpt4all_ray.data.synthetic import Row
 IGNORE = -100
 PROMPT_HEAD = "### Prompt:\n"
 RESPONSE_HEAD = "\n### Response:\n"
+Message = dict[str, str]
+Span = tuple[int, int]
+"""[start, end) of a learned stretch of a row's token ids."""
 
 
 @dataclass
@@ -33,9 +48,32 @@ def prompt_text(prompt: str) -> str:
     return PROMPT_HEAD + prompt + RESPONSE_HEAD
 
 
+def turns(row: Row) -> list[Message]:
+    """A row's conversation: its messages, or its prompt and response as one exchange."""
+    return row.get("messages") or [
+        {"role": "user", "content": row["prompt"]},
+        {"role": "assistant", "content": row["response"]},
+    ]
+
+
+def plain_text(row: Row) -> str:
+    """The row in GPT4All's template, as text (what a built-in tokenizer is trained on)."""
+    return "".join(
+        prompt_text(m["content"]) if m["role"] == "user" else m["content"] for m in turns(row) if m["role"] != "system"
+    )
+
+
+class FormatError(ValueError):
+    """A row the prompt format cannot render; the message names the row."""
+
+
+class NoChatTemplate(ValueError):
+    """prompt_format chat_template with a tokenizer that has none."""
+
+
 class PromptEncoder:
-    """Prompt -> the token ids a model sees before its response, in training and in generation:
-    the template around the prompt, the prompt capped at half of max_length (as GPT4All did)."""
+    """Prompt -> the token ids a model sees before its response in GPT4All's template: the
+    template around the prompt, the prompt capped at half of max_length (as GPT4All did)."""
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.tokenizer = tokenizer
@@ -54,6 +92,170 @@ class PromptEncoder:
         return self.head + body[: self.budget] + self.tail, len(body) > self.budget
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One row in a prompt format, before the max_length rules."""
+
+    ids: list[int]
+    spans: list[Span]
+    capped: bool
+
+
+def _where(first: int, i: int, row: Row) -> str:
+    return f"row {first + i} (source {row.get('source')!r})"
+
+
+class Gpt4allFormat:
+    """GPT4All's template; each user turn's text in it, each answer followed by EOS. Only the
+    first user turn is capped (the prompt before the first answer)."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer, self.prompt = tokenizer, PromptEncoder(tokenizer, max_length)
+        self.eos = tokenizer.eos_token_id
+
+    def encode(self, rows: Sequence[Row], first: int = 0) -> list[Encoded]:
+        conversations = [turns(row) for row in rows]
+        # One batch call for every turn's text: a fast tokenizer encodes it on all cores.
+        contents = iter(token_ids(self.tokenizer, [m["content"] for conv in conversations for m in conv]))
+        out = []
+        for i, (row, conversation) in enumerate(zip(rows, conversations, strict=True)):
+            ids: list[int] = []
+            spans: list[Span] = []
+            capped = False
+            for m in conversation:
+                body = next(contents)
+                if m["role"] == "user":
+                    if spans or ids:  # a later turn: the history is not capped
+                        ids += self.prompt.head + body + self.prompt.tail
+                    else:
+                        wrapped, capped = self.prompt.wrap(body)
+                        ids += wrapped
+                elif m["role"] == "assistant":
+                    spans.append((len(ids), len(ids) + len(body) + 1))
+                    ids += body + [self.eos]
+                else:
+                    raise FormatError(
+                        f"{_where(first, i, row)}: prompt_format gpt4all has no {m['role']} turn; "
+                        "use prompt_format: chat_template, or leave the turn out of the data"
+                    )
+            out.append(Encoded(ids, spans, capped))
+        return out
+
+
+class ChatTemplateFormat:
+    """The tokenizer's chat template. The prompt before the first answer is capped at half of
+    max_length by cutting the last user turn before it (the template's own tokens stay whole)."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise NoChatTemplate(
+                f"the tokenizer ({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) has no chat "
+                "template; use prompt_format: gpt4all, or a model whose tokenizer carries one"
+            )
+        self.tokenizer, self.max_length, self.half = tokenizer, max_length, max_length // 2
+        self.eos = tokenizer.eos_token_id
+
+    def render(self, messages: list[Message], generation: bool, where: str) -> str:
+        try:
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation))
+        except Exception as err:  # noqa: BLE001 (a template raises what its author wrote: jinja's, ValueError, ...)
+            raise FormatError(f"{where}: the chat template refused this conversation: {err}") from None
+
+    def pieces(self, messages: list[Message], where: str) -> list[tuple[str, bool]]:
+        """The rendered conversation as (text, learned) pieces: the text up to each assistant
+        turn with the generation prompt, then the turn."""
+        out: list[tuple[str, bool]] = []
+        done = ""
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = self.render(messages[:k], True, where)
+            after = self.render(messages[: k + 1], False, where)
+            if not before.startswith(done) or not after.startswith(before):
+                raise FormatError(
+                    f"{where}: the chat template does not render this conversation as a growing text (it changes "
+                    f"earlier turns when later ones are added), so its assistant turns cannot be told apart"
+                )
+            out += [(before[len(done) :], False), (after[len(before) :], True)]
+            done = after
+        return out
+
+    def encode(self, rows: Sequence[Row], first: int = 0) -> list[Encoded]:
+        wheres = [_where(first, i, row) for i, row in enumerate(rows)]
+        conversations = [turns(row) for row in rows]
+        all_pieces = [self.pieces(conv, where) for conv, where in zip(conversations, wheres, strict=True)]
+        texts = iter(token_ids(self.tokenizer, [text for pieces in all_pieces for text, _ in pieces]))
+        out = []
+        for conversation, pieces, where in zip(conversations, all_pieces, wheres, strict=True):
+            encoded = self.assemble([(next(texts), learned) for _, learned in pieces], where, capped=False)
+            if encoded.spans[0][0] > self.half:
+                encoded = self.capped(conversation, where)
+            out.append(encoded)
+        return out
+
+    def assemble(self, pieces: list[tuple[list[int], bool]], where: str, capped: bool) -> Encoded:
+        """Pieces -> ids and spans. A turn is learned up to the EOS that ends it; what the template
+        puts after that (a newline) is context, and after the last turn it is left out: a model
+        never generates past its EOS."""
+        ids: list[int] = []
+        spans: list[Span] = []
+        for piece, learned in pieces:
+            if learned:
+                if self.eos not in piece:
+                    raise FormatError(
+                        f"{where}: the chat template ends an assistant turn without the tokenizer's EOS token "
+                        f"{self.tokenizer.eos_token!r}; a model trained on it would not stop"
+                    )
+                end = len(piece) - piece[::-1].index(self.eos)
+                spans.append((len(ids), len(ids) + end))
+            ids += piece
+        return Encoded(ids[: spans[-1][1]], spans, capped)
+
+    def capped(self, conversation: list[Message], where: str) -> Encoded:
+        """The conversation with the last user turn before its first answer cut so that the
+        prompt fits half of max_length. Its tokens are cut, decoded and rendered again; where a
+        cut token re-encodes longer, the cut is made shorter."""
+        answer = next(k for k, m in enumerate(conversation) if m["role"] == "assistant")
+        user = max(k for k in range(answer) if conversation[k]["role"] == "user")
+
+        def with_content(text: str) -> list[Message]:
+            return [*conversation[:user], {**conversation[user], "content": text}, *conversation[user + 1 :]]
+
+        def prompt_tokens(text: str) -> int:
+            return len(token_ids(self.tokenizer, [self.render(with_content(text)[:answer], True, where)])[0])
+
+        overhead = prompt_tokens("")
+        budget = self.half - overhead
+        body = token_ids(self.tokenizer, [conversation[user]["content"]])[0]
+        while budget >= 1:
+            text = self.tokenizer.decode(body[:budget])
+            excess = prompt_tokens(text) - self.half
+            if excess <= 0:
+                pieces = self.pieces(with_content(text), where)
+                ids = token_ids(self.tokenizer, [piece for piece, _ in pieces])
+                return self.assemble(list(zip(ids, (learned for _, learned in pieces), strict=True)), where, True)
+            budget -= excess
+        raise FormatError(
+            f"{where}: max_length {self.max_length} leaves no room for a prompt: the chat template's own "
+            f"tokens before the first answer are {overhead}, half of max_length is {self.half}"
+        )
+
+
+RowEncoder = Gpt4allFormat | ChatTemplateFormat
+
+
+def row_encoder(tokenizer: Any, max_length: int, prompt_format: str = "gpt4all") -> RowEncoder:
+    if prompt_format == "chat_template":
+        return ChatTemplateFormat(tokenizer, max_length)
+    return Gpt4allFormat(tokenizer, max_length)
+
+
+def prompts_before_answer(encoder: RowEncoder, rows: Sequence[Row]) -> list[list[int]]:
+    """What the model sees before a row's last answer, as in training (capped alike): the
+    generation probes' prompts."""
+    return [e.ids[: e.spans[-1][0]] for e in encoder.encode(rows)]
+
+
 class TooLong(ValueError):
     """A row that does not fit max_length under length_policy=raise."""
 
@@ -63,36 +265,39 @@ BATCH_ROWS = 2048
 
 
 def encoded(
-    rows: Sequence[Row], tokenizer: Any, max_length: int, length_policy: str, report: EncodeReport
-) -> Iterator[list[tuple[list[int], int]]]:
-    """Each batch of kept rows as (token ids, prompt length): the labels are the ids after the
-    prompt. EOS is appended and labelled only when prompt + response fit untruncated (GPT4All
-    appended it to truncated rows too, teaching the model to stop mid-answer). Prompts are capped at
-    half of max_length, as GPT4All did, so every row keeps room for its response. A row that still
-    does not fit is truncated (no EOS), dropped (counted) or an error, by `length_policy`."""
+    rows: Sequence[Row],
+    tokenizer: Any,
+    max_length: int,
+    length_policy: str,
+    report: EncodeReport,
+    prompt_format: str = "gpt4all",
+) -> Iterator[list[tuple[list[int], list[Span]]]]:
+    """Each batch of kept rows as (token ids, learned spans). A row keeps the EOS of its last
+    answer, learned, only when it fits max_length untruncated (GPT4All appended EOS to truncated
+    rows too, teaching the model to stop mid-answer). Prompts are capped at half of max_length, as
+    GPT4All did, so every row keeps room for its answer. A row that still does not fit is
+    truncated (no EOS), dropped (counted) or an error, by `length_policy`."""
     report.rows += len(rows)
-    encode_prompt = PromptEncoder(tokenizer, max_length)
-    eos = tokenizer.eos_token_id
+    encoder = row_encoder(tokenizer, max_length, prompt_format)
     for first in range(0, len(rows), BATCH_ROWS):
         batch = rows[first : first + BATCH_ROWS]
-        prompts = token_ids(tokenizer, [row["prompt"] for row in batch])
-        responses = token_ids(tokenizer, [row["response"] for row in batch])
         kept = []
-        for i, row, body, response in zip(range(first, first + len(batch)), batch, prompts, responses, strict=True):
-            prompt, capped = encode_prompt.wrap(body)
-            report.prompts_capped += capped
-            if len(prompt) + len(response) + 1 <= max_length:
-                kept.append((prompt + response + [eos], len(prompt)))
+        for i, (row, e) in enumerate(zip(batch, encoder.encode(batch, first), strict=True), start=first):
+            report.prompts_capped += e.capped
+            if len(e.ids) <= max_length:
+                kept.append((e.ids, e.spans))
                 report.with_eos += 1
             elif length_policy == "drop":
                 report.dropped_too_long.append(i)
             elif length_policy == "raise":
+                prompt = e.spans[0][0]
                 raise TooLong(
-                    f"row {i} (source {row.get('source')!r}): prompt {len(prompt)} + response {len(response)} + "
-                    f"EOS tokens do not fit max_length {max_length} (length_policy: raise)"
+                    f"row {i} (source {row.get('source')!r}): prompt {prompt} + answer and EOS {len(e.ids) - prompt} "
+                    f"tokens do not fit max_length {max_length} (length_policy: raise)"
                 )
             else:
-                kept.append(((prompt + response)[:max_length], len(prompt)))
+                spans = [(start, min(end, max_length)) for start, end in e.spans if start < max_length]
+                kept.append((e.ids[:max_length], spans))
                 report.truncated += 1
                 report.truncated_rows.append(i)
         yield kept
@@ -110,14 +315,21 @@ def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
 
 
-def example(ids: list[int], prompt_length: int) -> Example:
-    return Example(ids, [IGNORE] * prompt_length + ids[prompt_length:])
+def example(ids: list[int], spans: Sequence[Span]) -> Example:
+    labels = [IGNORE] * len(ids)
+    for start, end in spans:
+        labels[start:end] = ids[start:end]
+    return Example(ids, labels)
 
 
 def encode_rows(
-    rows: Sequence[Row], tokenizer: Any, max_length: int, length_policy: str = "truncate"
+    rows: Sequence[Row],
+    tokenizer: Any,
+    max_length: int,
+    length_policy: str = "truncate",
+    prompt_format: str = "gpt4all",
 ) -> tuple[list[Example], EncodeReport]:
     """Rows -> examples in memory (inspection and the plan; a trial maps the tokenized cache)."""
     report = EncodeReport()
-    batches = encoded(rows, tokenizer, max_length, length_policy, report)
-    return [example(ids, n) for batch in batches for ids, n in batch], report
+    batches = encoded(rows, tokenizer, max_length, length_policy, report, prompt_format)
+    return [example(ids, spans) for batch in batches for ids, spans in batch], report

@@ -45,7 +45,7 @@ def clean_and_dedup(
     """Drop rows whose source is filtered out (GPT4All dropped the homogeneous P3 subset), rows
     with an empty or non-string prompt/response, then exact duplicates. `include` empty = all."""
     report.rows_in = len(rows)
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     kept = []
     for i, row in enumerate(rows):
         source = row.get("source", "")
@@ -59,7 +59,9 @@ def clean_and_dedup(
         if not prompt.strip() or not response.strip():
             report.drop("empty", i)
             continue
-        key = (_normalised(prompt), _normalised(response))
+        # A conversation is a duplicate only of the same whole conversation.
+        turns = row.get("messages") or ()
+        key = (_normalised(prompt), _normalised(response), *(f"{t['role']}:{_normalised(t['content'])}" for t in turns))
         if key in seen:
             report.drop("duplicate", i)
             continue

@@ -1,8 +1,9 @@
 """Instruction rows from files: JSONL, JSON (a list of objects), CSV, Parquet, or a folder of them.
 
 Columns are mapped to GPT4All's fields (prompt, response, source); an optional input column is
-joined to the prompt with a newline, as GPT4All and Alpaca do. Anything that cannot be read as
-that schema is an error naming the file, the line or row, and what was expected.
+joined to the prompt with a newline, as GPT4All and Alpaca do. A row with a messages column is a
+conversation instead (role/content turns, as chat data sets hold them). Anything that cannot be
+read as that schema is an error naming the file, the line or row, and what was expected.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.config import HUB_PREFIX
+from gpt4all_ray.config import HUB_PREFIX, TrialConfig
 from gpt4all_ray.data.synthetic import Row
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -36,6 +37,48 @@ class Columns:
     explode: str = ""
     """A column holding a list of objects, each of which becomes a row with the parent's other
     fields (self-instruct's `instances`); "" for none."""
+    messages: str = "messages"
+    """A column holding a conversation: a list of {role, content} turns (role system, user or
+    assistant), ending with an assistant turn; a row that has it needs no prompt or response."""
+
+    @classmethod
+    def of(cls, cfg: TrialConfig) -> Columns:
+        return cls(
+            cfg.prompt_column,
+            cfg.response_column,
+            cfg.source_column,
+            cfg.input_column,
+            cfg.explode_column,
+            cfg.messages_column,
+        )
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def conversation(value: Any, where: str, column: str) -> list[dict[str, str]]:
+    """A messages column's turns, checked; a JSON string (a CSV cell) is read first."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: column {column!r} is text that is not JSON ({err.msg})") from None
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: column {column!r} must hold a non-empty list of {{role, content}} turns")
+    turns = []
+    for k, turn in enumerate(value):
+        at = f"{where}: {column}[{k}]"
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
+            raise DataError(f"{at}: expected {{role: {' | '.join(ROLES)}, content: text}}, got {turn!r}")
+        if turn["role"] == "system" and k:
+            raise DataError(f"{at}: a system turn may only come first")
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    roles = [t["role"] for t in turns]
+    if roles[-1] != "assistant":
+        raise DataError(f"{where}: column {column!r} must end with an assistant turn (the answer to learn)")
+    if "user" not in roles[: roles.index("assistant")]:
+        raise DataError(f"{where}: column {column!r} needs a user turn before its first assistant turn")
+    return turns
 
 
 def data_files(path: Path) -> list[Path]:
@@ -144,14 +187,23 @@ def load_rows(path: str | Path, columns: Columns = Columns()) -> list[Row]:
         for where, record in _exploded(file_records, columns.explode):
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected an object with columns, got {type(record).__name__}")
+            source = str(record.get(columns.source) or stem)
+            if columns.messages and record.get(columns.messages) not in (None, ""):  # "": an empty CSV cell
+                turns = conversation(record[columns.messages], where, columns.messages)
+                last_user = next(t["content"] for t in reversed(turns) if t["role"] == "user")
+                rows.append(
+                    {"prompt": last_user, "response": turns[-1]["content"], "source": source, "messages": turns}
+                )
+                continue
             missing = [c for c in needed if c not in record]
             if missing:
+                alternative = f" (or a conversation in {columns.messages!r})" if columns.messages else ""
                 raise DataError(
-                    f"{where}: missing column(s) {', '.join(map(repr, missing))}; has {', '.join(map(repr, record))}"
+                    f"{where}: missing column(s) {', '.join(map(repr, missing))}{alternative}; "
+                    f"has {', '.join(map(repr, record))}"
                 )
             prompt, extra = record[columns.prompt], record.get(columns.input) if columns.input else None
             if isinstance(prompt, str) and isinstance(extra, str) and extra.strip():
                 prompt = f"{prompt}\n{extra}"
-            source = record.get(columns.source) or stem
-            rows.append({"prompt": prompt, "response": record[columns.response], "source": str(source)})
+            rows.append({"prompt": prompt, "response": record[columns.response], "source": source})
     return rows

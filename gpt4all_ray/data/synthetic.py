@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from typing import Any
 
-Row = dict[str, str]
+Row = dict[str, Any]
+"""prompt, response, source (strings); a conversation also has messages (role/content turns)."""
 
 _SYLLABLES = ["ka", "lo", "mi", "ran", "te", "zu", "vor", "el", "dan", "pi", "sho", "mar", "qui", "tes", "nor"]
 _WORDS = (

@@ -75,9 +75,7 @@ def load_analysis_rows(cfg: TrialConfig, data: str | None, limit: int) -> tuple[
         split = load_split(cfg)
         rows, label, report = split.val, f"the trial's validation split ({cfg.data})", split.report
     else:
-        columns = Columns(
-            cfg.prompt_column, cfg.response_column, cfg.source_column, cfg.input_column, cfg.explode_column
-        )
+        columns = Columns.of(cfg)
         report = DataReport()
         rows = clean_and_dedup(load_rows(data, columns), report, frozenset(), frozenset())
         label = data
@@ -95,7 +93,7 @@ def score_model(
     from gpt4all_ray.data.encode import encode_rows
     from gpt4all_ray.inspection.losses import example_losses
 
-    examples, encoded = encode_rows(rows, tokenizer, cfg.max_length, "truncate")
+    examples, encoded = encode_rows(rows, tokenizer, cfg.max_length, "truncate", cfg.prompt_format)
     pad = tokenizer.pad_token_id
     return example_losses(model, examples, pad, cfg.max_length, inference.batch_size, inference.device), encoded
 

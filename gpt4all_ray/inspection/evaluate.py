@@ -46,7 +46,7 @@ def validation_loss(folder: Path, inference: Inference = ON_CPU) -> float:
     from gpt4all_ray.train.loss import loss_sum_and_count
 
     model, tokenizer, cfg = load_checkpoint(folder, inference)
-    examples, _ = encode_rows(load_split(cfg).val, tokenizer, cfg.max_length, cfg.length_policy)
+    examples, _ = encode_rows(load_split(cfg).val, tokenizer, cfg.max_length, cfg.length_policy, cfg.prompt_format)
     total = torch.zeros(2, dtype=torch.float64, device=inference.device)
     size = inference.batch_size
     with torch.no_grad():

@@ -129,7 +129,7 @@ def count_train_tokens(spec: SearchSpec) -> tuple[float, int] | None:
     data = load_split(cfg)
     tokenizer = load_tokenizer(cfg, data)
     # A searched max_length: the longest, for an upper bound.
-    examples, _ = encode_rows(data.train, tokenizer, spec.largest("max_length"), cfg.length_policy)
+    examples, _ = encode_rows(data.train, tokenizer, spec.largest("max_length"), cfg.length_policy, cfg.prompt_format)
     # An epoch is whole global batches of a shuffled order: the rows' mean, times the rows used.
     used = len(examples) // cfg.global_batch * cfg.global_batch
     return sum(len(e.input_ids) for e in examples) / len(examples) * used, len(tokenizer)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gpt4all_ray.config import EMBEDDED_DATA, TrialConfig, source_set
-from gpt4all_ray.data.encode import PromptEncoder
+from gpt4all_ray.data.encode import prompts_before_answer, row_encoder
 from gpt4all_ray.data.synthetic import FAMILIES, Row
 
 REPEAT_N = 3
@@ -130,7 +130,7 @@ def run_probes(
     """This rank's share (rows[rank::world]) of the probes. Every rank runs the same number of
     generate calls (ZeRO-3 gathers weights in each forward); a rank with none left re-runs its
     first prompt uncounted."""
-    encode = PromptEncoder(tokenizer, cfg.max_length)
+    encoder = row_encoder(tokenizer, cfg.max_length, cfg.prompt_format)
     exact = exact_sources(cfg)
     mine = rows[rank::world]
     calls = math.ceil(math.ceil(len(rows) / world) / batch_size)
@@ -139,7 +139,7 @@ def run_probes(
     model.eval()
     for i in range(calls):
         chunk = mine[i * batch_size : (i + 1) * batch_size]
-        prompts = [encode(r["prompt"])[0] for r in (chunk or mine[:1] or rows[:1])]
+        prompts = prompts_before_answer(encoder, chunk or mine[:1] or rows[:1])
         answers = generate(model, tokenizer, prompts, cfg.probe_max_new_tokens, device, synced)
         for row, (answer, stopped) in zip(chunk, answers, strict=False):
             counts.add(score(answer, stopped, row, exact, tokenizer))

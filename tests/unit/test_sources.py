@@ -100,7 +100,11 @@ def test_a_source_filter_naming_a_source_no_row_has_is_refused_with_those_presen
 
 BAD = [
     ("d.jsonl", b'{"prompt": "a", "response": "b"}\n{"prompt": "a", \n', "d.jsonl:2: not valid JSON"),
-    ("d.jsonl", b'{"prompt": "a"}\n', "d.jsonl:1: missing column(s) 'response'; has 'prompt'"),
+    (
+        "d.jsonl",
+        b'{"prompt": "a"}\n',
+        "d.jsonl:1: missing column(s) 'response' (or a conversation in 'messages'); has 'prompt'",
+    ),
     ("d.jsonl", b'["a", "b"]\n', "d.jsonl:1: expected an object with columns, got list"),
     ("d.jsonl", b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff", "response": "b"}\n', "d.jsonl:2: invalid UTF-8"),
     ("d.jsonl", b"  \n", "d.jsonl: empty file"),
