@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import run_worker_cases
+from tests.unit.chat import CHAT_TEMPLATE, conversations_file, with_chat_template
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +56,8 @@ MORE = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import AutoTokenizer
+
     from gpt4all_ray.data.synthetic import generate_rows
 
     root = tmp_path_factory.mktemp("worker_runs")
@@ -72,8 +76,28 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     hf_folder = save_hf_model_without_pad(root / "hf-llama")
     cases["hf-path-lora-new-pad"] = BASE | {"model": str(hf_folder), "method": "lora"}
     cases["hf-path-full-zero3"] = BASE | {"model": str(hf_folder), "zero_stage": 3}
+    chat_folder = save_hf_model_without_pad(root / "hf-llama-chat")
+    with_chat_template(AutoTokenizer.from_pretrained(chat_folder)).save_pretrained(chat_folder)
+    conversations = conversations_file(root / "chats.jsonl", generate_rows(400, 3))
+    cases["chat-template-conversations"] = BASE | EXTRA_CASES["chat-template-conversations"]
+    cases["chat-template-conversations"] |= {"model": str(chat_folder), "data": str(conversations)}
+    own = root / "own_deepspeed.json"
+    own.write_text(
+        json.dumps(OWN_DEEPSPEED | {"flops_profiler": FLOPS_PROFILER | {"output_file": str(root / "flops.txt")}})
+    )
+    cases["own-deepspeed-accumulate"] = BASE | EXTRA_CASES["own-deepspeed-accumulate"] | {"deepspeed": str(own)}
     run_worker_cases(root, cases)
     return root
+
+
+OWN_DEEPSPEED = {"zero_optimization": {"overlap_comm": False, "reduce_bucket_size": 1_000_000}}
+# DeepSpeed's own profiler writes a file at its step: proof that the user's file reached the engine.
+FLOPS_PROFILER = {"enabled": True, "profile_step": 2, "module_depth": 1, "top_modules": 1, "detailed": False}
+EXTRA_CASES = {
+    "chat-template-conversations": {"method": "lora", "prompt_format": "chat_template", "max_length": 192},
+    # per_device_batch 4 of global 16 on one rank: 4 micro-batches accumulated a step.
+    "own-deepspeed-accumulate": {"per_device_batch": 4, "warmup_steps": 0, "warmup_ratio": 0.25},
+}
 
 
 def save_hf_model_without_pad(folder: Path) -> Path:
@@ -150,12 +174,12 @@ HF_CASES = {"hf-path-lora-new-pad": {"method": "lora"}, "hf-path-full-zero3": {"
 
 
 @pytest.mark.parametrize(
-    "case", [*MATRIX, "llama-lora-zero3-gradckpt-eval-steps", "offload-optimizer-zero2", *HF_CASES]
+    "case", [*MATRIX, "llama-lora-zero3-gradckpt-eval-steps", "offload-optimizer-zero2", *HF_CASES, *EXTRA_CASES]
 )
 def test_trains_saves_and_reloads_to_the_reported_loss(runs: Path, case: str) -> None:
     from gpt4all_ray.inspection.evaluate import load_checkpoint, validation_loss
 
-    settings = BASE | MATRIX.get(case, MORE.get(case, HF_CASES.get(case, {})))
+    settings = BASE | MATRIX.get(case, MORE.get(case, HF_CASES.get(case, EXTRA_CASES.get(case, {}))))
     metrics = reports(runs / case)
     assert metrics[-1]["stop_reason"] == "completed" and metrics[-1]["epoch_end"]
     folder = runs / case / "model"
@@ -251,3 +275,25 @@ def test_a_model_folder_without_pad_token_gets_one_and_its_lora_checkpoint_carri
     with safe_open(runs / "hf-path-lora-new-pad" / "model" / "adapter_model.safetensors", "pt") as f:
         embeddings = [k for k in f.keys() if "embed_tokens" in k]  # noqa: SIM118 (safe_open has no __iter__)
         assert embeddings and f.get_tensor(embeddings[0]).shape[0] % 64 == 0
+
+
+def test_own_deepspeed_file_reaches_the_engine_and_is_saved_merged(runs: Path) -> None:
+    folder = runs / "own-deepspeed-accumulate"
+    assert reports(folder)[-1]["stop_reason"] == "completed"
+    saved = json.loads((folder / "model" / "ds_config.json").read_text())
+    assert saved["zero_optimization"] == {"stage": 2} | OWN_DEEPSPEED["zero_optimization"]
+    assert saved["flops_profiler"]["profile_step"] == FLOPS_PROFILER["profile_step"]
+    assert (saved["train_micro_batch_size_per_gpu"], saved["gradient_accumulation_steps"]) == (4, 4)
+    profile = (runs / "flops.txt").read_text()  # written by DeepSpeed's engine, from the user's section
+    assert "DeepSpeed Flops Profiler" in profile and re.search(r"batch size per GPU:\s+4\b", profile)
+
+
+def test_chat_template_conversations_train_and_the_checkpoint_keeps_the_template(runs: Path) -> None:
+    from transformers import AutoTokenizer
+
+    metrics = reports(runs / "chat-template-conversations")
+    assert metrics[-1]["stop_reason"] == "completed"
+    saved = AutoTokenizer.from_pretrained(runs / "chat-template-conversations" / "model")
+    assert saved.chat_template == CHAT_TEMPLATE  # best/ answers in the format it was trained in
+    config = json.loads((runs / "chat-template-conversations" / "model" / "trial_config.json").read_text())
+    assert config["prompt_format"] == "chat_template" and config["data"].endswith("chats.jsonl")
