@@ -19,6 +19,9 @@ from gpt4all_ray.data.collate import packed_rows
 from gpt4all_ray.data.encode import IGNORE, Example, FormatError, NoChatTemplate, TooLong, encode_rows
 from gpt4all_ray.data.sources import DataError
 
+SHOWN = 3
+"""Rows `--show` prints when given no number."""
+
 
 def padding_fraction(examples: list[Example], batch: int, max_length: int | None, packed: bool = False) -> float:
     """Share of token slots that are padding, batching in order; max_length=None pads to the
@@ -135,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=TrialConfig.val_fraction)
     p.add_argument("--batch", type=int, default=TrialConfig.per_device_batch, help="rows per batch for padding")
     p.add_argument(
-        "--show", type=int, default=0, help="print this many rows as the model sees them, «masked» from the loss"
+        "--show",
+        type=int,
+        nargs="?",
+        const=SHOWN,
+        default=0,
+        help=f"print N training rows (default {SHOWN}) as the model sees them, «masked» from the loss",
     )
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     args = p.parse_args(argv)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt4all_ray.data.__main__ import main, padding_fraction
+from gpt4all_ray.data.__main__ import SHOWN, main, padding_fraction
 from gpt4all_ray.data.encode import Example
 
 GPTEACHER = Path(__file__).resolve().parents[3] / "shared" / "data" / "gpteacher-codegen-instruct.json"
@@ -37,11 +37,12 @@ def test_json_report_of_the_embedded_default(capsys: pytest.CaptureFixture[str])
     assert report["pad_token_id"] != report["eos_token_id"]
 
 
-def test_examples_show_the_masked_prompt(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--rows", "200", "--show", "3"]) == 0
+@pytest.mark.parametrize(("flags", "shown"), [(["--show", "2"], 2), (["--show"], SHOWN)])
+def test_examples_show_the_masked_prompt(capsys: pytest.CaptureFixture[str], flags: list[str], shown: int) -> None:
+    assert main(["--rows", "200", *flags]) == 0
     out = capsys.readouterr().out
-    assert out.count("«### Prompt:") == 3
-    assert "<EOS>" in out
+    assert out.count("«### Prompt:") == shown
+    assert out.count("<EOS>") + out.count("<truncated, no EOS>") == shown
 
 
 def test_bad_file_exits_2_naming_the_line(tmp_path: Path) -> None:
