@@ -23,9 +23,11 @@ import yaml
 
 from gpt4all_ray.cli.preflight import check_data, check_deepspeed, check_model, check_results_dir
 from gpt4all_ray.config import SearchSpec, SpecError, load_spec, read_space, with_overrides
-from gpt4all_ray.experiment.files import DATA_CACHE, FORMAT, SETTINGS, SPACE_COPY
+from gpt4all_ray.experiment.files import DATA_CACHE, FORMAT, PROMPT_PLACEHOLDER, SETTINGS, SPACE_COPY
+from gpt4all_ray.experiment.model_card import CARD
 
 if TYPE_CHECKING:
+    from gpt4all_ray.data.cache import PreparedData
     from gpt4all_ray.experiment.report import ExperimentReport
 from gpt4all_ray.search.plan import Assumptions
 from gpt4all_ray.search.progress import short
@@ -258,6 +260,7 @@ def run_experiment(args: argparse.Namespace) -> Finished:
             "num_trials": spec.tune.num_trials,
             "storage": args.storage,
             "format": FORMAT,
+            "data": data_record(data),  # for the model card: the report cannot rebuild it
         }
         (exp_dir / SETTINGS).write_text(json.dumps(settings))
     if not args.results_dir.is_absolute() and "runtime_resources" in Path.cwd().parts:
@@ -269,6 +272,20 @@ def run_experiment(args: argparse.Namespace) -> Finished:
     from gpt4all_ray.search.driver import run
 
     return Finished(exp_dir, run(spec, exp_dir, data.report.train_rows, resume=bool(args.resume), storage=storage))
+
+
+def data_record(data: PreparedData) -> dict[str, Any]:
+    """What experiment.json keeps of the data the search read: rows per split, and the template of
+    prompt_format gpt4all (its model card states them; the report cannot rebuild them)."""
+    from gpt4all_ray.data.encode import prompt_text
+
+    report = data.report
+    return {
+        "train_rows": report.train_rows,
+        "val_rows": report.val_rows,
+        "summary": report.summary(),
+        "gpt4all_template": prompt_text(PROMPT_PLACEHOLDER),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Leaderboard:      {exp_dir / 'leaderboard.md'} (and .csv)")
     print(f"Best config:      {exp_dir / 'best.json'}")
     print(f"Best checkpoint:  {best.checkpoint} (Hugging Face format)")
+    if (card := best.checkpoint / CARD).is_file():
+        print(f"Model card:       {card}")
     print(f"TensorBoard:      tensorboard --logdir {exp_dir / 'tensorboard'}")
     return 0
 

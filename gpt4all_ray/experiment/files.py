@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from gpt4all_ray.experiment.durable_reports import Restart
 
 SPACE_COPY = "space.yaml"  # the search space as the experiment ran it, for --resume and the record
-SETTINGS = "experiment.json"  # what the command line set: trials requested, --storage
+SETTINGS = "experiment.json"  # what the command line set: trials requested, --storage; the data read
+PROMPT_PLACEHOLDER = "{prompt}"  # where the prompt goes in experiment.json's data.gpt4all_template
 FORMAT = 2
 """experiment.json's "format": 2 since the package was laid out by process (2026-12-06). Tune's
 saved state names our classes by module path, and an earlier experiment's paths no longer exist."""
@@ -36,18 +37,25 @@ class StoredTrial:
     resources: dict[str, Any] | None
     restarts: list[Restart] = field(default_factory=list)
     """Each failure of its workers that Ray Train saw, with the budget it was charged to."""
+    ds_config: dict[str, Any] | None = None
+    """The DeepSpeed config its driver wrote beside its results (search/trial.py)."""
 
 
 def tune_dir(exp_dir: Path) -> Path:
     return exp_dir / "ray" / "tune"
 
 
+def read_settings(exp_dir: Path) -> dict[str, Any]:
+    """experiment.json: what the command line set, and the data the search read (cli/tune.py);
+    empty where the folder has none."""
+    return _json(exp_dir / SETTINGS) or {}
+
+
 def storage_root(exp_dir: Path) -> str:
     """Where Ray keeps this experiment's tune/ and train/ (gpt4all_ray.experiment.storage)."""
     from gpt4all_ray.experiment.storage import ray_root
 
-    settings = _json(exp_dir / SETTINGS) or {}
-    return ray_root(settings.get("storage"), exp_dir)
+    return ray_root(read_settings(exp_dir).get("storage"), exp_dir)
 
 
 def default_storage_url(exp_dir: Path) -> str:
@@ -92,6 +100,7 @@ def stored_trials(exp_dir: Path) -> list[StoredTrial]:
                 config=_json(folder / "trial_config.json"),
                 resources=_json(folder / "trial_resources.json"),
                 restarts=saved_restarts(f"{train_root}/{match['id']}"),
+                ds_config=_json(folder / "ds_config.json"),
             )
         )
     return sorted(trials, key=lambda t: t.index)

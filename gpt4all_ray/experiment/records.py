@@ -96,7 +96,7 @@ def record_from_history(
     return record
 
 
-def _row(r: TrialRecord, param_names: list[str]) -> dict[str, Any]:
+def leaderboard_row(r: TrialRecord, param_names: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"trial_id": r.trial_id}
     row.update({p: r.params.get(p) for p in param_names})
     row.update(
@@ -124,7 +124,8 @@ def ranked(records: list[TrialRecord]) -> list[TrialRecord]:
     return sorted(records, key=lambda r: (not math.isfinite(r.best_val_loss), r.best_val_loss, r.trial_id))
 
 
-def _fmt(v: Any, column: str = "") -> str:
+def leaderboard_cell(v: Any, column: str = "") -> str:
+    """A value as leaderboard.md shows it (the model card repeats the winner's row)."""
     if column == "val_losses":
         return " ".join(f"{float(x):.4f}" for x in v.split())
     if isinstance(v, float):
@@ -153,7 +154,7 @@ def write_report(
     """Write the leaderboard and, when some trial has a checkpoint, best.json and best/ (copied
     through the filesystem of storage_root, Ray's storage; local when None)."""
     exp_dir.mkdir(parents=True, exist_ok=True)
-    rows = [_row(r, param_names) for r in ranked(records)]
+    rows = [leaderboard_row(r, param_names) for r in ranked(records)]
     columns = list(rows[0]) if rows else ["trial_id"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -161,7 +162,7 @@ def write_report(
     writer.writerows(rows)
     (exp_dir / "leaderboard.csv").write_text(buf.getvalue())
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    md += ["| " + " | ".join(_fmt(row[c], c) for c in columns) + " |" for row in rows]
+    md += ["| " + " | ".join(leaderboard_cell(row[c], c) for c in columns) + " |" for row in rows]
     (exp_dir / "leaderboard.md").write_text("\n".join(md) + "\n")
 
     best, constraint_met = best_record(records, min_stop_rate)

@@ -1,7 +1,8 @@
 """`gpt4all-ray report runs/<experiment>`: the experiment's report, from its stored
 files alone (the search writes the same report when it ends).
 
-<experiment>/ gets leaderboard.csv/.md, best.json and best/ (records.py), and summary.md:
+<experiment>/ gets leaderboard.csv/.md, best.json and best/ (records.py) with its model card
+best/README.md (model_card.py), and summary.md:
 the leaderboard, the best configuration and why it won, each trial's stop reason, the compute
 used and the compute saved by stopping early, and PNG figures: validation loss per evaluation
 for every trial with its stop point marked, best loss against each hyperparameter, and Optuna's
@@ -26,13 +27,22 @@ from gpt4all_ray.experiment.files import (
     default_storage_url,
     load_study,
     min_stop_rate,
+    read_settings,
     read_starts,
     searcher_values,
     start_origin,
     storage_root,
     stored_trials,
 )
-from gpt4all_ray.experiment.records import BestTrial, TrialRecord, ranked, record_from_history, write_report
+from gpt4all_ray.experiment.model_card import CARD, CardFacts, model_card
+from gpt4all_ray.experiment.records import (
+    BestTrial,
+    TrialRecord,
+    leaderboard_row,
+    ranked,
+    record_from_history,
+    write_report,
+)
 from gpt4all_ray.experiment.stop_log import read_stops, stopped_by
 from gpt4all_ray.experiment.storage import storage_used
 
@@ -196,6 +206,8 @@ def build_report(exp_dir: Path, storage_url: str | None = None) -> ExperimentRep
     names = sorted({k for t in trials for k in t.params})
     configs = {t.trial_id: t.config for t in trials if t.config}
     best = write_report(exp_dir, records, names, configs, min_stop_rate(exp_dir), storage_root(exp_dir))
+    if best is not None and best.config is not None:
+        write_card(exp_dir, best, trials, records, names)
 
     curves = plot_curves(trials, records, exp_dir / "val_loss.png")
     (exp_dir / "figures.json").write_text(json.dumps({"val_loss": curves}, indent=1))
@@ -207,6 +219,28 @@ def build_report(exp_dir: Path, storage_url: str | None = None) -> ExperimentRep
     compute = compute_used(trials, records)
     (exp_dir / "summary.md").write_text(summary_markdown(exp_dir, trials, records, best, compute, importances))
     return ExperimentReport(ranked(records), best)
+
+
+def write_card(
+    exp_dir: Path, best: BestTrial, trials: list[StoredTrial], records: list[TrialRecord], names: list[str]
+) -> None:
+    """best/README.md (model_card.py), in the words of summary.md."""
+    winner = best.record
+    (trial,) = [t for t in trials if t.trial_id == winner.trial_id]
+    # What the engine ran with, saved beside the model; else the copy its driver wrote.
+    shipped = best.checkpoint / "ds_config.json"
+    facts = CardFacts(
+        exp_dir=exp_dir,
+        trials=len(trials),
+        row=leaderboard_row(winner, names),
+        why_it_won=why_it_won(winner, [r for r in records if r is not winner]),
+        probes=probe_line(winner, best.min_stop_rate, best.constraint_met),
+        stopped=stop_line(trial, winner),
+        ds_config=json.loads(shipped.read_text()) if shipped.is_file() else trial.ds_config,
+        settings=read_settings(exp_dir),
+        files=tuple(sorted(p.name for p in best.checkpoint.iterdir())),
+    )
+    (best.checkpoint / CARD).write_text(model_card(best, facts))
 
 
 def summary_markdown(
@@ -225,7 +259,8 @@ def summary_markdown(
         lines += [f"Trial {winner.trial_id}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in winner.params.items()), ""]
         lines += ["Why it won: " + why_it_won(winner, [r for r in records if r is not winner]), ""]
         lines += [probe_line(winner, best.min_stop_rate, best.constraint_met), ""]
-        lines += ["Checkpoint: `best/` (Hugging Face format); full configuration in `best.json`.", ""]
+        card = f", with its model card `best/{CARD}`" if (best.checkpoint / CARD).is_file() else ""
+        lines += [f"Checkpoint: `best/` (Hugging Face format{card}); full configuration in `best.json`.", ""]
     else:
         lines += ["No trial produced a checkpoint.", ""]
     lines += ["## Leaderboard", "", (exp_dir / "leaderboard.md").read_text(), "## Why each trial stopped", ""]

@@ -60,12 +60,15 @@ def tiny_config(name: str, vocab_size: int) -> Any:
     raise ValueError(f"unknown built-in model {name!r}")
 
 
-def padded_vocab(n: int, multiple: int = 64) -> int:
-    # Embedding rows as a multiple of 64 run faster on tensor cores (noted in GPT4All's log).
+EMBEDDING_MULTIPLE = 64
+"""Embedding rows as a multiple of 64 run faster on tensor cores (noted in GPT4All's log)."""
+
+
+def padded_vocab(n: int, multiple: int = EMBEDDING_MULTIPLE) -> int:
     return -(-n // multiple) * multiple
 
 
-def fit_embeddings(model: Any, tokenizer: Any, multiple: int = 64) -> bool:
+def fit_embeddings(model: Any, tokenizer: Any, multiple: int = EMBEDDING_MULTIPLE) -> bool:
     """Grow the embeddings to cover the tokenizer, rounded up to `multiple`; new rows are drawn
     around the mean of the existing ones (transformers' mean_resizing), not at random scale.
     True when they grew."""
