@@ -51,13 +51,14 @@ def bare_loop(cfg: Any, out: Path) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     data = load_split(cfg)
     tokenizer = load_tokenizer(cfg, data)
-    examples, _ = encode_rows(data.train, tokenizer, cfg.max_length, cfg.length_policy)
+    examples, _ = encode_rows(data.train, tokenizer, cfg.max_length, cfg.length_policy, cfg.prompt_format)
     model, _ = base_model(cfg, tokenizer)
     model = trainable(model, cfg)
     ddp = DistributedDataParallel(model)
     steps_per_epoch = len(examples) // cfg.global_batch
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
-    schedule = lr_multiplier(cfg.lr_schedule, cfg.warmup_steps, steps_per_epoch * cfg.epochs)
+    total_steps = steps_per_epoch * cfg.epochs
+    schedule = lr_multiplier(cfg.lr_schedule, cfg.warmup_for(total_steps), total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     accumulation = cfg.global_batch // (cfg.per_device_batch * world)
     windows: list[float] = []

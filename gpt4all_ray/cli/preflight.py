@@ -3,22 +3,30 @@ results folder can be written. Each failure is a SpecError naming the file and k
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-from gpt4all_ray.config import SearchSpec, SpecError
+from gpt4all_ray.config import SearchSpec, SpecError, TrialConfig
 from gpt4all_ray.data.cache import PreparedData
 from gpt4all_ray.data.sources import DataError
 
 
 def check_data(spec: SearchSpec, cache: Path) -> PreparedData:
     """Build the experiment's tokenized data once, in `cache` (every trial then maps it), and
-    refuse data that makes no optimizer step, before Ray starts. Its report says what was kept
+    refuse data that makes no optimizer step, before Ray starts; a searched max_length builds and
+    checks each of its choices. The report of the fixed one (the first choice) says what was kept
     and dropped."""
-    from gpt4all_ray.data.cache import prepare
-    from gpt4all_ray.data.encode import FormatError, TooLong
+    lengths = spec.search["max_length"].args if "max_length" in spec.search else (spec.fixed.max_length,)
+    built = [_checked_build(spec, dataclasses.replace(spec.fixed, max_length=length), cache) for length in lengths]
+    check_warmup(spec, built[0].report.train_rows)
+    return built[0]
 
-    cfg = spec.fixed
+
+def _checked_build(spec: SearchSpec, cfg: TrialConfig, cache: Path) -> PreparedData:
+    from gpt4all_ray.data.cache import prepare
+    from gpt4all_ray.data.encode import FormatError, NoRoom, TooLong
+
     try:
         data = prepare(cfg, cache)
     except DataError as err:
@@ -27,6 +35,10 @@ def check_data(spec: SearchSpec, cache: Path) -> PreparedData:
         raise SpecError(f"{spec.path}: fixed.length_policy: {err}") from None  # names the part and row
     except FormatError as err:
         raise SpecError(f"{spec.path}: fixed.prompt_format: {err}") from None  # names the part and row
+    except NoRoom as err:
+        raise SpecError(
+            f"{spec.path}: {'search' if 'max_length' in spec.search else 'fixed'}.max_length: {err}"
+        ) from None
     if data.report.train_rows < cfg.global_batch:
         raise SpecError(
             f"{spec.path}: fixed.data_rows: {data.report.train_rows} training rows after cleaning and the "
@@ -41,7 +53,6 @@ def check_data(spec: SearchSpec, cache: Path) -> PreparedData:
                 f"{spec.path}: fixed.length_policy: drop leaves {kept} of {rows} {part} rows "
                 f"within max_length {cfg.max_length} (needed: {need}); raise max_length or truncate"
             )
-    check_warmup(spec, data.report.train_rows)
     return data
 
 
@@ -61,27 +72,26 @@ def check_warmup(spec: SearchSpec, train_rows: int) -> None:
 
 
 def check_deepspeed(spec: SearchSpec) -> None:
-    """fixed.deepspeed's file: valid JSON, and no key the search samples or the space fixes set
-    to another value, before Ray starts (each trial's workers check it again against their own
-    sampled values)."""
-    from gpt4all_ray.train.ds_config import decided_keys, deepspeed_config, read_user_config
+    """fixed.deepspeed's file (read by load_spec): no key the search samples, and nothing the space
+    decides set to another value, before Ray starts. Each trial's driver merges it again with its
+    own sampled values."""
+    from gpt4all_ray.train.ds_config import DeepSpeedConflict, decided_keys, deepspeed_config
 
-    cfg, workers = spec.fixed, spec.resources.workers_per_trial
-    if not cfg.deepspeed:
+    user, cfg = spec.deepspeed_user, spec.fixed
+    if user is None:
         return
     where = f"{spec.path}: fixed.deepspeed"
+    for key in decided_keys(user, {}):
+        searched = [name for name in key.settings if name in spec.search]
+        if searched:
+            dist = spec.search[searched[0]]
+            raise SpecError(
+                f"{where}: {cfg.deepspeed}: sets {key.path} = {json.dumps(key.theirs)}, but the search samples "
+                f"{searched[0]} (search.{searched[0]}: {dist.kind} {list(dist.args)}); remove it from the file"
+            )
     try:
-        user = read_user_config(Path(cfg.deepspeed))
-        for key in decided_keys(user, {}):
-            searched = [name for name in key.settings if name in spec.search]
-            if searched:
-                dist = spec.search[searched[0]]
-                raise SpecError(
-                    f"{where}: {cfg.deepspeed}: sets {key.path} = {json.dumps(key.theirs)}, but the search samples "
-                    f"{searched[0]} (search.{searched[0]}: {dist.kind} {list(dist.args)}); remove it from the file"
-                )
-        deepspeed_config(cfg, workers)
-    except ValueError as err:  # DeepSpeedConflict too
+        deepspeed_config(cfg, spec.resources.workers_per_trial, user)
+    except DeepSpeedConflict as err:
         raise SpecError(f"{where}: {err}") from None
 
 

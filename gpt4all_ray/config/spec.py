@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -220,13 +221,13 @@ class TrialConfig:
     """ZeRO 1-3: optimizer state and step on the CPU."""
     offload_params: bool = setting(False, ENGINE)
     """ZeRO 3 only: parameters kept on the CPU between uses."""
-    deepspeed: str = setting(
-        "", ENGINE, Rule(lambda v: v == "" or Path(v).is_file(), "expected a DeepSpeed JSON file every worker sees")
-    )
-    """Your own DeepSpeed config (JSON), merged over the generated one: bucket sizes, overlap_comm,
-    NVMe offload paths, fp16's loss-scale window, ... A key the space decides (batch sizes,
-    gradient_clipping, zero_optimization.stage, bf16/fp16.enabled, offload devices, optimizer,
-    scheduler) set to another value is refused. The merged config is saved beside each trial."""
+    deepspeed: str = setting("", ENGINE, Rule(lambda v: v == "" or Path(v).is_file(), "expected a DeepSpeed JSON file"))
+    """Your own DeepSpeed config (JSON), read once before Ray starts and merged over the generated
+    one: bucket sizes, overlap_comm, NVMe offload paths, fp16's loss-scale window, ... A key the
+    space decides (batch sizes, gradient_clipping, zero_optimization.stage, bf16/fp16.enabled,
+    offload devices, optimizer, scheduler) set to another value ("auto": the space's), a setting
+    of a feature the space turns off, and DeepSpeed's old aliases are refused. The merged config
+    is what every worker runs and what is saved beside each trial."""
     peak_tflops: float = setting(0.0, ENGINE, at_least(0, "0: the GPU's known peak"))
     """Peak FLOP/s per device (in TFLOP/s) for model FLOPs utilisation; 0: the known peak of the
     GPU (A100, H100, H200) at the training precision, none on CPU."""
@@ -355,6 +356,8 @@ class SearchSpec:
     resources: Resources
     tune: TuneSettings
     enqueue: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    deepspeed_user: dict[str, Any] | None = None
+    """fixed.deepspeed's file, read once here: the trials get its content, not its path."""
 
     def trial_config(self, sampled: dict[str, Any]) -> TrialConfig:
         return dataclasses.replace(self.fixed, **sampled)
@@ -368,6 +371,19 @@ class SearchSpec:
     def max_epochs(self) -> int:
         """The most epochs a trial can run."""
         return int(self.largest("epochs"))
+
+
+def read_deepspeed_file(path: Path) -> dict[str, Any]:
+    """A DeepSpeed JSON file as a dict; ValueError naming the file (and line) otherwise."""
+    try:
+        loaded = json.loads(path.read_text())
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the DeepSpeed config: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a JSON object of DeepSpeed settings, got {type(loaded).__name__}")
+    return loaded
 
 
 class _Loader(yaml.SafeLoader):
@@ -548,6 +564,20 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
         raise check.fail("tune.gpu_hours", "is a budget of GPU time, but resources.gpus_per_worker is 0")
 
     given = set(fixed) | set(search)
+    for key in ("per_device_batch", "max_length"):
+        dist = search.get(key)
+        if dist and dist.kind != "choice":
+            # Each value makes its own data build (max_length) or must divide the batch: listed, each checked.
+            raise check.fail(f"search.{key}", f"{dist.kind}: search it with choice, a list of the values to try")
+        if dist:
+            fixed[key] = dist.args[0]  # what the checks before Ray and the dry run take as the fixed value
+    deepspeed_user = None
+    if "deepspeed" in fixed:
+        fixed["deepspeed"] = str(Path(fixed["deepspeed"]).resolve())  # the trials run in other folders
+        try:
+            deepspeed_user = read_deepspeed_file(Path(fixed["deepspeed"]))
+        except ValueError as err:
+            raise check.fail("fixed.deepspeed", str(err)) from None
     if {"warmup_steps", "warmup_ratio"} <= given:
         where = _where("warmup_ratio", search)
         raise check.fail(where, "is an alternative to warmup_steps; set one of the two (warmup_steps is set)")
@@ -562,10 +592,6 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
         problem = _batch_problem(base.global_batch, base.per_device_batch, resources.workers_per_trial)
         if problem:
             raise check.fail("fixed.global_batch", problem)
-    elif batch_dist.kind != "choice":
-        raise check.fail(
-            "search.per_device_batch", "search it with choice: each value must divide global_batch / workers_per_trial"
-        )
     else:
         for batch in batch_dist.args:
             problem = _batch_problem(base.global_batch, batch, resources.workers_per_trial)
@@ -576,7 +602,7 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
         problem = _batch_problem(base.global_batch, point.get("per_device_batch"), resources.workers_per_trial)
         if problem:
             raise check.fail(f"enqueue[{i}].per_device_batch", f"global_batch {problem}")
-    return SearchSpec(name, path, base, search, resources, tune, tuple(enqueue))
+    return SearchSpec(name, path, base, search, resources, tune, tuple(enqueue), deepspeed_user)
 
 
 def _where(key: str, search: dict[str, Distribution]) -> str:

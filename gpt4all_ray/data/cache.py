@@ -213,6 +213,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
         "class": type(tokenizer).__name__,
         "definition": hashlib.sha256(definition.encode()).hexdigest(),
         "eos": tokenizer.eos_token_id,
+        "bos": tokenizer.bos_token_id,  # a chat template may render it
         "pad": tokenizer.pad_token_id,
         "size": len(tokenizer),
         "chat_template": hashlib.sha256(str(getattr(tokenizer, "chat_template", None)).encode()).hexdigest(),

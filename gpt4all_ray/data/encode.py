@@ -9,7 +9,7 @@ Two formats (fixed.prompt_format):
 - gpt4all: GPT4All's `### Prompt:` / `### Response:` around each user turn, EOS after each answer.
 - chat_template: the tokenizer's own chat template (apply_chat_template), as an instruct model
   was trained. Each assistant turn is told apart by rendering the conversation up to it with the
-  generation prompt and up to its end: the text between is the turn.
+  generation prompt and up to its end: the tokens between are the turn.
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ class NoChatTemplate(ValueError):
     """prompt_format chat_template with a tokenizer that has none."""
 
 
+class NoRoom(ValueError):
+    """A max_length whose half the prompt template alone fills."""
+
+
 class PromptEncoder:
     """Prompt -> the token ids a model sees before its response in GPT4All's template: the
     template around the prompt, the prompt capped at half of max_length (as GPT4All did)."""
@@ -81,7 +85,7 @@ class PromptEncoder:
         self.tail = tokenizer(RESPONSE_HEAD, add_special_tokens=False)["input_ids"]
         self.budget = max_length // 2 - len(self.head) - len(self.tail)
         if self.budget < 1:
-            raise ValueError(f"max_length {max_length} leaves no room for a prompt after the template")
+            raise NoRoom(f"max_length {max_length} leaves no room for a prompt after the template")
 
     def __call__(self, prompt: str) -> tuple[list[int], bool]:
         """(ids, whether the prompt was capped)."""
@@ -143,8 +147,11 @@ class Gpt4allFormat:
 
 
 class ChatTemplateFormat:
-    """The tokenizer's chat template. The prompt before the first answer is capped at half of
-    max_length by cutting the last user turn before it (the template's own tokens stay whole)."""
+    """The tokenizer's chat template. A row is the whole rendered conversation tokenized at once,
+    as apply_chat_template(tokenize=True) gives it at inference; answer k is the tokens between the
+    conversation up to it with the generation prompt, tokenized alone, and up to its end. The
+    prompt before the first answer is capped at half of max_length by cutting the user turn before
+    it (the template's own tokens stay whole)."""
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         if not getattr(tokenizer, "chat_template", None):
@@ -161,84 +168,75 @@ class ChatTemplateFormat:
         except Exception as err:  # noqa: BLE001 (a template raises what its author wrote: jinja's, ValueError, ...)
             raise FormatError(f"{where}: the chat template refused this conversation: {err}") from None
 
-    def pieces(self, messages: list[Message], where: str) -> list[tuple[str, bool]]:
-        """The rendered conversation as (text, learned) pieces: the text up to each assistant
-        turn with the generation prompt, then the turn."""
-        out: list[tuple[str, bool]] = []
-        done = ""
+    def texts(self, messages: list[Message], where: str) -> list[str]:
+        """For each answer: the conversation before it with the generation prompt, and through it.
+        Each must begin with the one before (a template that rewrites earlier turns cannot mark
+        answers); the last is the whole conversation."""
+        out: list[str] = []
         for k, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            before = self.render(messages[:k], True, where)
-            after = self.render(messages[: k + 1], False, where)
-            if not before.startswith(done) or not after.startswith(before):
-                raise FormatError(
-                    f"{where}: the chat template does not render this conversation as a growing text (it changes "
-                    f"earlier turns when later ones are added), so its assistant turns cannot be told apart"
-                )
-            out += [(before[len(done) :], False), (after[len(before) :], True)]
-            done = after
+            if message["role"] == "assistant":
+                out += [self.render(messages[:k], True, where), self.render(messages[: k + 1], False, where)]
+        if any(not later.startswith(earlier) for earlier, later in zip(out, out[1:], strict=False)):
+            raise FormatError(
+                f"{where}: the chat template does not render this conversation as a growing text (it changes "
+                "earlier turns when later ones are added), so its answers cannot be told apart"
+            )
         return out
 
     def encode(self, rows: Sequence[Row], first: int = 0) -> list[Encoded]:
         wheres = [_where(first, i, row) for i, row in enumerate(rows)]
         conversations = [turns(row) for row in rows]
-        all_pieces = [self.pieces(conv, where) for conv, where in zip(conversations, wheres, strict=True)]
-        texts = iter(token_ids(self.tokenizer, [text for pieces in all_pieces for text, _ in pieces]))
+        texts = [self.texts(conv, where) for conv, where in zip(conversations, wheres, strict=True)]
+        ids = iter(token_ids(self.tokenizer, [text for row_texts in texts for text in row_texts]))
         out = []
-        for conversation, pieces, where in zip(conversations, all_pieces, wheres, strict=True):
-            encoded = self.assemble([(next(texts), learned) for _, learned in pieces], where, capped=False)
-            if encoded.spans[0][0] > self.half:
-                encoded = self.capped(conversation, where)
-            out.append(encoded)
+        for conversation, row_texts, where in zip(conversations, texts, wheres, strict=True):
+            encoded = self.marked([next(ids) for _ in row_texts], where, capped=False)
+            out.append(self.capped(conversation, where) if encoded.spans[0][0] > self.half else encoded)
         return out
 
-    def assemble(self, pieces: list[tuple[list[int], bool]], where: str, capped: bool) -> Encoded:
-        """Pieces -> ids and spans. A turn is learned up to the EOS that ends it; what the template
-        puts after that (a newline) is context, and after the last turn it is left out: a model
-        never generates past its EOS."""
-        ids: list[int] = []
-        spans: list[Span] = []
-        for piece, learned in pieces:
-            if learned:
-                if self.eos not in piece:
-                    raise FormatError(
-                        f"{where}: the chat template ends an assistant turn without the tokenizer's EOS token "
-                        f"{self.tokenizer.eos_token!r}; a model trained on it would not stop"
-                    )
-                end = len(piece) - piece[::-1].index(self.eos)
-                spans.append((len(ids), len(ids) + end))
-            ids += piece
+    def marked(self, prefixes: list[list[int]], where: str, capped: bool) -> Encoded:
+        """The whole conversation's ids (the last prefix) with each answer's span, learned up to the
+        EOS that ends it; what the template puts after that (a newline) is context, and after the
+        last answer it is left out: a model never generates past its EOS."""
+        ids, spans = prefixes[-1], []
+        for before, through in zip(prefixes[::2], prefixes[1::2], strict=True):
+            if ids[: len(before)] != before or ids[: len(through)] != through:
+                raise FormatError(
+                    f"{where}: tokenized whole, the conversation has other tokens where an answer starts or ends than "
+                    "its text up to there tokenized alone (a token spans the boundary), so the answer cannot be marked"
+                )
+            answer = through[len(before) :]
+            if self.eos not in answer:
+                raise FormatError(
+                    f"{where}: the chat template ends an assistant turn without the tokenizer's EOS token "
+                    f"{self.tokenizer.eos_token!r}; a model trained on it would not stop"
+                )
+            spans.append((len(before), len(through) - answer[::-1].index(self.eos)))
         return Encoded(ids[: spans[-1][1]], spans, capped)
 
     def capped(self, conversation: list[Message], where: str) -> Encoded:
-        """The conversation with the last user turn before its first answer cut so that the
-        prompt fits half of max_length. Its tokens are cut, decoded and rendered again; where a
-        cut token re-encodes longer, the cut is made shorter."""
-        answer = next(k for k, m in enumerate(conversation) if m["role"] == "assistant")
-        user = max(k for k in range(answer) if conversation[k]["role"] == "user")
+        """The conversation with the user turn before its first answer cut so that the prompt fits
+        half of max_length. Its tokens are cut, decoded and rendered again; where a cut token
+        re-encodes longer, the cut is made shorter. No spans: the system turn and template alone
+        leave no room (a row that does not fit, under length_policy)."""
+        user = next(k for k, m in enumerate(conversation) if m["role"] == "assistant") - 1
 
         def with_content(text: str) -> list[Message]:
             return [*conversation[:user], {**conversation[user], "content": text}, *conversation[user + 1 :]]
 
         def prompt_tokens(text: str) -> int:
-            return len(token_ids(self.tokenizer, [self.render(with_content(text)[:answer], True, where)])[0])
+            return len(token_ids(self.tokenizer, [self.render(with_content(text)[: user + 1], True, where)])[0])
 
-        overhead = prompt_tokens("")
-        budget = self.half - overhead
+        budget = self.half - prompt_tokens("")
         body = token_ids(self.tokenizer, [conversation[user]["content"]])[0]
         while budget >= 1:
             text = self.tokenizer.decode(body[:budget])
             excess = prompt_tokens(text) - self.half
             if excess <= 0:
-                pieces = self.pieces(with_content(text), where)
-                ids = token_ids(self.tokenizer, [piece for piece, _ in pieces])
-                return self.assemble(list(zip(ids, (learned for _, learned in pieces), strict=True)), where, True)
+                texts = self.texts(with_content(text), where)
+                return self.marked(token_ids(self.tokenizer, texts), where, capped=True)
             budget -= excess
-        raise FormatError(
-            f"{where}: max_length {self.max_length} leaves no room for a prompt: the chat template's own "
-            f"tokens before the first answer are {overhead}, half of max_length is {self.half}"
-        )
+        return Encoded([], [], capped=True)
 
 
 RowEncoder = Gpt4allFormat | ChatTemplateFormat
@@ -284,7 +282,15 @@ def encoded(
         kept = []
         for i, (row, e) in enumerate(zip(batch, encoder.encode(batch, first), strict=True), start=first):
             report.prompts_capped += e.capped
-            if len(e.ids) <= max_length:
+            no_room = not e.spans  # the system turn and template alone pass half of max_length
+            if no_room and length_policy != "raise":
+                report.dropped_too_long.append(i)  # truncated, it would learn nothing: dropped, counted
+            elif no_room:
+                raise TooLong(
+                    f"row {i} (source {row.get('source')!r}): its system turn and the chat template's tokens before "
+                    f"the first answer pass half of max_length {max_length} (length_policy: raise)"
+                )
+            elif len(e.ids) <= max_length:
                 kept.append((e.ids, e.spans))
                 report.with_eos += 1
             elif length_policy == "drop":
@@ -292,8 +298,8 @@ def encoded(
             elif length_policy == "raise":
                 prompt = e.spans[0][0]
                 raise TooLong(
-                    f"row {i} (source {row.get('source')!r}): prompt {prompt} + answer and EOS {len(e.ids) - prompt} "
-                    f"tokens do not fit max_length {max_length} (length_policy: raise)"
+                    f"row {i} (source {row.get('source')!r}): prompt {prompt} + the rest {len(e.ids) - prompt} tokens "
+                    f"(answers, EOS) do not fit max_length {max_length} (length_policy: raise)"
                 )
             else:
                 spans = [(start, min(end, max_length)) for start, end in e.spans if start < max_length]

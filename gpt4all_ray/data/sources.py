@@ -74,10 +74,18 @@ def conversation(value: Any, where: str, column: str) -> list[dict[str, str]]:
             raise DataError(f"{at}: a system turn may only come first")
         turns.append({"role": turn["role"], "content": turn["content"]})
     roles = [t["role"] for t in turns]
+    first = 1 if roles[0] == "system" else 0
+    for k in range(first, len(roles)):
+        expected = ("user", "assistant")[(k - first) % 2]
+        if roles[k] != expected:
+            # One user turn before each answer: the prompt capped before the first is that turn.
+            article = "an" if expected == "assistant" else "a"
+            raise DataError(
+                f"{where}: {column}[{k}]: expected {article} {expected} turn (turns alternate user, assistant "
+                f"after an optional system turn), got {roles[k]}"
+            )
     if roles[-1] != "assistant":
         raise DataError(f"{where}: column {column!r} must end with an assistant turn (the answer to learn)")
-    if "user" not in roles[: roles.index("assistant")]:
-        raise DataError(f"{where}: column {column!r} needs a user turn before its first assistant turn")
     return turns
 
 

@@ -158,7 +158,7 @@ def make_plan(
     keep = spec.tune.keep_resume_state
     peak_bytes = peak_storage(size, spec.tune.num_trials, concurrency, keep)
     sample = spec.enqueue[0] if spec.enqueue else {}
-    ds = deepspeed_config(spec.trial_config(sample), res.workers_per_trial)
+    ds = deepspeed_config(spec.trial_config(sample), res.workers_per_trial, spec.deepspeed_user)
     source = (
         "counted from the data"
         if train_tokens is not None

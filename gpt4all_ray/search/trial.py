@@ -71,7 +71,7 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
     # What this trial runs, beside its Tune results: the full config and the DeepSpeed config.
     trial_dir = Path(context.get_trial_dir())
     (trial_dir / "trial_config.json").write_text(json.dumps(dataclasses.asdict(trial), indent=2))
-    ds_config = deepspeed_config(trial, res.workers_per_trial)
+    ds_config = deepspeed_config(trial, res.workers_per_trial, spec.deepspeed_user)
     (trial_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
     (trial_dir / "trial_resources.json").write_text(json.dumps(dataclasses.asdict(res), indent=2))
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})
@@ -82,6 +82,7 @@ def trial_driver(config: dict[str, Any], *, spec: SearchSpec, storage: str, tb_r
             "hparams": {k: config[k] for k in spec.search},
             "tb_dir": f"{tb_root}/{trial_id}",
             "data_cache": data_cache,
+            "ds_config": ds_config,  # what the workers run: the file was read once, before Ray started
             "threads": max(1, int(res.cpus_per_worker)),
             # So the workers can tell how long Ray Train took to start them.
             "fit_started_at": time.time(),

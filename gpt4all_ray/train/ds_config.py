@@ -4,11 +4,11 @@ with the user's own DeepSpeed file (fixed.deepspeed) merged over it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from gpt4all_ray.config import TrialConfig
+from gpt4all_ray.config import TrialConfig, read_deepspeed_file
 
 
 def gradient_accumulation(cfg: TrialConfig, world_size: int) -> int:
@@ -44,7 +44,6 @@ DECIDED_BY: dict[str, tuple[str, ...]] = {
     "zero_optimization.offload_optimizer.device": ("offload_optimizer",),
     "zero_optimization.offload_param.device": ("offload_params",),
     "bf16.enabled": ("precision",),
-    "bfloat16.enabled": ("precision",),  # DeepSpeed's other name for the bf16 section
     "fp16.enabled": ("precision",),
     # Ours is torch's AdamW with our LambdaLR, passed to deepspeed.initialize: these sections
     # would fight them (and the hyperparameter check reads the optimizer's groups).
@@ -53,6 +52,21 @@ DECIDED_BY: dict[str, tuple[str, ...]] = {
     "zero_allow_untested_optimizer": (),
     "zero_force_ds_cpu_optimizer": (),
 }
+# DeepSpeed's other names for decided keys: it would read them, so they could undo the space.
+OTHER_NAMES = {
+    "bfloat16": "bf16 (DeepSpeed reads bf16, which the generated config always has, and ignores bfloat16)",
+    "zero_optimization.cpu_offload": "zero_optimization.offload_optimizer, decided by fixed.offload_optimizer",
+    "zero_optimization.cpu_offload_param": "zero_optimization.offload_param, decided by fixed.offload_params",
+    "zero_optimization.cpu_offload_use_pin_memory": "the offload sections' pin_memory",
+}
+# What DeepSpeed takes where the generated config leaves a decided key out.
+DEEPSPEED_DEFAULTS = {
+    "zero_optimization.offload_optimizer.device": "none",
+    "zero_optimization.offload_param.device": "none",
+}
+AUTO = "auto"
+"""Hugging Face Trainer's placeholder: on a decided key it means the space's value; DeepSpeed
+itself resolves no "auto", so elsewhere it is refused."""
 UNSET = "(unset)"
 
 
@@ -83,21 +97,24 @@ def generated_config(cfg: TrialConfig, world_size: int) -> dict[str, Any]:
     }
 
 
-def deepspeed_config(cfg: TrialConfig, world_size: int) -> dict[str, Any]:
-    """The generated config with fixed.deepspeed's file merged over it; a key the space decides
-    may only be set to the value the space gives it (DeepSpeedConflict otherwise)."""
+def deepspeed_config(cfg: TrialConfig, world_size: int, user: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The generated config with the user's DeepSpeed config (`user`, else fixed.deepspeed's file)
+    merged over it. A key the space decides may only be the value the space gives it, or "auto"
+    (DeepSpeedConflict otherwise)."""
     generated = generated_config(cfg, world_size)
-    if not cfg.deepspeed:
-        return generated
-    user = read_user_config(Path(cfg.deepspeed))
-    conflicts = [c for c in decided_keys(user, generated) if c.ours != c.theirs]
-    if conflicts:
-        raise DeepSpeedConflict(cfg.deepspeed, conflicts[0].describe(cfg))
+    if user is None:
+        if not cfg.deepspeed:
+            return generated
+        user = read_deepspeed_file(Path(cfg.deepspeed))
+    problem = user_config_problem(user, generated, cfg)
+    if problem:
+        raise DeepSpeedConflict(cfg.deepspeed, problem)
     return merged(generated, user)
 
 
 class DeepSpeedConflict(ValueError):
-    """The user's DeepSpeed file sets a key the space decides to another value."""
+    """The user's DeepSpeed file sets a key the space decides to another value, or one that would
+    do nothing."""
 
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
@@ -113,6 +130,11 @@ class UserKey:
     def settings(self) -> tuple[str, ...]:
         return DECIDED_BY[self.path]
 
+    @property
+    def differs(self) -> bool:
+        # 1 is not true and 16.0 is not 16 in what is recorded, though DeepSpeed reads them alike.
+        return self.theirs != AUTO and (self.theirs != self.ours or type(self.theirs) is not type(self.ours))
+
     def describe(self, cfg: TrialConfig) -> str:
         theirs = f"sets {self.path} = {json.dumps(self.theirs)}"
         if not self.settings:
@@ -123,36 +145,66 @@ class UserKey:
         return f"{theirs}, but the space gives {json.dumps(self.ours)} ({values})"
 
 
-def read_user_config(path: Path) -> dict[str, Any]:
-    """A DeepSpeed JSON file as a dict; ValueError naming the file (and line) otherwise."""
-    try:
-        loaded = json.loads(path.read_text())
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the DeepSpeed config: {err.strerror or err}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a JSON object of DeepSpeed settings, got {type(loaded).__name__}")
-    return loaded
-
-
-# What DeepSpeed takes where the generated config leaves a decided key out.
-DEEPSPEED_DEFAULTS = {
-    "zero_optimization.offload_optimizer.device": "none",
-    "zero_optimization.offload_param.device": "none",
-}
-SAME_AS = {"bfloat16.enabled": "bf16.enabled"}
-
-
 def decided_keys(user: Mapping[str, Any], generated: Mapping[str, Any]) -> list[UserKey]:
     """The keys of `user` that the space decides, each with the value the generated config gives it."""
     found = []
     for path in DECIDED_BY:
         theirs = _lookup(user, path)
         if theirs is not UNSET:
-            ours = _lookup(generated, SAME_AS.get(path, path))
+            ours = _lookup(generated, path)
             found.append(UserKey(path, theirs, DEEPSPEED_DEFAULTS.get(path, UNSET) if ours is UNSET else ours))
     return found
+
+
+def user_config_problem(user: Mapping[str, Any], generated: Mapping[str, Any], cfg: TrialConfig) -> str | None:
+    """Why the user's config cannot be merged over the generated one, or None."""
+    for path in _section_paths():
+        value = _lookup(user, path)
+        if value is not UNSET and not isinstance(value, Mapping):
+            return f"sets {path} = {json.dumps(value)}; expected a section (a JSON object): keys in it are decided here"
+    for path, instead in OTHER_NAMES.items():
+        if _lookup(user, path) is not UNSET:
+            return f"sets {path}, DeepSpeed's other name for {instead}: write it under that name"
+    for key in decided_keys(user, generated):
+        if key.differs:
+            return key.describe(cfg)
+    for path, value in _leaves(user):
+        if value == AUTO and path not in DECIDED_BY:
+            return f'sets {path} = "auto": DeepSpeed resolves no "auto" (Hugging Face Trainer does); give a value'
+    return idle_key(user, cfg)
+
+
+def idle_key(user: Mapping[str, Any], cfg: TrialConfig) -> str | None:
+    """A setting of a feature the space turns off would do nothing: refused, not ignored."""
+    off = {
+        "fp16": f"precision is {cfg.precision}" if cfg.precision != "fp16" else "",
+        "bf16": f"precision is {cfg.precision}" if cfg.precision != "bf16" else "",
+        "zero_optimization.offload_optimizer": "" if cfg.offload_optimizer else "fixed.offload_optimizer is false",
+        "zero_optimization.offload_param": "" if cfg.offload_params else "fixed.offload_params is false",
+    }
+    for section, why in off.items():
+        given = _lookup(user, section)
+        keys = [k for k in given if k not in ("enabled", "device")] if why and isinstance(given, Mapping) else []
+        if keys:
+            return f"sets {section}.{keys[0]}, which does nothing: {why}"
+    zero = _lookup(user, "zero_optimization")
+    stage3 = [k for k in zero if k.startswith("stage3_")] if isinstance(zero, Mapping) else []
+    if stage3 and cfg.zero_stage != 3:
+        return f"sets zero_optimization.{stage3[0]}, which does nothing: zero_stage is {cfg.zero_stage}"
+    return None
+
+
+def _section_paths() -> list[str]:
+    """Every section on the way to a decided key (zero_optimization, its offload sections, ...)."""
+    return sorted({path.rsplit(".", depth)[0] for path in DECIDED_BY for depth in range(1, path.count(".") + 1)})
+
+
+def _leaves(config: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def _lookup(config: Mapping[str, Any], path: str) -> Any:
@@ -165,11 +217,12 @@ def _lookup(config: Mapping[str, Any], path: str) -> Any:
 
 
 def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """`over` merged into `base`, section by section (a value that is not a section replaces)."""
+    """`over` merged into `base`, section by section (a value that is not a section replaces;
+    "auto" keeps the base's value)."""
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = merged(out[key], value)
-        else:
+        elif value != AUTO:
             out[key] = value
     return out

@@ -144,7 +144,14 @@ StepHook = Callable[[int, int, list[int], float], None]
 class TrialRun:
     """One worker's share of a trial: data, model and DeepSpeed engine, built once."""
 
-    def __init__(self, cfg: TrialConfig, data_cache: Path, threads: int = 1, faults: FaultPoints | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        data_cache: Path,
+        threads: int = 1,
+        faults: FaultPoints | None = None,
+        ds_config: dict[str, Any] | None = None,
+    ) -> None:
         self.faults = faults or NoFaults()
         # Where the time outside optimizer steps goes, by phase (each reported as <phase>_s): in a
         # short trial, most of its wall time. train() adds the attempts before this one.
@@ -177,7 +184,10 @@ class TrialRun:
             rows = len(self.train_examples)
             raise ValueError(f"{rows} training rows make no step of global_batch {cfg.global_batch}")
         self.accumulation = gradient_accumulation(cfg, self.world)
-        self.ds_config = deepspeed_config(cfg, self.world)
+        if ds_config and ds_config["gradient_accumulation_steps"] != self.accumulation:
+            raise ValueError(f"the DeepSpeed config was made for another world size than this trial's {self.world}")
+        # The trial's driver merged the user's DeepSpeed file; run alone (torchrun), the worker does.
+        self.ds_config = ds_config or deepspeed_config(cfg, self.world)
 
         with timed(self.seconds, "setup_model"):
             if cfg.zero_stage == 3 and not is_builtin(cfg):
@@ -455,11 +465,12 @@ class TrialLoop:
         hparams: dict[str, Any] | None,
         worker_group_s: float,
         faults: FaultPoints | None,
+        ds_config: dict[str, Any] | None = None,
     ) -> TrialLoop:
         # The newest valid checkpoint, picked before the engine is built: with none usable the trial
         # fails at once, naming each, instead of loading a broken one or starting over from step 0.
         point = pick_resumable(Path(resume_from)) if resume_from else None
-        run = TrialRun(cfg, data_cache, threads, faults)
+        run = TrialRun(cfg, data_cache, threads, faults, ds_config)
         run.seconds["worker_group"] = worker_group_s
         state, attempt = LoopState(), Attempt(started_at=run.started_at)
         if point:
@@ -663,12 +674,15 @@ def train(
     hparams: dict[str, Any] | None = None,
     worker_group_s: float = 0.0,
     faults: FaultPoints | None = None,
+    ds_config: dict[str, Any] | None = None,
 ) -> None:
     """Train for cfg.epochs, evaluating at each epoch end (and every eval_every_steps), each
     evaluation reported with a checkpoint that resumes the run; the model itself is exported only
     when validation loss improved. Stops on all ranks at once when the divergence policy says so."""
     cache = Path(data_cache) if data_cache else DEFAULT_ROOT
-    loop = TrialLoop.setup(cfg, reporter, tb_dir, cache, threads, resume_from, on_step, hparams, worker_group_s, faults)
+    loop = TrialLoop.setup(
+        cfg, reporter, tb_dir, cache, threads, resume_from, on_step, hparams, worker_group_s, faults, ds_config
+    )
     try:
         loop.train()
     finally:

@@ -35,15 +35,20 @@ def ray_train_loop(config: dict[str, Any]) -> None:
     quiet_train_report_logger()
     cfg = TrialConfig(**config["trial"])
     args = (cfg, RayTrainReporter(), config.get("tb_dir"), config.get("threads", 1))
-    data_cache = config.get("data_cache")
+    data_cache, ds_config = config.get("data_cache"), config.get("ds_config")
     injected = faults.from_environment()  # NoFaults unless a recovery test set GPT4ALL_RAY_FAULT
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         # A restarted group's start is not timed: fit() began before the first attempt.
         worker_group_s = time.time() - config["fit_started_at"] if "fit_started_at" in config else 0.0
         train(
-            *args, hparams=config.get("hparams"), worker_group_s=worker_group_s, faults=injected, data_cache=data_cache
+            *args,
+            hparams=config.get("hparams"),
+            worker_group_s=worker_group_s,
+            faults=injected,
+            data_cache=data_cache,
+            ds_config=ds_config,
         )
         return
     with checkpoint.as_directory() as folder:
-        train(*args, resume_from=folder, faults=injected, data_cache=data_cache)
+        train(*args, resume_from=folder, faults=injected, data_cache=data_cache, ds_config=ds_config)

@@ -3,6 +3,7 @@ with it; max_length) and warmup_ratio as an alternative to warmup_steps."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def test_per_device_batch_is_searched_at_a_fixed_global_batch(tmp_path: Path) ->
     [
         (
             {"search.per_device_batch": {"int": [2, 8]}, "fixed.per_device_batch": _DELETE},
-            "search.per_device_batch: search it with choice",
+            "search.per_device_batch: int: search it with choice",
         ),
         (
             {"search.per_device_batch": {"choice": [4, 3]}, "fixed.per_device_batch": _DELETE},
@@ -48,6 +49,10 @@ def test_per_device_batch_is_searched_at_a_fixed_global_batch(tmp_path: Path) ->
         (
             {"search.max_length": {"uniform": [64, 256]}, "fixed.max_length": _DELETE},
             "search.max_length: uniform: max_length is an integer",
+        ),
+        (
+            {"search.max_length": {"int": [64, 256]}, "fixed.max_length": _DELETE},
+            "search.max_length: int: search it with choice, a list of the values to try",
         ),
         ({"fixed.warmup_ratio": 1.0}, "fixed.warmup_ratio: expected a fraction in [0, 1), got 1.0"),
         ({"fixed.warmup_ratio": 0.1}, "fixed.warmup_ratio: is an alternative to warmup_steps; set one of the two"),
@@ -109,3 +114,19 @@ def test_the_dry_run_plans_for_the_longest_searched_max_length(tmp_path: Path) -
     plan, base = make_plan(load_spec(path), Assumptions()), make_plan(fixed, Assumptions())
     assert f"context {longest})" in "\n".join(plan.lines)
     assert plan.flops_per_token > base.flops_per_token
+
+
+def test_each_searched_max_length_is_built_and_checked_before_ray(tmp_path: Path) -> None:
+    from gpt4all_ray.cli.preflight import check_data
+    from gpt4all_ray.data.cache import BUILDS
+
+    change = {"search.max_length": {"choice": [96, 160]}, "fixed.max_length": _DELETE, "fixed.data_rows": 300}
+    spec = load_spec(write(tmp_path, change))
+    assert spec.fixed.max_length == 96  # the first choice stands for the fixed value
+    data = check_data(spec, tmp_path / "cache")
+    builds = [json.loads(line) for line in (tmp_path / "cache" / BUILDS).read_text().splitlines()]
+    assert len(builds) == 2 and data.folder.name == builds[0]["key"]  # one build a choice; the trials map them
+    # A choice that leaves no room for a prompt is refused before Ray, naming the key and the length.
+    tight = load_spec(write(tmp_path, change | {"search.max_length": {"choice": [160, 12]}}))
+    with pytest.raises(SpecError, match="search.max_length: max_length 12 leaves no room for a prompt"):
+        check_data(tight, tmp_path / "cache")

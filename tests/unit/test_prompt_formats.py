@@ -21,6 +21,7 @@ from gpt4all_ray.data.encode import (
     FormatError,
     NoChatTemplate,
     PromptEncoder,
+    TooLong,
     encode_rows,
     prompts_before_answer,
     row_encoder,
@@ -40,13 +41,25 @@ text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",))
 exchange = st.tuples(text, text).map(
     lambda t: [{"role": "user", "content": t[0]}, {"role": "assistant", "content": t[1]}]
 )
+system = st.lists(text.map(lambda t: {"role": "system", "content": t}), max_size=1)
 conversation = st.fixed_dictionaries(
-    {"messages": st.lists(exchange, min_size=1, max_size=3).map(lambda ex: [m for pair in ex for m in pair])}
+    {"messages": st.tuples(system, st.lists(exchange, min_size=1, max_size=3)).map(lambda s: s[0] + sum(s[1], []))}
 )
 pair = st.fixed_dictionaries({"prompt": text, "response": text})
 rows = st.lists(st.one_of(pair, conversation), min_size=1, max_size=6).map(
     lambda rs: [r | {"source": "s"} | ({"prompt": "p", "response": "r"} if "messages" in r else {}) for r in rs]
 )
+
+
+def template_tokens(row: dict, prompt_format: str) -> int:
+    """Tokens of what comes before the first answer, the user's words left out (0 in gpt4all format,
+    whose template fits any max_length the test draws)."""
+    if prompt_format == "gpt4all":
+        return 0
+    conversation = turns(row)
+    before = [*conversation[: conversation.index(next(m for m in conversation if m["role"] == "assistant"))]]
+    before[-1] = {"role": "user", "content": ""}
+    return len(token_ids(CHAT, [CHAT.apply_chat_template(before, tokenize=False, add_generation_prompt=True)])[0])
 
 
 def learned_runs(labels: list[int]) -> list[list[int]]:
@@ -60,15 +73,26 @@ def learned_runs(labels: list[int]) -> list[list[int]]:
     return runs
 
 
-@settings(max_examples=60, deadline=None)
-@given(rows=rows, max_length=st.integers(min_value=96, max_value=240), prompt_format=st.sampled_from(sorted(FORMATS)))
+@settings(max_examples=80, deadline=None)
+@given(rows=rows, max_length=st.integers(min_value=64, max_value=240), prompt_format=st.sampled_from(sorted(FORMATS)))
 def test_only_answers_are_learned_eos_iff_untruncated_and_the_prompt_capped(
     rows: list[dict], max_length: int, prompt_format: str
 ) -> None:
+    if prompt_format == "gpt4all":  # it has no system turn (refused: another test)
+        rows = [
+            r | {"messages": [m for m in r["messages"] if m["role"] != "system"]} if "messages" in r else r
+            for r in rows
+        ]
     tokenizer = FORMATS[prompt_format]
     examples, report = encode_rows(rows, tokenizer, max_length, "truncate", prompt_format)
-    assert len(examples) == len(rows) == report.with_eos + report.truncated
-    for i, (row, e) in enumerate(zip(rows, examples, strict=True)):
+    # A row whose system turn and template alone pass half of max_length is dropped and counted.
+    kept = [i for i in range(len(rows)) if i not in report.dropped_too_long]
+    assert len(examples) == len(kept) == report.with_eos + report.truncated
+    assert [i for i in range(len(rows)) if template_tokens(rows[i], prompt_format) >= max_length // 2] == sorted(
+        report.dropped_too_long
+    )
+    for i, e in zip(kept, examples, strict=True):
+        row = rows[i]
         answers = [m["content"] for m in turns(row) if m["role"] == "assistant"]
         truncated = i in report.truncated_rows
         assert len(e.input_ids) == len(e.labels) <= max_length
@@ -111,7 +135,9 @@ def test_chat_template_rows_are_the_template_rendered() -> None:
     ]
     (e,), report = encode_rows([{"messages": messages, "source": "s"}], CHAT, 256, "truncate", "chat_template")
     rendered = CHAT.apply_chat_template(messages, tokenize=False)
-    assert CHAT.decode(e.input_ids) == rendered[: rendered.rindex(CHAT.eos_token) + len(CHAT.eos_token)]
+    through_last_eos = rendered[: rendered.rindex(CHAT.eos_token) + len(CHAT.eos_token)]
+    assert CHAT.decode(e.input_ids) == through_last_eos
+    assert e.input_ids == token_ids(CHAT, [through_last_eos])[0]  # the whole text tokenized, as at inference
     assert [CHAT.decode(run) for run in learned_runs(e.labels)] == ["4" + CHAT.eos_token, "6" + CHAT.eos_token]
     assert report.with_eos == 1
     # A probe's prompt is the conversation before its last answer, with the generation prompt.
@@ -189,7 +215,8 @@ CONVERSATION = [{"role": "user", "content": "hi"}, {"role": "assistant", "conten
         ({"messages": [{"role": "bot", "content": "x"}]}, "d.jsonl:1: messages[0]: expected {role: system | user |"),
         ({"messages": [*CONVERSATION, {"role": "system", "content": "x"}, *CONVERSATION]}, "messages[2]: a system"),
         ({"messages": CONVERSATION[:1]}, "d.jsonl:1: column 'messages' must end with an assistant turn"),
-        ({"messages": [{"role": "system", "content": "x"}, CONVERSATION[1]]}, "needs a user turn before its first"),
+        ({"messages": [{"role": "system", "content": "x"}, CONVERSATION[1]]}, "messages[1]: expected a user turn"),
+        ({"messages": [CONVERSATION[0], *CONVERSATION]}, "d.jsonl:1: messages[1]: expected an assistant turn"),
     ],
 )
 def test_a_bad_conversation_is_refused_naming_file_line_and_turn(tmp_path: Path, record: dict, message: str) -> None:
@@ -257,3 +284,51 @@ def test_data_show_marks_the_masked_part_in_the_chat_template(tmp_path: Path, ca
     user, answer = first[1]["content"], first[2]["content"]
     assert shown.startswith(f"«<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n")
     assert f"<|im_start|>assistant\n»{answer}<EOS>«\n<|im_start|>user\n" in shown
+
+
+def sentencepiece_like_tokenizer() -> object:
+    """A Metaspace tokenizer (Llama's and Mistral's pre-tokenizer: "▁" before each word, prepended
+    at the start) with a zephyr-like template. Tokenizing pieces of a rendered conversation apart
+    gives other tokens here than tokenizing it whole."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    raw.decoder = decoders.Metaspace(prepend_scheme="first")
+    words = "what is the capital of france paris it is a city in europe answer briefly".split()
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "</s>", "<|user|>", "<|assistant|>"])
+    raw.train_from_iterator([" ".join(words[i:] + words[:i]) for i in range(len(words))], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\\n{{ m['content'] }}"
+        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\\n{% endif %}"
+    )
+    return tokenizer
+
+
+def test_a_sentencepiece_tokenizers_rows_are_the_whole_text_tokenized() -> None:
+    tokenizer = sentencepiece_like_tokenizer()
+    messages = [{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    before = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    whole = token_ids(tokenizer, [rendered[: rendered.rindex("</s>") + 4]])[0]
+    apart = token_ids(tokenizer, [before])[0] + token_ids(tokenizer, [rendered[len(before) :]])[0]
+    assert apart[: len(whole)] != whole  # the trap: pieces tokenized apart are other tokens
+    (e,), _ = encode_rows([{"messages": messages, "source": "s"}], tokenizer, 128, "truncate", "chat_template")
+    assert e.input_ids == whole
+    answer = [t for t, label in zip(e.input_ids, e.labels, strict=True) if label != IGNORE]
+    assert tokenizer.decode(answer) == "paris</s>"
+
+
+@pytest.mark.parametrize("policy", ["drop", "truncate", "raise"])
+def test_a_system_turn_that_leaves_no_room_follows_the_length_policy(policy: str) -> None:
+    long_system = [{"role": "system", "content": " ".join(["rule"] * 200)}, *CONVERSATION]
+    rows = [{"prompt": "a", "response": "b", "source": "s"}, {"messages": long_system, "source": "web"}]
+    if policy == "raise":
+        with pytest.raises(TooLong, match=r"row 1 \(source 'web'\): its system turn and the chat template's tokens"):
+            encode_rows(rows, CHAT, 128, policy, "chat_template")
+        return
+    examples, report = encode_rows(rows, CHAT, 128, policy, "chat_template")
+    assert len(examples) == 1 and report.dropped_too_long == [1]  # counted, not silently lost
