@@ -47,4 +47,6 @@ def test_readme_python_example_runs_and_returns_the_best_trial(tmp_path: Path) -
     assert printed[: len(result["rows"])] == result["rows"]
     assert result["config"]["learning_rate"] > 0 and result["config"]["model"] == "tiny-gptj"
     assert Path(result["checkpoint"]) == exp / "best" and (exp / "best" / "config.json").is_file()
+    card = (exp / "best" / "README.md").read_text()  # the model card every search writes
+    assert card.startswith("---\n") and f"best trial {result['best']}" in card
     assert json.loads((exp / "best.json").read_text())["trial_id"] == result["best"]
