@@ -4,6 +4,7 @@ results folder can be written. Each failure is a SpecError naming the file and k
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -139,3 +140,18 @@ def check_model(spec: SearchSpec) -> None:
             row_encoder(load_tokenizer(cfg, None), cfg.max_length, cfg.prompt_format)
         except NoChatTemplate as err:
             raise SpecError(f"{spec.path}: fixed.prompt_format: model {cfg.model}: {err}") from None
+
+
+TRACKER_MODULES = {"mlflow": "mlflow", "wandb": "wandb"}
+"""tune.tracking's trackers -> the module each needs (the extra of the tracker's name installs it)."""
+
+
+def check_tracking(spec: SearchSpec) -> None:
+    """Each tracker tune.tracking names has its package installed here, in the driver where its
+    callback runs: refused before Ray starts otherwise, with the install command."""
+    for tracker in sorted(spec.tune.trackers):
+        if importlib.util.find_spec(TRACKER_MODULES[tracker]) is None:
+            raise SpecError(
+                f"{spec.path}: tune.tracking: {tracker} is not installed where the search runs; "
+                f"pip install 'gpt4all-ray[{tracker}]' (or leave {tracker} out of tune.tracking)"
+            )

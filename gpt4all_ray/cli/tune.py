@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gpt4all_ray.cli.preflight import check_data, check_deepspeed, check_model, check_results_dir
+from gpt4all_ray.cli.preflight import check_data, check_deepspeed, check_model, check_results_dir, check_tracking
 from gpt4all_ray.config import SearchSpec, SpecError, load_spec, read_space, with_overrides
 from gpt4all_ray.experiment.files import DATA_CACHE, FORMAT, PROMPT_PLACEHOLDER, SETTINGS, SPACE_COPY
 from gpt4all_ray.experiment.model_card import CARD
@@ -232,6 +232,7 @@ def run_experiment(args: argparse.Namespace) -> Finished:
     spec, exp_dir = experiment_spec(args)
     check_model(spec)
     check_deepspeed(spec)
+    check_tracking(spec)
     exp_dir = exp_dir.resolve()
     made_here = not exp_dir.exists()
     try:

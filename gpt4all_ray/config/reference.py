@@ -30,7 +30,7 @@ SECTIONS: tuple[tuple[str, type, str], ...] = (
         "(one place or the other, not both).",
     ),
     ("resources", spec.Resources, "What Ray reserves for each trial."),
-    ("tune", spec.TuneSettings, "How the search runs: budget, searcher, schedulers."),
+    ("tune", spec.TuneSettings, "How the search runs: budget, searcher, schedulers, experiment tracking."),
 )
 
 INTRO = f"""\
@@ -47,7 +47,7 @@ path). `gpt4all-ray tune --help-space` prints this page. Its top-level keys:
 | `fixed` | settings every trial shares (table below) |
 | `search` | searchable keys sampled per trial, each with one distribution |
 | `resources` | workers, CPUs and GPUs per trial (table below) |
-| `tune` | trials, concurrency, searcher, ASHA, budgets (table below) |
+| `tune` | trials, concurrency, searcher, ASHA, budgets, tracking (table below) |
 | `enqueue` | configurations tried first, in order; each gives every key under `search` |
 
 A distribution under `search` is one of:

@@ -25,6 +25,8 @@ LENGTH_POLICIES = ("truncate", "drop", "raise")
 COLLATIONS = ("longest", "max_length", "pack")
 PROMPT_FORMATS = ("gpt4all", "chat_template")
 SEARCHERS = ("tpe", "gp", "random")
+TRACKERS = ("mlflow", "wandb")  # the optional extras of the same names (pyproject.toml)
+WANDB_PROJECT_BANNED = "/\\#?%:"  # characters W&B refuses in a project name
 EMBEDDED_MODELS = ("tiny-gptj", "tiny-gptj-wide", "tiny-llama")
 HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "EleutherAI/gpt-j-6b" or "gpt2"
 EMBEDDED_DATA = "embedded"
@@ -339,6 +341,47 @@ class TuneSettings:
     optuna_storage: str = setting("")
     """Where the Optuna study lives: an RDB URL (postgresql://...); empty: SQLite in the
     experiment folder."""
+    tracking: str = setting(
+        "",
+        rule=Rule(
+            lambda v: source_set(v) <= set(TRACKERS),
+            f"expected {' or '.join(TRACKERS)}, or both comma-separated (or leave it out)",
+            ("", *TRACKERS),
+        ),
+    )
+    """Also track every trial in MLflow, Weights & Biases or both (`mlflow,wandb`), through Ray
+    Tune's logger callbacks: one run per trial, named after it and grouped under the experiment's
+    name, with its sampled hyperparameters, each evaluation's metrics (val_loss, train_loss,
+    best_val_loss, lr, tokens_per_s, ...) and, when it ends, its stop reason and best epoch.
+    TensorBoard logs are written either way. Needs the extra: pip install 'gpt4all-ray[mlflow]'
+    (or [wandb]); MLflow's UI (`mlflow ui`) needs the full mlflow package. The callbacks run in the
+    Tune driver (with `ray job submit`, on the head node)."""
+    mlflow_tracking_uri: str = setting(
+        "",
+        rule=Rule(
+            lambda v: v in ("", "databricks") or "://" in v,
+            "expected a tracking URI: sqlite:///<absolute path>.db, http(s)://<server> or databricks",
+        ),
+    )
+    """Where MLflow keeps the runs (tracking: mlflow): a tracking server (`http://host:5000`) or a
+    database (`sqlite:////abs/path/mlflow.db`, `postgresql://...`). Empty: the MLFLOW_TRACKING_URI
+    environment variable of the driver, else SQLite in the experiment folder (mlflow.db, on the
+    driver's machine: the head node under `ray job submit`). This setting wins over the variable."""
+    wandb_project: str = setting(
+        "gpt4all-ray",
+        rule=Rule(
+            lambda v: bool(v) and not set(v) & set(WANDB_PROJECT_BANNED),
+            "expected a W&B project name (none of / \\ # ? % :)",
+        ),
+    )
+    """The W&B project of the runs (tracking: wandb); the group is the experiment's name. WANDB_MODE
+    in the driver's environment sets the mode (offline: no account or network needed), WANDB_DIR
+    where run folders go (default: the experiment folder's wandb/, on the driver's machine: Ray
+    runs W&B's logging actors there); online mode needs WANDB_API_KEY or `wandb login`."""
+
+    @property
+    def trackers(self) -> frozenset[str]:
+        return source_set(self.tracking)
 
 
 @dataclass(frozen=True)
@@ -562,6 +605,11 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
         raise check.fail("resources.accelerator_type", "names a GPU, but resources.gpus_per_worker is 0")
     if tune.gpu_hours and resources.gpus_per_worker == 0:
         raise check.fail("tune.gpu_hours", "is a budget of GPU time, but resources.gpus_per_worker is 0")
+    given_tune = raw.get("tune") or {}
+    for key, tracker in (("mlflow_tracking_uri", "mlflow"), ("wandb_project", "wandb")):
+        if key in given_tune and tracker not in tune.trackers:
+            used = f"is only used with tune.tracking: {tracker} (tracking is {tune.tracking!r})"
+            raise check.fail(f"tune.{key}", used)
 
     given = set(fixed) | set(search)
     for key in ("per_device_batch", "max_length"):

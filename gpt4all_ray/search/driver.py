@@ -79,6 +79,11 @@ def run(
         tuner = tune.Tuner.restore(f"{root}/tune", trainable, resume_unfinished=True, resume_errored=True)
         print(f"[{clock(t0)}] resuming {spec.name} from {root}/tune", flush=True)
     else:
+        trackers: list[Any] = []
+        if spec.tune.trackers:  # imports mlflow and wandb (a second): only where asked for
+            from gpt4all_ray.search.tracking import tracking_callbacks
+
+            trackers = tracking_callbacks(spec, exp_dir)
         # The workers stop a diverging trial themselves; the same policy as a Tune Stopper also
         # stops one whose workers do not (and composes with other stoppers).
         stoppers: list[Any] = [DivergenceStopper(DivergencePolicy.for_trial(spec.fixed), exp_dir)]
@@ -107,6 +112,7 @@ def run(
                     progress_callback(spec, t0, exp_dir),
                     *([] if spec.tune.keep_resume_state else [resume_state_callback(root)]),
                     *driver_fault_callbacks(),  # tests only
+                    *trackers,  # tune.tracking: MLflow, W&B (none by default; TensorBoard always)
                 ],
                 stop=stoppers[0] if len(stoppers) == 1 else tune.stopper.CombinedStopper(*stoppers),
                 # A trial whose driver died with a node drained for preemption is started again and
@@ -137,4 +143,8 @@ def run(
     print(f"[{clock(t0)}] search finished: {reported} of {spec.tune.num_trials} trials", flush=True)
     print(f"Optuna study:     optuna-dashboard {storage_url(spec, exp_dir)}", flush=True)
     print(f"Summary:          {exp_dir / 'summary.md'} (figures beside it)", flush=True)
+    if spec.tune.trackers:
+        from gpt4all_ray.search.tracking import where_tracked
+
+        print("\n".join(where_tracked(spec, exp_dir)), flush=True)
     return report

@@ -1,9 +1,10 @@
-"""Ray's private API, used in gpt4all_ray/ray_private.py (and two private attributes elsewhere):
+"""Ray's private API, used in gpt4all_ray/ray_private.py (and private attributes elsewhere):
 each test names what a Ray upgrade removed, so the fix starts from the right place."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from gpt4all_ray import ray_private
 
@@ -49,3 +50,19 @@ def test_train_controller_failure_states_are_where_the_restart_recorder_reads_th
     recorder.after_controller_state_update(RunningState(), ErroredState(training_failed_error=error))
     assert isinstance(recorder, ControllerCallback) and calls == [(error, False, False)]
     assert ray_private.first_worker_error(error) == ([1], "CUDA out of memory")
+
+
+def test_rays_tracking_callbacks_keep_what_search_tracking_reads_and_replaces(tmp_path: Path) -> None:
+    import inspect
+
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+    mlflow_callback = MLflowLoggerCallback(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment_name="e")
+    mlflow_callback.setup()
+    assert mlflow_callback._trial_runs == {}  # trial -> run id: search/tracking_mlflow.py
+    # search/tracking_wandb.py puts a subclass of the W&B logging actor in its place, overriding _handle_result.
+    assert WandbLoggerCallback._logger_actor_cls is _WandbLoggingActor
+    assert WandbLoggerCallback(project="p")._trial_queues == {}  # trial -> its ray.util.queue.Queue
+    assert "self._handle_result(item_content)" in inspect.getsource(_WandbLoggingActor.run)
+    assert "self._wandb = wandb" in inspect.getsource(_WandbLoggingActor.__init__)
