@@ -38,12 +38,17 @@ def ray_bin() -> str:
     return str(Path(sys.executable).parent / "ray")
 
 
-def run_search(command: list[str], space: str | None = SMALL_SPACE) -> str:
+def run_search(command: list[str], space: str | None = SMALL_SPACE, env: dict[str, str] | None = None) -> str:
     """Run a search command (bounded in time) from the repo; fail with its output's tail. space=None:
-    none given (a --resume runs the experiment's own)."""
+    none given (a --resume runs the experiment's own); env: variables added to subprocess_env()'s."""
     command = [*command, "--space", space] if space else command
     proc = subprocess.run(
-        command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=SEARCH_TIMEOUT_S
+        command,
+        cwd=REPO,
+        env=subprocess_env() | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=SEARCH_TIMEOUT_S,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
@@ -121,11 +126,27 @@ def run_worker_cases(out: Path, cases: dict[str, dict], world: int = 1, resume_f
 class Experiment:
     dir: Path
     output: str
+    tracking: Path | None = None
+    """Where its MLflow store and W&B run folders went (tune.tracking), if it tracked."""
+
+
+def tracking_env(folder: Path) -> dict[str, str]:
+    """MLflow and W&B with no server, no account and no network, everything in `folder`: MLflow in
+    SQLite there (through the variable that the space's setting would override), W&B offline."""
+    return {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(folder),
+        "WANDB_CONFIG_DIR": str(folder / "wandb-config"),  # not the user's ~/.config/wandb
+        "WANDB_CACHE_DIR": str(folder / "wandb-cache"),
+    }
 
 
 @pytest.fixture(scope="session")
 def local_search(tmp_path_factory: pytest.TempPathFactory) -> Experiment:
-    """The small search, on a local Ray instance that the command starts itself."""
-    results = tmp_path_factory.mktemp("results")
-    output = run_search([sys.executable, "-m", "gpt4all_ray.tune", "--results-dir", str(results), "--name", "it"])
-    return Experiment(results / "it", output)
+    """The small search, on a local Ray instance that the command starts itself, tracked in MLflow
+    and W&B too (tests/integration/test_tracking.py reads them back)."""
+    results, tracking = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("tracking")
+    command = [sys.executable, "-m", "gpt4all_ray.tune", "--results-dir", str(results), "--name", "it"]
+    output = run_search([*command, "--set", "tune.tracking=mlflow,wandb"], env=tracking_env(tracking))
+    return Experiment(results / "it", output, tracking)
