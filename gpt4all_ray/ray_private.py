@@ -2,8 +2,9 @@
 public way to do these things; tests/unit/test_ray_private.py fails, naming the missing
 name, when a Ray upgrade moves one. Ray's private *attributes* read elsewhere are checked there
 too (ASHA's `_brackets` in search/stopping.py, OptunaSearch's `_ot_trials` in search/searcher.py,
-MLflowLoggerCallback's `_trial_runs` in search/tracking_mlflow.py, the W&B callback's
-`_logger_actor_cls`, `_trial_queues` and `_WandbLoggingActor` in search/tracking_wandb.py).
+MLflowLoggerCallback's `_trial_runs` and `mlflow_util.setup_mlflow` in search/tracking_mlflow.py,
+the W&B callback's `_logger_actor_cls`, `_trial_queues` and `_WandbLoggingActor` in
+search/tracking_wandb.py).
 """
 
 from __future__ import annotations

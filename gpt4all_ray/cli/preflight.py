@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 from pathlib import Path
 
-from gpt4all_ray.config import SearchSpec, SpecError, TrialConfig
+from gpt4all_ray.config import MLFLOW_URI_EXPECTED, SearchSpec, SpecError, TrialConfig, mlflow_uri_ok
 from gpt4all_ray.data.cache import PreparedData
 from gpt4all_ray.data.sources import DataError
 
@@ -148,10 +149,21 @@ TRACKER_MODULES = {"mlflow": "mlflow", "wandb": "wandb"}
 
 def check_tracking(spec: SearchSpec) -> None:
     """Each tracker tune.tracking names has its package installed here, in the driver where its
-    callback runs: refused before Ray starts otherwise, with the install command."""
+    callback runs (refused before Ray starts otherwise, with the install command), and an MLflow
+    store taken from the environment is one MLflow 3 writes to."""
     for tracker in sorted(spec.tune.trackers):
         if importlib.util.find_spec(TRACKER_MODULES[tracker]) is None:
             raise SpecError(
                 f"{spec.path}: tune.tracking: {tracker} is not installed where the search runs; "
                 f"pip install 'gpt4all-ray[{tracker}]' (or leave {tracker} out of tune.tracking)"
             )
+    variable = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if (
+        "mlflow" in spec.tune.trackers
+        and not spec.tune.mlflow_tracking_uri
+        and variable
+        and not mlflow_uri_ok(variable)
+    ):
+        raise SpecError(
+            f"MLFLOW_TRACKING_URI={variable} (used as tune.mlflow_tracking_uri is empty): {MLFLOW_URI_EXPECTED}"
+        )

@@ -54,6 +54,17 @@ def source_set(csv_names: str) -> frozenset[str]:
     return frozenset(n.strip() for n in csv_names.split(",") if n.strip())
 
 
+MLFLOW_URI_EXPECTED = (
+    "expected a tracking URI: sqlite:////<absolute path>.db, postgresql://..., http(s)://<server> or databricks "
+    "(MLflow 3 keeps a file: store in maintenance; a relative SQLite path depends on where the driver runs)"
+)
+
+
+def mlflow_uri_ok(uri: str) -> bool:
+    relative_sqlite = uri.startswith("sqlite:///") and not uri.startswith("sqlite:////")
+    return (uri == "databricks" or "://" in uri) and not uri.startswith("file:") and not relative_sqlite
+
+
 class SpecError(ValueError):
     """A search-space file that cannot be run; the message names the file and key."""
 
@@ -356,25 +367,20 @@ class TuneSettings:
     TensorBoard logs are written either way. Needs the extra: pip install 'gpt4all-ray[mlflow]'
     (or [wandb]); MLflow's UI (`mlflow ui`) needs the full mlflow package. The callbacks run in the
     Tune driver (with `ray job submit`, on the head node)."""
-    mlflow_tracking_uri: str = setting(
-        "",
-        rule=Rule(
-            lambda v: v in ("", "databricks") or "://" in v,
-            "expected a tracking URI: sqlite:///<absolute path>.db, http(s)://<server> or databricks",
-        ),
-    )
+    mlflow_tracking_uri: str = setting("", rule=Rule(lambda v: v == "" or mlflow_uri_ok(v), MLFLOW_URI_EXPECTED))
     """Where MLflow keeps the runs (tracking: mlflow): a tracking server (`http://host:5000`) or a
     database (`sqlite:////abs/path/mlflow.db`, `postgresql://...`). Empty: the MLFLOW_TRACKING_URI
     environment variable of the driver, else SQLite in the experiment folder (mlflow.db, on the
     driver's machine: the head node under `ray job submit`). This setting wins over the variable."""
     wandb_project: str = setting(
-        "gpt4all-ray",
+        "",
         rule=Rule(
-            lambda v: bool(v) and not set(v) & set(WANDB_PROJECT_BANNED),
+            lambda v: not set(v) & set(WANDB_PROJECT_BANNED),
             "expected a W&B project name (none of / \\ # ? % :)",
         ),
     )
-    """The W&B project of the runs (tracking: wandb); the group is the experiment's name. WANDB_MODE
+    """The W&B project of the runs (tracking: wandb; empty: the driver's WANDB_PROJECT, else
+    gpt4all-ray); the group is the experiment's name. WANDB_MODE
     in the driver's environment sets the mode (offline: no account or network needed), WANDB_DIR
     where run folders go (default: the experiment folder's wandb/, on the driver's machine: Ray
     runs W&B's logging actors there); online mode needs WANDB_API_KEY or `wandb login`."""
@@ -619,6 +625,12 @@ def parse_spec(raw: Any, path: Path) -> SearchSpec:
             raise check.fail(f"search.{key}", f"{dist.kind}: search it with choice, a list of the values to try")
         if dist:
             fixed[key] = dist.args[0]  # what the checks before Ray and the dry run take as the fixed value
+    # Local paths as absolute ones: trials run in folders of their own, and the report and model
+    # card read them later from wherever they are run.
+    if "model" in fixed and fixed["model"] not in EMBEDDED_MODELS and Path(fixed["model"]).is_dir():
+        fixed["model"] = str(Path(fixed["model"]).resolve())
+    if "data" in fixed and fixed["data"] != EMBEDDED_DATA and not fixed["data"].startswith(HUB_PREFIX):
+        fixed["data"] = str(Path(fixed["data"]).resolve())
     deepspeed_user = None
     if "deepspeed" in fixed:
         fixed["deepspeed"] = str(Path(fixed["deepspeed"]).resolve())  # the trials run in other folders

@@ -10,6 +10,7 @@ gathers the facts, its sentences included, and writes the file.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,6 +37,8 @@ CARD = "README.md"
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: best/ holds an adapter, not a whole model
 TRIAL_CONFIG = "trial_config.json"  # train/checkpoint.py save_model writes it beside the model
 EXAMPLE_PROMPT = "Name three primary colours."
+HERE = "."
+HERE_MEANS = "this folder, run from inside it; once uploaded, its Hub repository id"
 
 # The settings the recipe shows beside the sampled ones; the data's are in its own section.
 RECIPE_GROUPS = (MODEL, OPTIMIZER, ENGINE, STOPPING)
@@ -87,9 +90,16 @@ def metadata(cfg: TrialConfig, adapter: bool) -> dict[str, Any]:
     header["library_name"] = "peft" if adapter else "transformers"
     header["pipeline_tag"] = "text-generation"
     header["tags"] = ["gpt4all-ray", "fine-tuned", "deepspeed", *(["lora"] if cfg.method == "lora" else [])]
-    if cfg.data.startswith(HUB_PREFIX):
-        header["datasets"] = [cfg.data.removeprefix(HUB_PREFIX)]
+    if cfg.data.startswith(HUB_PREFIX) and HUB_MODEL_ID.match(cfg.data.removeprefix(HUB_PREFIX)):
+        header["datasets"] = [cfg.data.removeprefix(HUB_PREFIX)]  # a Hub id (load_dataset takes folders too)
     return header
+
+
+def shown(path: str) -> str:
+    """A path as the card shows it: an absolute one (the space's model folder, data and DeepSpeed
+    file are recorded so) by its name only. The card is for publishing; the folders of the machine
+    the search ran on mean nothing there (and may say more than they should)."""
+    return Path(path).name if Path(path).is_absolute() else path
 
 
 def model_card(best: BestTrial, facts: CardFacts) -> str:
@@ -133,7 +143,7 @@ def about(cfg: TrialConfig, adapter: bool, facts: CardFacts) -> list[str]:
         )
     else:
         lines.append(
-            f"Base model: the local folder `{cfg.model}`; not a Hub id, so this card declares no `base_model` "
+            f"Base model: a local folder, `{shown(cfg.model)}`; not a Hub id, so this card declares no `base_model` "
             "(add one if that folder is a copy of a Hub model)."
         )
     lines += [
@@ -153,7 +163,7 @@ def data_section(cfg: TrialConfig, settings: dict[str, Any]) -> list[str]:
         source = f"the `train` split of the Hugging Face data set [`{name}`](https://huggingface.co/datasets/{name})"
     else:
         columns = f"`{cfg.prompt_column}` and `{cfg.response_column}`, or conversations in `{cfg.messages_column}`"
-        source = f"`{cfg.data}` (rows from columns {columns})"
+        source = f"`{shown(cfg.data)}` (rows from columns {columns})"
     rows = (
         f"{data['train_rows']} training rows, {data['val_rows']} validation rows ({data['summary']})"
         if "train_rows" in data
@@ -191,9 +201,21 @@ def prompt_format_lines(cfg: TrialConfig, data: dict[str, Any]) -> list[str]:
     ]
 
 
+def base_path(model: str, folder: Path) -> str:
+    """The base model as the loading code names it: its Hub id, or a local base folder relative to
+    best/ (the code runs from inside it; no folder of this machine's is written out whole)."""
+    return hub_base(model) or os.path.relpath(model, folder)
+
+
+def recipe_value(value: Any, name: str) -> str:
+    if value == "":
+        return "(unset)"
+    return shown(value) if name in ("model", "deepspeed") else str(value)
+
+
 def recipe_section(cfg: TrialConfig, best: BestTrial, facts: CardFacts) -> list[str]:
     sampled = best.record.params
-    shown = [
+    listed = [
         f
         for f in fields(TrialConfig)
         if f.metadata.get("group") in RECIPE_GROUPS
@@ -204,7 +226,7 @@ def recipe_section(cfg: TrialConfig, best: BestTrial, facts: CardFacts) -> list[
     lines = ["## Winning configuration", "", "Sampled by the search:", "", "| hyperparameter | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in sampled.items()]
     lines += ["", "Fixed for every trial:", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {f.name} | {'(unset)' if getattr(cfg, f.name) == '' else getattr(cfg, f.name)} |" for f in shown]
+    lines += [f"| {f.name} | {recipe_value(getattr(cfg, f.name), f.name)} |" for f in listed]
     if TRIAL_CONFIG in facts.files:
         lines += ["", f"Every setting: `{TRIAL_CONFIG}` in this folder."]
     return lines
@@ -214,7 +236,7 @@ def ds_config_section(cfg: TrialConfig, facts: CardFacts) -> list[str]:
     lines = ["## DeepSpeed config", ""]
     if facts.ds_config is None:
         return [*lines, "Not recorded."]
-    merged = f", generated from its settings with `{cfg.deepspeed}` merged over them" if cfg.deepspeed else ""
+    merged = f", generated from its settings with `{shown(cfg.deepspeed)}` merged over them" if cfg.deepspeed else ""
     return [
         *lines,
         f"The config the trial's DeepSpeed engine ran with{merged}:",
@@ -232,7 +254,7 @@ def loading_section(cfg: TrialConfig, adapter: bool, folder: Path, settings: dic
         code = [
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
-            f"path = {str(folder)!r}  # this folder, or the Hub repository it is uploaded to",
+            f"path = {HERE!r}  # {HERE_MEANS}",
             f"tokenizer = AutoTokenizer.from_pretrained(path{remote})",
             f"model = AutoModelForCausalLM.from_pretrained(path{remote})",
         ]
@@ -246,7 +268,7 @@ def loading_section(cfg: TrialConfig, adapter: bool, folder: Path, settings: dic
             "",
             "from gpt4all_ray.inspection.evaluate import load_checkpoint",
             "",
-            f"path = Path({str(folder)!r})  # this folder (downloaded, if it comes from the Hub)",
+            f"path = Path({HERE!r})  # this folder, run from inside it (downloaded, if it comes from the Hub)",
             "model, tokenizer, trial_config = load_checkpoint(path)",
         ]
     else:
@@ -259,9 +281,9 @@ def loading_section(cfg: TrialConfig, adapter: bool, folder: Path, settings: dic
             "from peft import PeftModel",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
-            f"path = {str(folder)!r}  # this folder, or the Hub repository it is uploaded to",
+            f"path = {HERE!r}  # {HERE_MEANS}",
             f"tokenizer = AutoTokenizer.from_pretrained(path{remote})",
-            f"base = AutoModelForCausalLM.from_pretrained({cfg.model!r}{remote})",
+            f"base = AutoModelForCausalLM.from_pretrained({base_path(cfg.model, folder)!r}{remote})",
             "if base.get_input_embeddings().num_embeddings < len(tokenizer):",
             f"    base.resize_token_embeddings(len(tokenizer), pad_to_multiple_of={EMBEDDING_MULTIPLE})",
             "model = PeftModel.from_pretrained(base, path)",
@@ -278,15 +300,24 @@ def generation_lines(cfg: TrialConfig, settings: dict[str, Any]) -> list[str]:
         prompt = [
             f'messages = [{{"role": "user", "content": {json.dumps(EXAMPLE_PROMPT)}}}]',
             "prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)",
+            'inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)  # the whole text, as trained',
         ]
     elif template:
-        prompt = [f"prompt = {template.replace(PROMPT_PLACEHOLDER, EXAMPLE_PROMPT)!r}"]
+        # The template's head, the prompt and its tail are tokenized apart, as in training: tokenized
+        # whole, a SentencePiece tokenizer would join their edges into other tokens.
+        head, tail = template.split(PROMPT_PLACEHOLDER)
+        prompt = [
+            "import torch",
+            "",
+            f"parts = [{head!r}, {EXAMPLE_PROMPT!r}, {tail!r}]  # tokenized apart, as in training",
+            'ids = [t for part in parts for t in tokenizer(part, add_special_tokens=False)["input_ids"]]',
+            'inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}',
+        ]
     else:
         return []
     return [
         "",
         *prompt,
-        'inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)',
         "output = model.generate(",
         f"    **inputs, max_new_tokens={cfg.probe_max_new_tokens}, do_sample=False,",
         "    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,",
@@ -299,13 +330,11 @@ def search_command(exp_dir: Path, settings: dict[str, Any]) -> str | None:
     """The `gpt4all-ray tune` command that ran the search, from experiment.json."""
     if "space" not in settings:
         return None
-    words = ["gpt4all-ray", "tune", "--space", settings["space"], "--name", exp_dir.name]
-    words += ["--results-dir", str(exp_dir.parent), "--num-trials", str(settings.get("num_trials"))]
+    words = ["gpt4all-ray", "tune", "--space", shown(settings["space"]), "--name", exp_dir.name]
+    words += ["--num-trials", str(settings.get("num_trials"))]
     for override in settings.get("overrides") or []:
         words += ["--set", override]
-    if settings.get("storage"):
-        words += ["--storage", settings["storage"]]
-    return shlex.join(words)
+    return shlex.join(words)  # where results and checkpoints went (--results-dir, --storage) is left out
 
 
 def found_section(facts: CardFacts) -> list[str]:
@@ -314,8 +343,9 @@ def found_section(facts: CardFacts) -> list[str]:
     lines = [
         "## How it was found",
         "",
-        f"Experiment `{facts.exp_dir.name}`: {facts.trials} trials{of}, leaderboard and summary in "
-        f"`{facts.exp_dir}` (rebuilt, this card with them, by `gpt4all-ray report {facts.exp_dir}`).",
+        f"Experiment `{facts.exp_dir.name}`: {facts.trials} trials{of}. Its leaderboard and summary are in the "
+        f"experiment folder, the one above `best/` (rebuilt, this card with them, by `gpt4all-ray report "
+        f"<results>/{facts.exp_dir.name}`).",
     ]
     if command := search_command(facts.exp_dir, facts.settings):
         lines += ["", "The search:", "", "```bash", command, "```"]

@@ -166,11 +166,12 @@ def write_report(
     (exp_dir / "leaderboard.md").write_text("\n".join(md) + "\n")
 
     best, constraint_met = best_record(records, min_stop_rate)
-    if best is None:
-        return None
     best_dir = exp_dir / "best"
-    if best_dir.exists():
+    if best_dir.exists():  # an earlier report's, this one rewrites or (no usable trial now) removes
         shutil.rmtree(best_dir)
+    if best is None:
+        (exp_dir / "best.json").unlink(missing_ok=True)
+        return None
     # The model, not the resume state (optimizer moments are 2-3x the model's size).
     fetch_checkpoint(storage_root or str(exp_dir), best.checkpoint_path, best_dir, skip=RESUME_DIR)  # type: ignore[arg-type]
     summary = {

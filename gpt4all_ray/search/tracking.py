@@ -5,10 +5,16 @@ driver (under `ray job submit`, on the head node), next to the progress lines an
 What a run holds, in both:
 - its parameters (MLflow params, W&B config): the trial's sampled hyperparameters (Tune's trial
   config), as Ray's callbacks log them;
-- one point per evaluation, at Tune's training_iteration (the trial's n-th report): the
-  evaluation's own metrics (tracked_metrics), not Ray's bookkeeping (pid, timestamps, config/*);
+- one point per evaluation, at its optimizer step: the evaluation's own metrics (tracked_metrics),
+  not Ray's bookkeeping (pid, timestamps, config/*). Not Tune's training_iteration: a trial Tune
+  restarts (a driver lost to preemption, --resume) counts its reports from 1 again, while its
+  optimizer steps go on from its checkpoint;
 - at its end, what the leaderboard says of it (trial_end): stop reason, best epoch and step, best
-  validation loss, epochs run; MLflow tags, the W&B run summary.
+  validation loss, epochs run; MLflow tags, the W&B run summary. A trial the search ends without
+  ending it itself (a budget, an interrupt) is ended at the experiment's end.
+
+A trial resumed by --resume goes on in its run: MLflow's is found by its trial_id tag, W&B's by
+its id (resume="allow").
 
 Where the runs land: MLflow in tune.mlflow_tracking_uri, else MLFLOW_TRACKING_URI, else SQLite in the
 experiment folder (mlflow.db); W&B in the project tune.wandb_project, grouped by the experiment's
@@ -34,6 +40,7 @@ from gpt4all_ray.experiment.stop_log import read_stops, stopped_by
 
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlflow-artifacts"
+DEFAULT_WANDB_PROJECT = "gpt4all-ray"
 WANDB_FOLDER = "wandb"  # W&B itself makes this folder under the directory it is given
 
 # Fields of an evaluation that are not measurements: where it ran, when its worker started, the
@@ -46,15 +53,15 @@ NOT_TRACKED = frozenset(
 
 
 def tracked_metrics(result: dict[str, Any]) -> dict[str, float] | None:
-    """A Tune result -> the evaluation's metrics as floats, with Tune's wall seconds of the trial
-    and its training_iteration (the point's step: the trial's n-th report); None for a result that
-    is no evaluation."""
+    """A Tune result -> the evaluation's metrics as floats, with Tune's wall seconds of the trial,
+    and under training_iteration the point's step: the optimizer step (Ray's W&B actor logs each
+    point at that key; the MLflow callback here reads it too). None for a result that is no
+    evaluation."""
     evaluation = Evaluation.from_result(result)
     if evaluation is None:
         return None
     metrics = {key: float(value) for key, value in evaluation.to_metrics().items() if key not in NOT_TRACKED}
-    # The iteration stays an int: it is the step both trackers index the point by.
-    return metrics | {TUNE_TIME: evaluation.time_total_s, TRAINING_ITERATION: int(result[TRAINING_ITERATION])}
+    return metrics | {TUNE_TIME: evaluation.time_total_s, TRAINING_ITERATION: evaluation.step}
 
 
 def trial_end(trial_id: str, last_result: dict[str, Any] | None, failed: bool, exp_dir: Path) -> dict[str, Any]:
@@ -90,7 +97,13 @@ def wandb_init_kwargs(exp_dir: Path) -> dict[str, Any]:
         # says where each run's data goes. Ray passes reinit=True, which W&B 0.31 warns is deprecated.
         "settings": {"quiet": True},
         "reinit": "finish_previous",
+        "resume": "allow",  # a trial resumed by --resume goes on in its run (Ray passes resume=False)
     }
+
+
+def wandb_project(spec: SearchSpec) -> str:
+    """The space's tune.wandb_project, else the driver's WANDB_PROJECT, else gpt4all-ray."""
+    return spec.tune.wandb_project or os.environ.get("WANDB_PROJECT") or DEFAULT_WANDB_PROJECT
 
 
 def tracking_callbacks(spec: SearchSpec, exp_dir: Path) -> list[Any]:
@@ -109,7 +122,7 @@ def tracking_callbacks(spec: SearchSpec, exp_dir: Path) -> list[Any]:
     if "wandb" in spec.tune.trackers:
         from gpt4all_ray.search.tracking_wandb import TrialWandb
 
-        callbacks.append(TrialWandb(spec.tune.wandb_project, exp_dir.name, exp_dir, **wandb_init_kwargs(exp_dir)))
+        callbacks.append(TrialWandb(wandb_project(spec), exp_dir.name, exp_dir, **wandb_init_kwargs(exp_dir)))
     return callbacks
 
 
@@ -124,6 +137,6 @@ def where_tracked(spec: SearchSpec, exp_dir: Path) -> list[str]:
     if "wandb" in spec.tune.trackers:
         mode = os.environ.get("WANDB_MODE") or "online"
         folder = Path(os.environ.get("WANDB_DIR") or exp_dir) / WANDB_FOLDER
-        where = f"project {spec.tune.wandb_project}, group {exp_dir.name}"
+        where = f"project {wandb_project(spec)}, group {exp_dir.name}"
         lines.append(f"W&B runs:         {where} ({mode}; run folders in {folder})")
     return lines

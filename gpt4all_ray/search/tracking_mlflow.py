@@ -18,13 +18,14 @@ from gpt4all_ray.search.tracking import tracked_metrics, trial_end
 
 class TrialMLflow(MLflowLoggerCallback):
     """Ray's MLflowLoggerCallback (the run per trial, its params, its status), logging the
-    evaluations' metrics only, and tagging each run with its trial id at the start and how the
-    trial ended at the end."""
+    evaluations' metrics only, tagging each run with its trial id at the start and how the trial
+    ended at the end, and going on in a resumed trial's run."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, exp_dir: Path, artifact_location: str | None) -> None:
         super().__init__(tracking_uri, experiment_name=experiment_name)
         self.exp_dir = exp_dir
         self.artifact_location = artifact_location
+        self.ended: set[str] = set()
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
         if self.artifact_location:
@@ -44,8 +45,18 @@ class TrialMLflow(MLflowLoggerCallback):
         self._client().log_batch(self._trial_runs[trial], tags=batch)
 
     def log_trial_start(self, trial: Trial) -> None:
+        if trial not in self._trial_runs:
+            # --resume sets the callback up anew: the trial's run is found by its tag, not made again.
+            experiment = self._client().get_experiment_by_name(self.experiment_name)
+            found = experiment and self._client().search_runs(
+                [experiment.experiment_id], filter_string=f"tags.trial_id = '{trial.trial_id}'"
+            )
+            if found:
+                self._trial_runs[trial] = found[0].info.run_id
+                self._client().update_run(found[0].info.run_id, status="RUNNING")
         super().log_trial_start(trial)
         self._tag(trial, {"trial_id": trial.trial_id})
+        self.ended.discard(trial.trial_id)
 
     def log_trial_result(self, iteration: int, trial: Trial, result: dict[str, Any]) -> None:
         metrics = tracked_metrics(result)
@@ -58,5 +69,16 @@ class TrialMLflow(MLflowLoggerCallback):
         self._client().log_batch(self._trial_runs[trial], metrics=batch)
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
+        if trial not in self._trial_runs:  # it failed before it started (its actor could not be made)
+            self.log_trial_start(trial)
         self._tag(trial, trial_end(trial.trial_id, trial.last_result, failed, self.exp_dir))
         super().log_trial_end(trial, failed)
+        self.ended.add(trial.trial_id)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        # A trial the search stopped itself (tune.gpu_hours, time_budget_s, an interrupt) gets no
+        # trial end from Tune; its run would stay RUNNING with no stop reason.
+        for trial in trials:
+            if trial in self._trial_runs and trial.trial_id not in self.ended:
+                self.log_trial_end(trial, failed=trial.status == Trial.ERROR)
+        super().on_experiment_end(trials, **info)

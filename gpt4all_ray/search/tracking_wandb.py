@@ -40,9 +40,11 @@ class TrialWandb(WandbLoggerCallback):
     def __init__(self, project: str, group: str, exp_dir: Path, **init_kwargs: Any) -> None:
         super().__init__(project=project, group=group, **init_kwargs)
         self.exp_dir = exp_dir
+        self.ended: set[str] = set()  # its actor may still be finishing: its queue is still there
 
     def log_trial_start(self, trial: Trial) -> None:
         super().log_trial_start(trial)
+        self.ended.discard(trial.trial_id)
         # The trial's queue actor imports Ray's W&B module (and wandb: a second or more) when it
         # unpickles its first item; Tune's driver would wait for that at the trial's first report,
         # a wait Tune leaves out of the trial's time_total_s. Begun now, it is over by then.
@@ -58,6 +60,16 @@ class TrialWandb(WandbLoggerCallback):
         end = trial_end(trial.trial_id, trial.last_result, failed, self.exp_dir)
         super().log_trial_result(0, trial, {TRIAL_END: end})
         super().log_trial_end(trial, failed)
+        self.ended.add(trial.trial_id)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        # A trial the search stopped itself (tune.gpu_hours, time_budget_s, an interrupt) gets no
+        # trial end from Tune: its actor would wait for one until Ray's upload timeout (30 minutes)
+        # and be killed before wandb.finish(), with no summary.
+        for trial in trials:
+            if trial in self._trial_queues and trial.trial_id not in self.ended:
+                self.log_trial_end(trial, failed=trial.status == Trial.ERROR)
+        super().on_experiment_end(trials, **info)
 
     def __del__(self) -> None:
         # At interpreter exit Ray's module globals are already None and its __del__ fails (after

@@ -42,9 +42,10 @@ def test_mlflow_holds_one_run_per_trial_with_its_params_evaluations_and_end(loca
     client = MlflowClient(f"sqlite:///{local_search.tracking / 'mlflow.db'}")  # MLFLOW_TRACKING_URI's store
     experiment = client.get_experiment_by_name(local_search.dir.name)
     assert experiment is not None and experiment.artifact_location == str(local_search.dir / "mlflow-artifacts")
-    runs = {run.data.tags["trial_id"]: run for run in client.search_runs([experiment.experiment_id])}
+    found = client.search_runs([experiment.experiment_id])
+    runs = {run.data.tags["trial_id"]: run for run in found}
     rows, stored = leaderboard(local_search), trials(local_search)
-    assert sorted(runs) == sorted(rows) == sorted(stored)
+    assert len(found) == len(rows) and sorted(runs) == sorted(rows) == sorted(stored)  # one run a trial
     for trial_id, run in runs.items():
         row, trial = rows[trial_id], stored[trial_id]
         assert run.info.status == "FINISHED"
@@ -52,6 +53,8 @@ def test_mlflow_holds_one_run_per_trial_with_its_params_evaluations_and_end(loca
         assert float(run.data.params["learning_rate"]) == float(row["learning_rate"])
         history = client.get_metric_history(run.info.run_id, "val_loss")
         assert [m.value for m in sorted(history, key=lambda m: m.step)] == reported_val_losses(trial)
+        # Each point at its optimizer step (Tune's iteration starts over when Tune restarts a trial).
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [e.step for e in evaluations(trial.history)]
         assert [float(v) for v in row["val_losses"].split()] == reported_val_losses(trial)  # epoch ends only here
         assert (run.data.tags["stop_reason"], run.data.tags["best_epoch"]) == (row["stop_reason"], row["best_epoch"])
         assert run.data.metrics["best_val_loss"] == float(row["best_val_loss"])  # the last point: the trial's best
@@ -115,9 +118,10 @@ def wandb_run(folder: Path) -> dict[str, Any]:
 
 def test_wandb_offline_holds_one_run_per_trial_with_its_params_evaluations_and_end(local_search: Experiment) -> None:
     assert local_search.tracking is not None
-    folders = {p.name.rsplit("-", 1)[1]: p for p in (local_search.tracking / "wandb").glob("offline-run-*")}
+    found = sorted((local_search.tracking / "wandb").glob("offline-run-*"))
+    folders = {p.name.rsplit("-", 1)[1]: p for p in found}
     rows, stored = leaderboard(local_search), trials(local_search)
-    assert sorted(folders) == sorted(rows)
+    assert len(found) == len(rows) and sorted(folders) == sorted(rows)  # one run folder a trial
     for trial_id, folder in folders.items():
         row, trial, tracked = rows[trial_id], stored[trial_id], wandb_run(folder)
         assert (tracked["run"].run_id, tracked["run"].run_group) == (trial_id, local_search.dir.name)
@@ -126,7 +130,7 @@ def test_wandb_offline_holds_one_run_per_trial_with_its_params_evaluations_and_e
         points = tracked["history"]
         assert all("val_loss" in r for r in points)  # one row per evaluation, none for the trial's end
         assert [r["val_loss"] for r in points] == reported_val_losses(trial)
-        assert [r["_step"] for r in points] == [r["training_iteration"] for r in points]  # Tune's iteration
+        assert [r["_step"] for r in points] == [e.step for e in evaluations(trial.history)]  # optimizer steps
         assert not {"pid", "timestamp", "done", "checkpoint_score"} & set().union(*points)
         summary = tracked["summary"]
         assert summary["stop_reason"] == row["stop_reason"]

@@ -226,6 +226,8 @@ def test_the_card_says_how_it_stopped_and_was_found_in_summary_mds_words(searche
     assert f"{data['train_rows']} training rows, {data['val_rows']} validation rows" in card
     assert data["gpt4all_template"].replace("{prompt}", "<prompt>") in card
     assert f"{len(PARAMS)} trials of the {settings['num_trials']} asked for" in card
+    # Published as it stands: no folder of the machine the search ran on, anywhere in the card.
+    assert str(exp.parent) not in card and str(Path.home()) not in card
     command = code_block(card, "bash").split()
     assert command[:4] == ["gpt4all-ray", "tune", "--space", settings["space"]]
     assert ["--name", exp.name] == command[4:6] and "--set" in command and settings["overrides"][0] in command
@@ -242,7 +244,7 @@ def test_the_cards_snippet_loads_the_model_best_holds(
     search = searched(base, method, prompt_format)
     namespace: dict[str, Any] = {}
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), contextlib.chdir(search.exp_dir / "best"):  # as the card says
         exec(compile(code_block(search.card, "python"), CARD, "exec"), namespace)
     loaded, tokenizer = namespace["model"].eval(), namespace["tokenizer"]
     assert tokenizer.get_vocab() == search.tokenizer.get_vocab()
@@ -303,4 +305,40 @@ def test_a_users_deepspeed_file_is_named_beside_the_config_it_was_merged_into(tm
     cfg = TrialConfig(deepspeed=str(user_file))
     ran = deepspeed_config(cfg, WORKERS)
     card = card_of(cfg, (), ran)
-    assert f"with `{user_file}` merged over them" in card and json.loads(code_block(card, "json")) == ran
+    assert f"with `{user_file.name}` merged over them" in card and json.loads(code_block(card, "json")) == ran
+    assert str(tmp_path) not in card  # the name only: the card is for publishing
+
+
+def test_a_report_with_no_usable_trial_leaves_no_earlier_best_or_card(tmp_path: Path) -> None:
+    from gpt4all_ray.experiment.records import write_report
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / CARD).write_text("an earlier report's card")
+    (tmp_path / "best.json").write_text("{}")
+    lost = TrialRecord("t", {}, stop_reason=StopReason.ERROR)  # no checkpoint, no finite loss
+    assert write_report(tmp_path, [lost], [], {}) is None
+    assert not (tmp_path / "best").exists() and not (tmp_path / "best.json").exists()
+
+
+def test_a_hub_data_set_is_named_only_when_it_is_a_hub_id() -> None:
+    card = card_of(TrialConfig(data="hf:./my_local_dataset_folder"), ())
+    assert ModelCard(card).data.datasets is None  # load_dataset takes a folder too; the Hub knows no such id
+
+
+def test_the_cards_gpt4all_prompt_is_tokenized_as_training_tokenized_it() -> None:
+    """With a SentencePiece-style tokenizer the template's edges join other tokens when tokenized
+    whole; the card's code tokenizes head, prompt and tail apart, as PromptEncoder does."""
+    from gpt4all_ray.data.encode import PromptEncoder, prompt_text
+    from gpt4all_ray.experiment.files import PROMPT_PLACEHOLDER
+    from gpt4all_ray.experiment.model_card import EXAMPLE_PROMPT, generation_lines
+    from tests.unit.test_prompt_formats import sentencepiece_like_tokenizer
+
+    tokenizer = sentencepiece_like_tokenizer()
+    settings = {"data": {"gpt4all_template": prompt_text(PROMPT_PLACEHOLDER)}}
+    lines = generation_lines(TrialConfig(), settings)
+    prompt_code = "\n".join(lines[: next(i for i, line in enumerate(lines) if line.startswith("output ="))])
+    namespace: dict[str, Any] = {"tokenizer": tokenizer}
+    exec(prompt_code, namespace)
+    whole = tokenizer(prompt_text(EXAMPLE_PROMPT), add_special_tokens=False)["input_ids"]
+    trained, _ = PromptEncoder(tokenizer, 512)(EXAMPLE_PROMPT)
+    assert namespace["inputs"]["input_ids"][0].tolist() == trained != whole

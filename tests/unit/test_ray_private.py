@@ -66,3 +66,11 @@ def test_rays_tracking_callbacks_keep_what_search_tracking_reads_and_replaces(tm
     assert WandbLoggerCallback(project="p")._trial_queues == {}  # trial -> its ray.util.queue.Queue
     assert "self._handle_result(item_content)" in inspect.getsource(_WandbLoggingActor.run)
     assert "self._wandb = wandb" in inspect.getsource(_WandbLoggingActor.__init__)
+    # The actor logs each point at the result's training_iteration (tracking.py puts the optimizer step there).
+    assert "step=log.get(TRAINING_ITERATION)" in inspect.getsource(_WandbLoggingActor.run)
+    # tracking_mlflow.py makes the experiment with its artifact folder through Ray's MLflow helper.
+    assert "artifact_location" in inspect.signature(mlflow_callback.mlflow_util.setup_mlflow).parameters
+    # tracking_wandb.py warms a trial's queue actor up with the method every Ray actor has.
+    import ray.actor
+
+    assert "__ray_call__" in inspect.getsource(ray.actor)

@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -73,6 +74,8 @@ BAD_TRACKING = [
     ({"tracking": "tensorboard"}, "tune.tracking: expected mlflow or wandb, or both comma-separated"),
     ({"tracking": ["mlflow"]}, "tune.tracking: expected a string"),
     ({"tracking": "mlflow", "mlflow_tracking_uri": "./mlruns"}, "tune.mlflow_tracking_uri: expected a tracking URI"),
+    ({"tracking": "mlflow", "mlflow_tracking_uri": "file:///tmp/mlruns"}, "tune.mlflow_tracking_uri: expected a"),
+    ({"tracking": "mlflow", "mlflow_tracking_uri": "sqlite:///mlflow.db"}, "tune.mlflow_tracking_uri: expected a"),
     ({"tracking": "wandb", "wandb_project": "a/b"}, "tune.wandb_project: expected a W&B project name"),
     ({"mlflow_tracking_uri": "http://h:5000"}, "tune.mlflow_tracking_uri: is only used with tune.tracking: mlflow"),
     ({"tracking": "mlflow", "wandb_project": "p"}, "tune.wandb_project: is only used with tune.tracking: wandb"),
@@ -114,7 +117,8 @@ def test_only_the_evaluations_measurements_are_tracked() -> None:
     assert {"val_loss", "train_loss", "best_val_loss", "best_epoch", "lr", "tokens_per_s", "evaluate_s"} <= set(tracked)
     assert all(isinstance(v, float) and math.isfinite(v) for k, v in tracked.items() if k != "training_iteration")
     assert (tracked["val_loss"], tracked[TUNE_TIME]) == (3.1, 25.0)
-    assert tracked["training_iteration"] == 2 and isinstance(tracked["training_iteration"], int)  # the step
+    # The point's step, where Ray's W&B actor reads it: the optimizer step, not Tune's report count.
+    assert tracked["training_iteration"] == sent.step != 2 and isinstance(tracked["training_iteration"], int)
     assert tracked_metrics({"training_iteration": 1, "pid": 123}) is None  # not an evaluation
 
 
@@ -215,7 +219,7 @@ def test_mlflow_tracks_a_trial_in_a_real_local_store(tmp_path: Path, monkeypatch
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.params == {"learning_rate": "0.0123", "lr_schedule": "cosine"}
     history = client.get_metric_history(run.info.run_id, "val_loss")
-    assert [(m.step, m.value) for m in history] == [(i, e.val_loss) for i, e in enumerate(reported, 1)]
+    assert [(m.step, m.value) for m in history] == [(e.step, e.val_loss) for e in reported]  # optimizer steps
     assert "pid" not in run.data.metrics and "checkpoint_score" not in run.data.metrics
     assert not any(key.startswith("config") for key in run.data.metrics)
     ended = {key: run.data.tags[key] for key in ("trial_id", "stop_reason", "best_epoch", "epochs_run")}
@@ -236,3 +240,88 @@ def test_the_closing_lines_say_where_each_tracker_put_the_runs(tmp_path: Path, m
     assert f"experiment my-experiment in sqlite:///{exp_dir}/mlflow.db" in mlflow and "pip install mlflow" in mlflow
     folder = tmp_path / "wb" / "wandb"  # W&B makes wandb/ in WANDB_DIR
     assert wandb.endswith(f"project gpt4all-ray, group my-experiment (online; run folders in {folder})")
+
+
+def mlflow_callback(tmp_path: Path, set_up: bool = True) -> tuple[Any, str]:
+    from gpt4all_ray.search.tracking_mlflow import TrialMLflow
+
+    uri = f"sqlite:///{tmp_path / 'exp' / 'mlflow.db'}"
+    (tmp_path / "exp").mkdir(exist_ok=True)
+    callback = TrialMLflow(uri, "exp", tmp_path / "exp", str(tmp_path / "exp" / "mlflow-artifacts"))
+    if set_up:
+        callback.setup()
+    return callback, uri
+
+
+def test_a_resumed_trial_goes_on_in_its_mlflow_run(tmp_path: Path) -> None:
+    import ray.cloudpickle
+    from mlflow import MlflowClient
+    from ray.tune.experiment import Trial
+
+    callback, uri = mlflow_callback(tmp_path, set_up=False)
+    saved = ray.cloudpickle.dumps(callback)  # Tune keeps its callbacks as the Tuner was made, before fit() sets them up
+    callback.setup()
+    trial = Trial("trial_driver", config={"learning_rate": 0.01}, trial_id="t1", stub=True)
+    callback.log_trial_start(trial)
+    first, second = evaluation(1, 3.0, 1), evaluation(2, 2.9, 2)
+    trial.update_last_result(tune_result(first, iteration=1))
+    callback.log_trial_result(1, trial, trial.last_result)
+    # --resume: Tune unpickles its callbacks and sets them up again; the trial starts again, its
+    # iteration count from 1, its optimizer steps from its checkpoint.
+    resumed = ray.cloudpickle.loads(saved)
+    resumed.setup()
+    resumed.log_trial_start(trial)
+    trial.update_last_result(tune_result(second, iteration=1))
+    resumed.log_trial_result(1, trial, trial.last_result)
+    resumed.log_trial_end(trial)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(first.step, 3.0), (second.step, 2.9)]
+    assert run.info.status == "FINISHED" and run.data.tags["best_epoch"] == "2"
+
+
+def test_a_trial_the_search_stopped_is_ended_with_the_experiment(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+    from ray.tune.experiment import Trial
+
+    callback, uri = mlflow_callback(tmp_path)
+    ended, stopped = (Trial("trial_driver", config={}, trial_id=t, stub=True) for t in ("t1", "t2"))
+    for trial in (ended, stopped):
+        callback.log_trial_start(trial)
+        trial.update_last_result(tune_result(evaluation(1, 3.0, 1), iteration=1))
+        callback.log_trial_result(1, trial, trial.last_result)
+    callback.log_trial_end(ended)
+    # tune.gpu_hours or time_budget_s stops the rest: Tune calls no trial end for them.
+    callback.on_experiment_end([ended, stopped])
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert sorted((r.data.tags["trial_id"], r.info.status, r.data.tags["best_epoch"]) for r in runs) == [
+        ("t1", "FINISHED", "1"),
+        ("t2", "FINISHED", "1"),
+    ]
+
+
+def test_an_mlflow_store_from_the_environment_is_checked_before_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpt4all_ray.cli.preflight import check_tracking
+
+    spec = load_spec(space(tmp_path, tracking="mlflow"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/mlruns")
+    with pytest.raises(SpecError, match="MLFLOW_TRACKING_URI=file:///tmp/mlruns .*: expected a tracking URI"):
+        check_tracking(spec)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")  # sqlite:////abs: accepted
+    check_tracking(spec)
+
+
+def test_the_wandb_project_is_the_setting_else_the_variable_else_gpt4all_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpt4all_ray.search.tracking import DEFAULT_WANDB_PROJECT, wandb_project
+
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    assert wandb_project(load_spec(space(tmp_path, tracking="wandb"))) == DEFAULT_WANDB_PROJECT
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    assert wandb_project(load_spec(space(tmp_path, tracking="wandb"))) == "from-env"
+    assert wandb_project(load_spec(space(tmp_path, tracking="wandb", wandb_project="p"))) == "p"
