@@ -47,13 +47,14 @@ class TrialMLflow(MLflowLoggerCallback):
     def log_trial_start(self, trial: Trial) -> None:
         if trial not in self._trial_runs:
             # --resume sets the callback up anew: the trial's run is found by its tag, not made again.
-            experiment = self._client().get_experiment_by_name(self.experiment_name)
-            found = experiment and self._client().search_runs(
+            client = self._client()
+            experiment = client.get_experiment_by_name(str(self.experiment_name))  # always named here
+            found = experiment and client.search_runs(
                 [experiment.experiment_id], filter_string=f"tags.trial_id = '{trial.trial_id}'"
             )
             if found:
                 self._trial_runs[trial] = found[0].info.run_id
-                self._client().update_run(found[0].info.run_id, status="RUNNING")
+                client.update_run(found[0].info.run_id, status="RUNNING")
         super().log_trial_start(trial)
         self._tag(trial, {"trial_id": trial.trial_id})
         self.ended.discard(trial.trial_id)
