@@ -28,10 +28,12 @@ This module imports neither MLflow nor W&B: the driver imports them only where t
 from __future__ import annotations
 
 import os
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ray.air.constants import TRAINING_ITERATION
+from ray.tune.experiment import Trial
 
 from gpt4all_ray.config import SearchSpec
 from gpt4all_ray.evaluation import TUNE_TIME, Evaluation
@@ -76,6 +78,17 @@ def trial_end(trial_id: str, last_result: dict[str, Any] | None, failed: bool, e
         "best_val_loss": record.best_val_loss,
         "epochs_run": record.epochs_run,
     }
+
+
+def left_open(
+    trials: Iterable[Trial], started: Container[Trial], ended: Container[str]
+) -> Iterator[tuple[Trial, bool]]:
+    """The trials a tracker started and no trial end reached (the search stopped them itself:
+    tune.gpu_hours, time_budget_s, an interrupt; Tune calls no trial end then), each with whether
+    it failed: a tracker ends them at the experiment's end."""
+    for trial in trials:
+        if trial in started and trial.trial_id not in ended:
+            yield trial, trial.status == Trial.ERROR
 
 
 def mlflow_tracking_uri(spec: SearchSpec, exp_dir: Path) -> str:

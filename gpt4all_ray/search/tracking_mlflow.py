@@ -13,7 +13,7 @@ from ray.air.constants import TRAINING_ITERATION
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.experiment import Trial
 
-from gpt4all_ray.search.tracking import tracked_metrics, trial_end
+from gpt4all_ray.search.tracking import left_open, tracked_metrics, trial_end
 
 
 class TrialMLflow(MLflowLoggerCallback):
@@ -77,9 +77,6 @@ class TrialMLflow(MLflowLoggerCallback):
         self.ended.add(trial.trial_id)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        # A trial the search stopped itself (tune.gpu_hours, time_budget_s, an interrupt) gets no
-        # trial end from Tune; its run would stay RUNNING with no stop reason.
-        for trial in trials:
-            if trial in self._trial_runs and trial.trial_id not in self.ended:
-                self.log_trial_end(trial, failed=trial.status == Trial.ERROR)
+        for trial, failed in left_open(trials, self._trial_runs, self.ended):  # else: RUNNING, no stop reason
+            self.log_trial_end(trial, failed)
         super().on_experiment_end(trials, **info)

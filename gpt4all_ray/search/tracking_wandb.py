@@ -11,7 +11,7 @@ from typing import Any
 from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 from ray.tune.experiment import Trial
 
-from gpt4all_ray.search.tracking import tracked_metrics, trial_end
+from gpt4all_ray.search.tracking import left_open, tracked_metrics, trial_end
 
 TRIAL_END = "gpt4all_ray_trial_end"
 """The key of the one queue item that is no result: the trial's end, for the run's summary."""
@@ -63,12 +63,10 @@ class TrialWandb(WandbLoggerCallback):
         self.ended.add(trial.trial_id)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        # A trial the search stopped itself (tune.gpu_hours, time_budget_s, an interrupt) gets no
-        # trial end from Tune: its actor would wait for one until Ray's upload timeout (30 minutes)
-        # and be killed before wandb.finish(), with no summary.
-        for trial in trials:
-            if trial in self._trial_queues and trial.trial_id not in self.ended:
-                self.log_trial_end(trial, failed=trial.status == Trial.ERROR)
+        # Else its actor waits for an end until Ray's upload timeout (30 minutes) and is killed
+        # before wandb.finish(), with no summary.
+        for trial, failed in left_open(trials, self._trial_queues, self.ended):
+            self.log_trial_end(trial, failed)
         super().on_experiment_end(trials, **info)
 
     def __del__(self) -> None:
